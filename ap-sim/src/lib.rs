@@ -1,0 +1,35 @@
+//! A simulated IBM Z AP bus.
+//!
+//! Crypto adapters (cards) with usage domains (APQNs), the master key registers of every domain,
+//! a TKE-like administration API, the secure key token formats, and the HSM operations on secure
+//! keys that the rest of the suite calls where real code would call the kernel's `pkey` driver or
+//! a CCA/EP11 library. The simulator keeps its state in one directory and renders a sysfs tree in
+//! the kernel's format beside it, so tools that read `/sys/bus/ap` can be pointed at it.
+//!
+//! Layout of the crate, one concept per module:
+//! - [`apqn`]: `card.domain` identifiers.
+//! - [`mkvp`]: master key values and their verification patterns.
+//! - [`registers`]: NEW/CURRENT/OLD registers and their transitions.
+//! - [`adapter`]: cards, queues and their status: the simulated hardware as one value.
+//! - [`sim`]: the simulator directory: private state file, lock, TKE and admin operations.
+//! - [`sysfs`]: rendering the tree and parsing it (also a real `/sys`).
+//! - [`lszcrypt`]: lszcrypt-style listings of a sysfs tree.
+//! - [`token`]: secure key token layouts and the wrapping of key material.
+//! - [`hsm`]: the operations on secure keys: generate, import, verify, re-encipher, VP.
+//! - [`durable`]: atomic file replacement and locks, used by every crate of the suite.
+
+pub mod adapter;
+pub mod apqn;
+pub mod durable;
+pub mod hsm;
+pub mod lszcrypt;
+pub mod mkvp;
+pub mod registers;
+pub mod sim;
+pub mod sysfs;
+pub mod token;
+
+pub use apqn::Apqn;
+pub use mkvp::{MasterKey, Mkvp};
+pub use registers::MkType;
+pub use sim::Simulator;

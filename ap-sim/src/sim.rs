@@ -1,0 +1,672 @@
+//! The simulator's directory: where the simulated hardware lives between processes.
+//!
+//! ```text
+//! DIR/state.json       the bus and every master key register (mode 0600, never rendered)
+//! DIR/.lock            flock: shared for readers, exclusive for changes
+//! DIR/sys/             the sysfs tree, rendered from state.json after every change
+//! DIR/sys.generation   which state generation the tree shows (to repair a tree a crash left stale)
+//! ```
+//!
+//! Every change loads the state under the exclusive lock, applies the operation to a copy, and
+//! only if the whole operation succeeded writes the state atomically and re-renders the tree. A
+//! group operation over several APQNs is therefore all or nothing, and a refused one leaves the
+//! state file untouched.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::{Bus, Card, CardType, Mode, Queue, QueueKeys, Status};
+use crate::apqn::Apqn;
+use crate::durable::{self, Lock, LockKind};
+use crate::mkvp::{MasterKey, Mkvp};
+use crate::registers::{
+    self, CcaRegisters, Ep11Registers, KeyPart, MkType, RegView, RegisterError,
+};
+
+/// The environment variable naming the simulator directory.
+pub const DIR_ENV: &str = "AP_SIM_DIR";
+/// Where the simulator lives when neither `--dir` nor `$AP_SIM_DIR` says otherwise.
+pub const DEFAULT_DIR: &str = "/var/lib/ap-sim";
+
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = ".lock";
+const SYS_DIR: &str = "sys";
+const GENERATION_FILE: &str = "sys.generation";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("no AP bus simulator in {0}: run 'ap-sim init' first, or point --dir / ${DIR_ENV} at an existing one")]
+    NotInitialised(PathBuf),
+    #[error("an AP bus simulator already exists in {0}: add --force to replace it (its master keys, and every secure key made with them, are lost)")]
+    AlreadyInitialised(PathBuf),
+    #[error("APQN {0} does not exist on this AP bus: 'ap-sim lszcrypt' lists the APQNs")]
+    UnknownApqn(Apqn),
+    #[error("card {0:02x} does not exist on this AP bus: 'ap-sim lszcrypt' lists the cards")]
+    UnknownCard(u8),
+    #[error("APQN {apqn} is on a {card_type} card ({mode}), which has no {mktype} master key")]
+    WrongMode {
+        apqn: Apqn,
+        card_type: CardType,
+        mode: &'static str,
+        mktype: MkType,
+    },
+    #[error("APQN {0}: {1}")]
+    Register(Apqn, RegisterError),
+    #[error("key part checksum mismatch: the part entered has checksum {actual:02X}, not {expected:02X}; nothing was loaded, re-enter the part")]
+    Checksum { expected: u8, actual: u8 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{action} failed on {target}: {why}")]
+    Refused {
+        action: &'static str,
+        target: String,
+        why: &'static str,
+    },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is damaged ({why}): restore it from a backup or re-create the simulator with 'ap-sim init --force'")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SimError + '_ {
+    move |source| SimError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format: u32,
+    generation: u64,
+    bus: Bus,
+}
+
+/// The adapters `ap-sim init` creates.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub cards: Vec<(u8, CardType)>,
+    pub domains: Vec<u16>,
+    /// Queues of the same mode and domain get the same master keys, as when a security officer
+    /// loads one key into a domain group; otherwise each queue gets its own.
+    pub shared_keys: bool,
+}
+
+impl Default for Layout {
+    /// The APQNs of the seed 004 procedure (CCA 08.002f and 09.002f with shared master keys),
+    /// two EP11 cards sharing a wrapping key, and an accelerator.
+    fn default() -> Self {
+        let t = |s: &str| s.parse::<CardType>().expect("valid literal");
+        Layout {
+            cards: vec![
+                (0x08, t("CEX8C")),
+                (0x09, t("CEX8C")),
+                (0x0a, t("CEX8P")),
+                (0x0b, t("CEX8P")),
+                (0x0c, t("CEX8A")),
+            ],
+            domains: vec![0x002f],
+            shared_keys: true,
+        }
+    }
+}
+
+/// One loaded key part, as a TKE panel reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PartReport {
+    pub checksum: String,
+    pub part_vp: Mkvp,
+    /// The new master key's pattern, once the FINAL part made it complete.
+    pub new_mkvp: Option<Mkvp>,
+}
+
+/// The registers of one master key type on one APQN.
+#[derive(Clone, Debug, Serialize)]
+pub struct TypeRegisters {
+    pub mktype: MkType,
+    pub new: RegView,
+    pub current: RegView,
+    /// `None` for EP11, which has no OLD register.
+    pub old: Option<RegView>,
+}
+
+/// What `tke status` shows for one APQN.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApqnRegisters {
+    pub apqn: Apqn,
+    pub card_type: CardType,
+    pub status: Status,
+    pub registers: Vec<TypeRegisters>,
+}
+
+/// Which part of the bus an admin action targets: a whole card or one queue.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Card(u8),
+    Queue(Apqn),
+}
+
+impl std::str::FromStr for Target {
+    type Err = SimError;
+    fn from_str(s: &str) -> Result<Self, SimError> {
+        if s.contains('.') {
+            return s
+                .parse()
+                .map(Target::Queue)
+                .map_err(|e: crate::apqn::ApqnError| SimError::Invalid(e.to_string()));
+        }
+        let t = s.trim().trim_start_matches("0x");
+        u8::from_str_radix(t, 16).map(Target::Card).map_err(|_| {
+            SimError::Invalid(format!(
+                "'{s}' is neither a card id (hex, e.g. 08) nor an APQN (e.g. 08.002f)"
+            ))
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Card(c) => write!(f, "card {c:02x}"),
+            Target::Queue(a) => write!(f, "APQN {a}"),
+        }
+    }
+}
+
+/// A handle on a simulator directory.
+#[derive(Clone, Debug)]
+pub struct Simulator {
+    dir: PathBuf,
+}
+
+impl Simulator {
+    /// The directory to use: `explicit` (from `--dir`), else `$AP_SIM_DIR`, else [`DEFAULT_DIR`].
+    pub fn locate(explicit: Option<&Path>) -> PathBuf {
+        explicit
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                std::env::var_os(DIR_ENV)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+    }
+
+    /// Opens an existing simulator.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Simulator, SimError> {
+        let dir = dir.into();
+        if !dir.join(STATE_FILE).is_file() {
+            return Err(SimError::NotInitialised(dir));
+        }
+        Ok(Simulator { dir })
+    }
+
+    /// Opens the simulator named by `$AP_SIM_DIR` (or the default directory).
+    pub fn from_env() -> Result<Simulator, SimError> {
+        Self::open(Self::locate(None))
+    }
+
+    /// Creates a simulator with fresh random CURRENT master keys. Refuses an existing one
+    /// unless `force`.
+    pub fn init(
+        dir: impl Into<PathBuf>,
+        layout: &Layout,
+        force: bool,
+    ) -> Result<Simulator, SimError> {
+        let dir = dir.into();
+        validate_layout(layout)?;
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let sim = Simulator { dir };
+        let _lock = sim.lock(LockKind::Exclusive)?;
+        if sim.state_path().exists() && !force {
+            return Err(SimError::AlreadyInitialised(sim.dir));
+        }
+        let bus = build_bus(layout);
+        let generation = match sim.load() {
+            Ok(old) => old.generation + 1,
+            Err(_) => 1,
+        };
+        let sys = sim.sys_root();
+        if sys.exists() {
+            fs::remove_dir_all(&sys).map_err(io_err(&sys))?;
+        }
+        sim.store(&StateFile {
+            format: FORMAT,
+            generation,
+            bus,
+        })?;
+        Ok(sim)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The rendered sysfs tree: point `SYSFS_ROOT` here.
+    pub fn sys_root(&self) -> PathBuf {
+        self.dir.join(SYS_DIR)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    fn lock(&self, kind: LockKind) -> Result<Lock, SimError> {
+        let p = self.dir.join(LOCK_FILE);
+        Lock::acquire(&p, kind).map_err(io_err(&p))
+    }
+
+    fn load(&self) -> Result<StateFile, SimError> {
+        let p = self.state_path();
+        let text = zeroize::Zeroizing::new(fs::read(&p).map_err(io_err(&p))?);
+        let st: StateFile = serde_json::from_slice(&text).map_err(|e| SimError::Corrupt {
+            path: p.clone(),
+            why: e.to_string(),
+        })?;
+        if st.format != FORMAT {
+            return Err(SimError::Corrupt {
+                path: p,
+                why: format!("unknown format {}", st.format),
+            });
+        }
+        Ok(st)
+    }
+
+    fn store(&self, st: &StateFile) -> Result<(), SimError> {
+        let p = self.state_path();
+        let text =
+            zeroize::Zeroizing::new(serde_json::to_vec_pretty(st).expect("state serialises"));
+        durable::write_atomic(&p, &text, 0o600).map_err(io_err(&p))?;
+        self.render(st)
+    }
+
+    fn render(&self, st: &StateFile) -> Result<(), SimError> {
+        let sys = self.sys_root();
+        crate::sysfs::render(&st.bus, &sys).map_err(io_err(&sys))?;
+        let g = self.dir.join(GENERATION_FILE);
+        durable::replace_atomic(&g, st.generation.to_string().as_bytes(), 0o644).map_err(io_err(&g))
+    }
+
+    fn rendered_generation(&self) -> Option<u64> {
+        fs::read_to_string(self.dir.join(GENERATION_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// A consistent snapshot of the bus, master keys included: for the HSM operations.
+    /// Repairs a sysfs tree that a crash between the state write and the render left stale.
+    pub fn bus(&self) -> Result<Bus, SimError> {
+        let st = {
+            let _l = self.lock(LockKind::Shared)?;
+            self.load()?
+        };
+        if self.rendered_generation() != Some(st.generation) {
+            let _l = self.lock(LockKind::Exclusive)?;
+            let st = self.load()?;
+            self.render(&st)?;
+            return Ok(st.bus);
+        }
+        Ok(st.bus)
+    }
+
+    /// Applies `op` to the bus as one atomic change: all of it is stored, or (on error) none.
+    pub fn update<T>(
+        &self,
+        op: impl FnOnce(&mut Bus) -> Result<T, SimError>,
+    ) -> Result<T, SimError> {
+        let _l = self.lock(LockKind::Exclusive)?;
+        let mut st = self.load()?;
+        let out = op(&mut st.bus)?;
+        st.generation += 1;
+        self.store(&st)?;
+        Ok(out)
+    }
+
+    // ----- TKE -----
+
+    /// Loads one random key into NEW of every APQN given (all share it). Returns its pattern.
+    pub fn tke_load_random(&self, apqns: &[Apqn], mktype: MkType) -> Result<Mkvp, SimError> {
+        let key = MasterKey::random();
+        self.update(|bus| {
+            for_each_register(bus, apqns, mktype, |r| match r {
+                RegMut::Cca(r) => r.load_full(&key),
+                RegMut::Ep11(r) => r.load_full(&key),
+            })
+        })?;
+        Ok(pattern(mktype, &key))
+    }
+
+    /// Loads a key part into NEW of every APQN given, after checking the custodian's checksum.
+    pub fn tke_load_part(
+        &self,
+        apqns: &[Apqn],
+        mktype: MkType,
+        part: KeyPart,
+        value: &MasterKey,
+        checksum: u8,
+    ) -> Result<PartReport, SimError> {
+        let actual = registers::part_checksum(value);
+        if actual != checksum {
+            return Err(SimError::Checksum {
+                expected: checksum,
+                actual,
+            });
+        }
+        let new_mkvp = self.update(|bus| {
+            for_each_register(bus, apqns, mktype, |r| match r {
+                RegMut::Cca(r) => r.load_part(part, value),
+                RegMut::Ep11(r) => r.load_part(part, value),
+            })?;
+            // After a FINAL part every APQN holds the same complete key; report its pattern.
+            let view = register_views(bus, apqns[0], mktype)?;
+            Ok(view.new.mkvp.filter(|_| part == KeyPart::Final))
+        })?;
+        Ok(PartReport {
+            checksum: format!("{actual:02X}"),
+            part_vp: registers::part_vp(value),
+            new_mkvp,
+        })
+    }
+
+    /// EP11: commits an uncommitted NEW wrapping key.
+    pub fn tke_commit(&self, apqns: &[Apqn]) -> Result<(), SimError> {
+        self.update(|bus| {
+            for_each_register(bus, apqns, MkType::Ep11, |r| match r {
+                RegMut::Ep11(r) => r.commit(),
+                RegMut::Cca(_) => unreachable!("mode checked"),
+            })
+        })
+    }
+
+    /// SET: NEW becomes CURRENT on every APQN given, or on none.
+    pub fn tke_set(&self, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
+        self.update(|bus| {
+            for_each_register(bus, apqns, mktype, |r| match r {
+                RegMut::Cca(r) => r.set(),
+                RegMut::Ep11(r) => r.set(),
+            })
+        })
+    }
+
+    pub fn tke_clear_new(&self, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
+        self.update(|bus| {
+            for_each_register(bus, apqns, mktype, |r| {
+                match r {
+                    RegMut::Cca(r) => r.clear_new(),
+                    RegMut::Ep11(r) => r.clear_new(),
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// The registers of the given APQNs (all APQNs with master keys when `None`).
+    pub fn register_status(&self, apqns: Option<&[Apqn]>) -> Result<Vec<ApqnRegisters>, SimError> {
+        let bus = self.bus()?;
+        let list: Vec<Apqn> = match apqns {
+            Some(l) => l.to_vec(),
+            None => bus
+                .apqns()
+                .filter(|a| {
+                    bus.queue(*a)
+                        .is_some_and(|(c, _)| c.mode() != Mode::Accelerator)
+                })
+                .collect(),
+        };
+        list.into_iter()
+            .map(|apqn| {
+                let (card, queue) = bus.queue(apqn).ok_or(SimError::UnknownApqn(apqn))?;
+                let registers = card
+                    .mode()
+                    .mk_types()
+                    .iter()
+                    .map(|t| register_views(&bus, apqn, *t))
+                    .collect::<Result<_, _>>()?;
+                Ok(ApqnRegisters {
+                    apqn,
+                    card_type: card.card_type,
+                    status: Bus::queue_status(card, queue),
+                    registers,
+                })
+            })
+            .collect()
+    }
+
+    // ----- adapter administration (chzcrypt) -----
+
+    /// Sets a card (and all its queues) or one queue online or offline.
+    pub fn set_online(&self, target: Target, online: bool) -> Result<(), SimError> {
+        self.update(|bus| match target {
+            Target::Card(c) => {
+                let card = bus.cards.get_mut(&c).ok_or(SimError::UnknownCard(c))?;
+                if online && !card.config {
+                    return Err(SimError::Refused { action: "setting online", target: target.to_string(), why: "the card is deconfigured (ENODEV): configure it first with 'ap-sim chzcrypt --config-on'" });
+                }
+                card.online = online;
+                card.queues.values_mut().for_each(|q| q.online = online);
+                Ok(())
+            }
+            Target::Queue(a) => {
+                let card = bus.cards.get(&a.card()).ok_or(SimError::UnknownApqn(a))?;
+                if online && (!card.online || !card.config) {
+                    return Err(SimError::Refused { action: "setting online", target: target.to_string(), why: "its card is offline (EINVAL): set the card online first" });
+                }
+                bus.queue_mut(a).ok_or(SimError::UnknownApqn(a))?.online = online;
+                Ok(())
+            }
+        })
+    }
+
+    /// Configures or deconfigures a card, as `chzcrypt --config-on/--config-off` does.
+    pub fn set_config(&self, card: u8, config: bool) -> Result<(), SimError> {
+        self.update(|bus| {
+            let c = bus
+                .cards
+                .get_mut(&card)
+                .ok_or(SimError::UnknownCard(card))?;
+            c.config = config;
+            if config {
+                // A card that comes back into the configuration is brought online by the bus scan.
+                c.online = true;
+                c.queues.values_mut().for_each(|q| q.online = true);
+            }
+            Ok(())
+        })
+    }
+
+    /// Puts a card or queue into check-stop (a hardware fault), or clears it.
+    pub fn set_chkstop(&self, target: Target, chkstop: bool) -> Result<(), SimError> {
+        self.update(|bus| {
+            match target {
+                Target::Card(c) => {
+                    bus.cards
+                        .get_mut(&c)
+                        .ok_or(SimError::UnknownCard(c))?
+                        .chkstop = chkstop
+                }
+                Target::Queue(a) => {
+                    bus.queue_mut(a).ok_or(SimError::UnknownApqn(a))?.chkstop = chkstop
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+fn validate_layout(layout: &Layout) -> Result<(), SimError> {
+    if layout.cards.is_empty() {
+        return Err(SimError::Invalid(
+            "the layout has no cards: give at least one --card ID=TYPE".into(),
+        ));
+    }
+    if layout.domains.is_empty() {
+        return Err(SimError::Invalid(
+            "the layout has no domains: give at least one --domain".into(),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, _) in &layout.cards {
+        if !seen.insert(id) {
+            return Err(SimError::Invalid(format!("card {id:02x} is given twice")));
+        }
+    }
+    if let Some(d) = layout.domains.iter().find(|d| **d > 0xff) {
+        return Err(SimError::Invalid(format!(
+            "domain {d:04x} is above the AP bus's highest usage domain (00ff)"
+        )));
+    }
+    Ok(())
+}
+
+fn serial(id: u8, mode: Mode) -> String {
+    match mode {
+        Mode::Ep11 => format!("SIMP{id:012X}"),
+        _ => format!("SIM{}{id:04X}", mode.letter()),
+    }
+}
+
+fn build_bus(layout: &Layout) -> Bus {
+    use std::collections::BTreeMap;
+    // One key per (mode, domain, type) when shared, else a fresh one per queue.
+    let mut shared: BTreeMap<(u8, u16, MkType), MasterKey> = BTreeMap::new();
+    let mut key = |mode: Mode, domain: u16, t: MkType| {
+        if layout.shared_keys {
+            let m = mode.letter() as u8;
+            shared
+                .entry((m, domain, t))
+                .or_insert_with(MasterKey::random)
+                .clone()
+        } else {
+            MasterKey::random()
+        }
+    };
+    let mut bus = Bus::default();
+    for (id, ty) in &layout.cards {
+        let mode = ty.mode();
+        let queues = layout
+            .domains
+            .iter()
+            .map(|d| {
+                let keys = match mode {
+                    Mode::Accelerator => QueueKeys::Accelerator,
+                    Mode::Cca => QueueKeys::Cca {
+                        aes: CcaRegisters::with_current(key(mode, *d, MkType::Aes)),
+                        apka: CcaRegisters::with_current(key(mode, *d, MkType::Apka)),
+                    },
+                    Mode::Ep11 => QueueKeys::Ep11 {
+                        wk: Ep11Registers::with_current(key(mode, *d, MkType::Ep11)),
+                    },
+                };
+                (
+                    *d,
+                    Queue {
+                        online: true,
+                        chkstop: false,
+                        keys,
+                    },
+                )
+            })
+            .collect();
+        let ep11 = mode == Mode::Ep11;
+        bus.cards.insert(
+            *id,
+            Card {
+                card_type: *ty,
+                serialnr: serial(*id, mode),
+                online: true,
+                config: true,
+                chkstop: false,
+                api_ordinal: if ep11 { 6 } else { 0 },
+                fw_version: if ep11 { (7, 19) } else { (0, 0) },
+                queues,
+            },
+        );
+    }
+    bus
+}
+
+fn pattern(mktype: MkType, key: &MasterKey) -> Mkvp {
+    match mktype {
+        MkType::Ep11 => key.ep11_wkvp(),
+        _ => key.cca_mkvp(),
+    }
+}
+
+enum RegMut<'a> {
+    Cca(&'a mut CcaRegisters),
+    Ep11(&'a mut Ep11Registers),
+}
+
+/// Resolves the register set of `mktype` on `apqn`.
+fn registers_mut(bus: &mut Bus, apqn: Apqn, mktype: MkType) -> Result<RegMut<'_>, SimError> {
+    let card_type = bus
+        .card(apqn.card())
+        .map(|c| c.card_type)
+        .ok_or(SimError::UnknownApqn(apqn))?;
+    let q = bus.queue_mut(apqn).ok_or(SimError::UnknownApqn(apqn))?;
+    let wrong = || SimError::WrongMode {
+        apqn,
+        card_type,
+        mode: card_type.mode().lszcrypt_name(),
+        mktype,
+    };
+    match (&mut q.keys, mktype) {
+        (QueueKeys::Cca { aes, .. }, MkType::Aes) => Ok(RegMut::Cca(aes)),
+        (QueueKeys::Cca { apka, .. }, MkType::Apka) => Ok(RegMut::Cca(apka)),
+        (QueueKeys::Ep11 { wk }, MkType::Ep11) => Ok(RegMut::Ep11(wk)),
+        _ => Err(wrong()),
+    }
+}
+
+/// Runs `op` on the `mktype` registers of every APQN. The caller's `update` discards the whole
+/// copy if any APQN fails, so the group succeeds or fails as one.
+fn for_each_register(
+    bus: &mut Bus,
+    apqns: &[Apqn],
+    mktype: MkType,
+    mut op: impl FnMut(RegMut<'_>) -> Result<(), RegisterError>,
+) -> Result<(), SimError> {
+    if apqns.is_empty() {
+        return Err(SimError::Invalid(
+            "no APQN given: name the domain group with --apqns".into(),
+        ));
+    }
+    for apqn in apqns {
+        let r = registers_mut(bus, *apqn, mktype)?;
+        op(r).map_err(|e| SimError::Register(*apqn, e))?;
+    }
+    Ok(())
+}
+
+/// The registers of one type on one APQN, as seen from outside.
+pub fn register_views(bus: &Bus, apqn: Apqn, mktype: MkType) -> Result<TypeRegisters, SimError> {
+    let (card, q) = bus.queue(apqn).ok_or(SimError::UnknownApqn(apqn))?;
+    let card_type = card.card_type;
+    match (&q.keys, mktype) {
+        (QueueKeys::Cca { aes: r, .. }, MkType::Aes)
+        | (QueueKeys::Cca { apka: r, .. }, MkType::Apka) => Ok(TypeRegisters {
+            mktype,
+            new: r.new_view(),
+            current: r.current_view(),
+            old: Some(r.old_view()),
+        }),
+        (QueueKeys::Ep11 { wk }, MkType::Ep11) => Ok(TypeRegisters {
+            mktype,
+            new: wk.new_view(),
+            current: wk.current_view(),
+            old: None,
+        }),
+        _ => Err(SimError::WrongMode {
+            apqn,
+            card_type,
+            mode: card_type.mode().lszcrypt_name(),
+            mktype,
+        }),
+    }
+}
