@@ -49,10 +49,12 @@ fn write_atomic_with(
         if sync {
             f.sync_all()?;
         }
+        crash_point();
         fs::rename(&tmp, path)?;
         if sync {
             sync_dir(&dir)?;
         }
+        crash_point();
         Ok(())
     })();
     if result.is_err() {
@@ -68,11 +70,26 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Removes a file durably; a file that is already gone is fine.
 pub fn remove_durable(path: &Path) -> io::Result<()> {
+    crash_point();
     match fs::remove_file(path) {
         Ok(()) => sync_dir(&parent_dir(path)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The `durable` fail point: with the `failpoints` feature, `FAILPOINTS=durable=N*off->return`
+/// aborts the process (no destructors, no cleanup: a crash) at the N+1th durable step, before a
+/// rename, after one, or before a removal. Crash tests walk N upwards until a command completes.
+/// Arms the crash points named in `$FAILPOINTS`; every binary of the suite calls it first thing.
+/// Without the `failpoints` feature it does nothing.
+pub fn arm_crash_points() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}
+
+fn crash_point() {
+    fail::fail_point!("durable", |_| std::process::abort());
 }
 
 fn parent_dir(path: &Path) -> PathBuf {

@@ -1,1 +1,569 @@
+//! The HSM operations on secure keys, as the kernel's `pkey` driver and the CCA and EP11
+//! libraries offer them on real hardware: generate, import a clear key, verify, re-encipher,
+//! derive the effective key and its verification pattern, and the APKA-wrapped ECC key
+//! operations the KMS plug-in's identity key needs.
+//!
+//! Each operation takes a snapshot of the bus, picks the APQNs that may serve it (online, of the
+//! key's mode, within the caller's restriction, holding the right master key in the right
+//! register state) and works on that snapshot. Clear key material exists only inside these
+//! functions and in [`EffectiveKey`], which zeroes itself when dropped.
 
+use aes::cipher::{BlockEncrypt, KeyInit};
+use rand::RngCore;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::adapter::{Bus, Mode, Status};
+use crate::apqn::Apqn;
+use crate::mkvp::{MasterKey, Mkvp};
+use crate::registers::{CcaNew, Ep11New, MkType};
+use crate::sim::{SimError, Simulator};
+use crate::token::ecc::EccKeyToken;
+use crate::token::{KeyType, SecureKey, Token, TokenError};
+
+/// Which register of an APQN a key is enciphered with.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Register {
+    New,
+    Current,
+    Old,
+}
+
+impl Register {
+    pub fn name(self) -> &'static str {
+        match self {
+            Register::New => "NEW",
+            Register::Current => "CURRENT",
+            Register::Old => "OLD",
+        }
+    }
+}
+
+/// The direction of a re-encipher.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// RTNMK (CCA) or XCP_ADM_REENCRYPT (EP11): CURRENT -> NEW, before the SET.
+    ToNew,
+    /// RTCMK (CCA only): OLD -> CURRENT, after the SET.
+    FromOld,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("no usable APQN for a {key_type} key{within}: {why}")]
+    NoApqn { key_type: KeyType, within: String, why: String },
+    #[error("the key's master key verification pattern {mkvp} matches no CURRENT{old} master key of the usable APQNs{within}: the key cannot be used (its master key is gone, or it belongs to other adapters)")]
+    Unusable { mkvp: Mkvp, old: &'static str, within: String },
+    #[error("the key is enciphered with the NEW master key {mkvp}, which is not set yet: it becomes usable after the SET")]
+    OnlyNew { mkvp: Mkvp },
+    #[error("the two halves of the XTS key are enciphered with different master keys ({0} and {1})")]
+    SplitXts(Mkvp, Mkvp),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where a key stands on the usable APQNs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    pub key_type: KeyType,
+    pub key_bits: u32,
+    pub xts: bool,
+    pub mkvp: Mkvp,
+    /// CURRENT if any usable APQN has the key's master key as CURRENT, else OLD.
+    pub register: Register,
+    /// The usable APQNs whose CURRENT master key is the key's.
+    pub current_apqns: Vec<Apqn>,
+    /// The usable APQNs whose OLD master key is the key's.
+    pub old_apqns: Vec<Apqn>,
+    /// The usable APQNs that hold the key's master key in NEW (a re-encipher happened ahead of a SET).
+    pub new_apqns: Vec<Apqn>,
+}
+
+/// A key in the clear, for the data path only. Zeroed on drop; never printed.
+pub struct EffectiveKey(Zeroizing<Vec<u8>>);
+
+impl EffectiveKey {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EffectiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EffectiveKey({} bytes, <redacted>)", self.0.len())
+    }
+}
+
+/// One usable APQN's registers for the key's master key type.
+struct Candidate {
+    apqn: Apqn,
+    new: Option<MasterKey>,
+    current: Option<MasterKey>,
+    old: Option<MasterKey>,
+}
+
+impl Candidate {
+    fn holds(&self, reg: Register, mkvp: &Mkvp, mktype: MkType) -> Option<&MasterKey> {
+        let k = match reg {
+            Register::New => self.new.as_ref(),
+            Register::Current => self.current.as_ref(),
+            Register::Old => self.old.as_ref(),
+        }?;
+        pattern(mktype, k).matches(mkvp).then_some(k)
+    }
+}
+
+fn pattern(mktype: MkType, k: &MasterKey) -> Mkvp {
+    match mktype {
+        MkType::Ep11 => k.ep11_wkvp(),
+        _ => k.cca_mkvp(),
+    }
+}
+
+fn within(apqns: Option<&[Apqn]>) -> String {
+    match apqns {
+        Some(l) => format!(" among {}", crate::apqn::format_list(l)),
+        None => String::new(),
+    }
+}
+
+/// The HSM operations over one simulator.
+#[derive(Clone, Debug)]
+pub struct Hsm {
+    sim: Simulator,
+}
+
+impl Hsm {
+    pub fn new(sim: Simulator) -> Self {
+        Hsm { sim }
+    }
+
+    pub fn simulator(&self) -> &Simulator {
+        &self.sim
+    }
+
+    /// The online APQNs of `mode` (within `apqns` when given), with their `mktype` registers.
+    /// A NEW register is only offered when it is complete: full (CCA) or committed (EP11).
+    fn candidates(&self, mode: Mode, mktype: MkType, apqns: Option<&[Apqn]>) -> Result<(Vec<Candidate>, String), HsmError> {
+        let bus = self.sim.bus()?;
+        if let Some(list) = apqns {
+            if let Some(a) = list.iter().find(|a| bus.queue(**a).is_none()) {
+                return Err(SimError::UnknownApqn(*a).into());
+            }
+        }
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        for apqn in bus.apqns() {
+            if apqns.is_some_and(|l| !l.contains(&apqn)) {
+                continue;
+            }
+            let (card, queue) = bus.queue(apqn).expect("listed by the bus");
+            if card.mode() != mode {
+                continue;
+            }
+            let status = Bus::queue_status(card, queue);
+            if status != Status::Online {
+                skipped.push(format!("{apqn} is {}", status.word()));
+                continue;
+            }
+            out.push(candidate(&bus, apqn, mktype));
+        }
+        let why = if skipped.is_empty() {
+            format!("no online {} APQN", mode.lszcrypt_name())
+        } else {
+            skipped.join(", ")
+        };
+        Ok((out, why))
+    }
+
+    fn usable(&self, key_type: KeyType, mktype: MkType, apqns: Option<&[Apqn]>) -> Result<Vec<Candidate>, HsmError> {
+        let (c, why) = self.candidates(key_type.mode(), mktype, apqns)?;
+        if c.is_empty() {
+            return Err(HsmError::NoApqn { key_type, within: within(apqns), why });
+        }
+        Ok(c)
+    }
+
+    /// Generates a random key inside the adapter and returns it enciphered with the CURRENT
+    /// master key of the first usable APQN. `xts` makes two halves under the same master key.
+    pub fn generate(&self, key_type: KeyType, bits: u32, xts: bool, apqns: Option<&[Apqn]>) -> Result<SecureKey, HsmError> {
+        check_bits(bits, xts)?;
+        let mut clear = Zeroizing::new(vec![0u8; (bits / 8) as usize * if xts { 2 } else { 1 }]);
+        rand::rngs::OsRng.fill_bytes(&mut clear);
+        self.import_clear(key_type, &clear, xts, apqns)
+    }
+
+    /// Turns a clear key (16/24/32 bytes, twice that for XTS) into a secure key under CURRENT.
+    pub fn import_clear(&self, key_type: KeyType, clear: &[u8], xts: bool, apqns: Option<&[Apqn]>) -> Result<SecureKey, HsmError> {
+        let half = if xts { clear.len() / 2 } else { clear.len() };
+        if (xts && clear.len() % 2 != 0) || !matches!(half, 16 | 24 | 32) {
+            return Err(HsmError::Invalid(format!(
+                "a clear {}key must be {} bytes, not {}",
+                if xts { "XTS " } else { "" },
+                if xts { "32 or 64" } else { "16, 24 or 32" },
+                clear.len()
+            )));
+        }
+        check_bits(half as u32 * 8, xts)?;
+        let mktype = key_type.mk_type();
+        let cands = self.usable(key_type, mktype, apqns)?;
+        let mk = cands.iter().find_map(|c| c.current.as_ref()).ok_or_else(|| HsmError::NoApqn {
+            key_type,
+            within: within(apqns),
+            why: "no usable APQN has a valid CURRENT master key".into(),
+        })?;
+        let tokens = clear
+            .chunks(half)
+            .map(|part| Token::wrap(key_type, part, mk))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut it = tokens.into_iter();
+        let first = it.next().expect("at least one half");
+        Ok(match it.next() {
+            Some(second) => SecureKey::xts(first, second)?,
+            None => SecureKey::single(first),
+        })
+    }
+
+    /// Finds where the key's master key sits and proves the key authentic with it.
+    pub fn verify(&self, key: &SecureKey, apqns: Option<&[Apqn]>) -> Result<Verification, HsmError> {
+        let mkvp = same_mkvp(key)?;
+        let key_type = key.key_type();
+        let mktype = key_type.mk_type();
+        let cands = self.usable(key_type, mktype, apqns)?;
+        let on = |reg| -> Vec<Apqn> {
+            cands.iter().filter(|c| c.holds(reg, &mkvp, mktype).is_some()).map(|c| c.apqn).collect()
+        };
+        let (current_apqns, old_apqns, new_apqns) = (on(Register::Current), on(Register::Old), on(Register::New));
+        let register = if !current_apqns.is_empty() {
+            Register::Current
+        } else if !old_apqns.is_empty() {
+            Register::Old
+        } else if !new_apqns.is_empty() {
+            return Err(HsmError::OnlyNew { mkvp });
+        } else {
+            return Err(unusable(key_type, mkvp, apqns));
+        };
+        // Authenticate every half with the master key that claims it.
+        let mk = find_key(&cands, register, &mkvp, mktype).expect("listed above");
+        for t in key.halves() {
+            t.unwrap(mk)?;
+        }
+        Ok(Verification {
+            key_type,
+            key_bits: key.key_bits(),
+            xts: key.is_xts(),
+            mkvp,
+            register,
+            current_apqns,
+            old_apqns,
+            new_apqns,
+        })
+    }
+
+    /// Re-enciphers a key. `ToNew` needs an APQN whose CURRENT is the key's master key and whose
+    /// NEW is complete; `FromOld` (CCA only) an APQN whose OLD is the key's master key. As RTCMK
+    /// does, `FromOld` on a key already under CURRENT returns it unchanged.
+    pub fn reencipher(&self, key: &SecureKey, direction: Direction, apqns: Option<&[Apqn]>) -> Result<SecureKey, HsmError> {
+        let mkvp = same_mkvp(key)?;
+        let key_type = key.key_type();
+        let mktype = key_type.mk_type();
+        let cands = self.usable(key_type, mktype, apqns)?;
+        let (from, to) = match direction {
+            Direction::ToNew => {
+                let c = cands
+                    .iter()
+                    .find(|c| c.holds(Register::Current, &mkvp, mktype).is_some() && c.new.is_some())
+                    .ok_or_else(|| self.no_target(&cands, key_type, mkvp, direction, apqns))?;
+                (c.current.as_ref().expect("holds"), c.new.as_ref().expect("checked"))
+            }
+            Direction::FromOld => {
+                if key_type.mode() == Mode::Ep11 {
+                    return Err(HsmError::Invalid(
+                        "EP11 adapters have no OLD register: an EP11 key can only be re-enciphered to NEW, before the SET".into(),
+                    ));
+                }
+                if let Some(mk) = find_key(&cands, Register::Current, &mkvp, mktype) {
+                    key.halves().iter().try_for_each(|t| t.unwrap(mk).map(drop))?;
+                    return Ok(key.clone());
+                }
+                let c = cands
+                    .iter()
+                    .find(|c| c.holds(Register::Old, &mkvp, mktype).is_some() && c.current.is_some())
+                    .ok_or_else(|| self.no_target(&cands, key_type, mkvp, direction, apqns))?;
+                (c.old.as_ref().expect("holds"), c.current.as_ref().expect("checked"))
+            }
+        };
+        let halves = key.halves().iter().map(|t| t.rewrap(from, to)).collect::<Result<Vec<_>, _>>()?;
+        rebuild(halves)
+    }
+
+    fn no_target(&self, cands: &[Candidate], key_type: KeyType, mkvp: Mkvp, direction: Direction, apqns: Option<&[Apqn]>) -> HsmError {
+        let mktype = key_type.mk_type();
+        let any = |reg| cands.iter().any(|c| c.holds(reg, &mkvp, mktype).is_some());
+        let new_word = if mktype == MkType::Ep11 { "committed" } else { "full" };
+        let why = match direction {
+            Direction::ToNew if any(Register::New) => {
+                "the key is already enciphered with the NEW master key".to_string()
+            }
+            Direction::ToNew if any(Register::Current) => format!(
+                "no APQN that holds the key's CURRENT master key has a {new_word} NEW master key: load the new master key with the TKE first"
+            ),
+            Direction::ToNew if any(Register::Old) => {
+                "the key is enciphered with the OLD master key: the SET already happened, re-encipher it from OLD to CURRENT instead".to_string()
+            }
+            Direction::FromOld if any(Register::New) => {
+                "the key is enciphered with the NEW master key, which is not set yet: run the SET first".to_string()
+            }
+            _ => return unusable(key_type, mkvp, apqns),
+        };
+        HsmError::NoApqn { key_type, within: within(apqns), why }
+    }
+
+    /// The key in the clear, for the data path. Works with a key under CURRENT or OLD.
+    pub fn effective_key(&self, key: &SecureKey, apqns: Option<&[Apqn]>) -> Result<EffectiveKey, HsmError> {
+        let v = self.verify(key, apqns)?;
+        let cands = self.usable(key.key_type(), key.key_type().mk_type(), apqns)?;
+        let mk = find_key(&cands, v.register, &v.mkvp, key.key_type().mk_type())
+            .ok_or_else(|| unusable(key.key_type(), v.mkvp, apqns))?;
+        let mut out = Zeroizing::new(Vec::with_capacity(key.len()));
+        for t in key.halves() {
+            out.extend_from_slice(&t.unwrap(mk)?);
+        }
+        Ok(EffectiveKey(out))
+    }
+
+    /// The key verification pattern (VP): 32 zero bytes encrypted with the effective key
+    /// (AES-CBC with a zero IV, or AES-XTS with a zero tweak for an XTS key), as 64 lowercase hex
+    /// digits. It names the effective key whatever master key wraps it.
+    pub fn verification_pattern(&self, key: &SecureKey, apqns: Option<&[Apqn]>) -> Result<String, HsmError> {
+        let k = self.effective_key(key, apqns)?;
+        Ok(vp_of_effective(k.as_bytes(), key.is_xts()))
+    }
+
+    // ----- APKA: ECC private keys -----
+
+    /// Generates a P-256 private key enciphered with the APKA master key.
+    pub fn generate_ecc(&self, apqns: Option<&[Apqn]>) -> Result<EccKeyToken, HsmError> {
+        let (cands, why) = self.candidates(Mode::Cca, MkType::Apka, apqns)?;
+        let mk = cands.iter().find_map(|c| c.current.as_ref()).ok_or_else(|| HsmError::NoApqn {
+            key_type: KeyType::CcaAesData,
+            within: within(apqns),
+            why: format!("an ECC key needs an online CCA APQN with a valid CURRENT APKA master key ({why})"),
+        })?;
+        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        Ok(EccKeyToken::wrap(&secret, mk)?)
+    }
+
+    fn apka_key(&self, token: &EccKeyToken, reg: Register, apqns: Option<&[Apqn]>) -> Result<(Vec<Candidate>, MasterKey), HsmError> {
+        let (cands, _) = self.candidates(Mode::Cca, MkType::Apka, apqns)?;
+        let mkvp = token.mkvp();
+        let mk = find_key(&cands, reg, &mkvp, MkType::Apka).cloned().ok_or(HsmError::Unusable {
+            mkvp,
+            old: "",
+            within: within(apqns),
+        })?;
+        Ok((cands, mk))
+    }
+
+    /// Where an ECC key's APKA master key sits: CURRENT, else OLD.
+    pub fn verify_ecc(&self, token: &EccKeyToken, apqns: Option<&[Apqn]>) -> Result<Register, HsmError> {
+        for reg in [Register::Current, Register::Old] {
+            if let Ok((_, mk)) = self.apka_key(token, reg, apqns) {
+                token.unwrap(&mk)?;
+                return Ok(reg);
+            }
+        }
+        Err(HsmError::Unusable { mkvp: token.mkvp(), old: " or OLD", within: within(apqns) })
+    }
+
+    /// Signs a message digest with ECDSA P-256/SHA-256 inside the adapter; DER-encoded signature.
+    pub fn sign_ecc(&self, token: &EccKeyToken, message: &[u8], apqns: Option<&[Apqn]>) -> Result<Vec<u8>, HsmError> {
+        use p256::ecdsa::signature::Signer;
+        let reg = self.verify_ecc(token, apqns)?;
+        let (_, mk) = self.apka_key(token, reg, apqns)?;
+        let secret = token.unwrap(&mk)?;
+        let signer = p256::ecdsa::SigningKey::from(&secret);
+        let sig: p256::ecdsa::Signature = signer.sign(message);
+        Ok(sig.to_der().as_bytes().to_vec())
+    }
+
+    /// Re-enciphers an ECC key with the APKA master key, in either direction.
+    pub fn reencipher_ecc(&self, token: &EccKeyToken, direction: Direction, apqns: Option<&[Apqn]>) -> Result<EccKeyToken, HsmError> {
+        let (cands, _) = self.candidates(Mode::Cca, MkType::Apka, apqns)?;
+        let mkvp = token.mkvp();
+        let pick = |from: Register, to: fn(&Candidate) -> Option<&MasterKey>| {
+            cands.iter().find_map(|c| Some((c.holds(from, &mkvp, MkType::Apka)?, to(c)?)))
+        };
+        let found = match direction {
+            Direction::ToNew => pick(Register::Current, |c| c.new.as_ref()),
+            Direction::FromOld => {
+                if find_key(&cands, Register::Current, &mkvp, MkType::Apka).is_some() {
+                    return Ok(token.clone());
+                }
+                pick(Register::Old, |c| c.current.as_ref())
+            }
+        };
+        let (from, to) = found.ok_or_else(|| HsmError::NoApqn {
+            key_type: KeyType::CcaAesData,
+            within: within(apqns),
+            why: match direction {
+                Direction::ToNew => "no CCA APQN holds the ECC key's APKA master key as CURRENT with a full NEW APKA master key".into(),
+                Direction::FromOld => "no CCA APQN holds the ECC key's APKA master key as OLD".into(),
+            },
+        })?;
+        Ok(token.rewrap(from, to)?)
+    }
+}
+
+fn candidate(bus: &Bus, apqn: Apqn, mktype: MkType) -> Candidate {
+    use crate::adapter::QueueKeys;
+    let (_, q) = bus.queue(apqn).expect("caller checked");
+    match (&q.keys, mktype) {
+        (QueueKeys::Cca { aes: r, .. }, MkType::Aes) | (QueueKeys::Cca { apka: r, .. }, MkType::Apka) => Candidate {
+            apqn,
+            new: match &r.new {
+                CcaNew::Full(k) => Some(k.clone()),
+                _ => None,
+            },
+            current: r.current.clone(),
+            old: r.old.clone(),
+        },
+        (QueueKeys::Ep11 { wk }, MkType::Ep11) => Candidate {
+            apqn,
+            new: match &wk.new {
+                Ep11New::Committed(k) => Some(k.clone()),
+                _ => None,
+            },
+            current: wk.current.clone(),
+            old: None,
+        },
+        _ => Candidate { apqn, new: None, current: None, old: None },
+    }
+}
+
+fn find_key<'a>(cands: &'a [Candidate], reg: Register, mkvp: &Mkvp, mktype: MkType) -> Option<&'a MasterKey> {
+    cands.iter().find_map(|c| c.holds(reg, mkvp, mktype))
+}
+
+fn unusable(key_type: KeyType, mkvp: Mkvp, apqns: Option<&[Apqn]>) -> HsmError {
+    let old = if key_type.mode() == Mode::Ep11 { "" } else { " or OLD" };
+    HsmError::Unusable { mkvp, old, within: within(apqns) }
+}
+
+fn same_mkvp(key: &SecureKey) -> Result<Mkvp, HsmError> {
+    let h = key.halves();
+    let first = h[0].mkvp();
+    match h.get(1).map(Token::mkvp) {
+        Some(second) if second != first => Err(HsmError::SplitXts(first, second)),
+        _ => Ok(first),
+    }
+}
+
+fn rebuild(mut halves: Vec<Token>) -> Result<SecureKey, HsmError> {
+    Ok(match halves.len() {
+        1 => SecureKey::single(halves.remove(0)),
+        _ => {
+            let second = halves.remove(1);
+            SecureKey::xts(halves.remove(0), second)?
+        }
+    })
+}
+
+fn check_bits(bits: u32, xts: bool) -> Result<(), HsmError> {
+    match (bits, xts) {
+        (128 | 256, _) | (192, false) => Ok(()),
+        (192, true) => Err(HsmError::Invalid("192-bit keys cannot be XTS keys: use 128 or 256 bits".into())),
+        _ => Err(HsmError::Invalid(format!("{bits} is not an AES key size: use 128, 192 or 256 bits"))),
+    }
+}
+
+/// One AES block cipher of any key size.
+enum AnyAes {
+    A128(aes::Aes128),
+    A192(aes::Aes192),
+    A256(aes::Aes256),
+}
+
+impl AnyAes {
+    fn new(key: &[u8]) -> AnyAes {
+        match key.len() {
+            16 => AnyAes::A128(aes::Aes128::new_from_slice(key).expect("length checked")),
+            24 => AnyAes::A192(aes::Aes192::new_from_slice(key).expect("length checked")),
+            _ => AnyAes::A256(aes::Aes256::new_from_slice(key).expect("length checked")),
+        }
+    }
+    fn encrypt(&self, block: &mut [u8; 16]) {
+        let b = aes::Block::from_mut_slice(block);
+        match self {
+            AnyAes::A128(c) => c.encrypt_block(b),
+            AnyAes::A192(c) => c.encrypt_block(b),
+            AnyAes::A256(c) => c.encrypt_block(b),
+        }
+    }
+}
+
+/// The VP of a clear key: AES-CBC (zero IV) or AES-XTS (zero tweak) over 32 zero bytes.
+pub fn vp_of_effective(key: &[u8], xts: bool) -> String {
+    let mut out = [0u8; 32];
+    if xts {
+        let (k1, k2) = key.split_at(key.len() / 2);
+        let (data, tweak) = (AnyAes::new(k1), AnyAes::new(k2));
+        let mut t = [0u8; 16];
+        tweak.encrypt(&mut t);
+        for block in out.chunks_exact_mut(16) {
+            let mut b = [0u8; 16];
+            b.iter_mut().zip(t.iter()).for_each(|(x, y)| *x = *y);
+            data.encrypt(&mut b);
+            block.iter_mut().zip(b.iter().zip(t.iter())).for_each(|(o, (x, y))| *o = x ^ y);
+            t = xts_mul_alpha(t);
+        }
+    } else {
+        let c = AnyAes::new(key);
+        let mut prev = [0u8; 16];
+        for block in out.chunks_exact_mut(16) {
+            c.encrypt(&mut prev);
+            block.copy_from_slice(&prev);
+        }
+    }
+    hex::encode(out)
+}
+
+/// Multiplies an XTS tweak by alpha in GF(2^128), little-endian as IEEE 1619 defines it.
+fn xts_mul_alpha(t: [u8; 16]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut carry = 0u8;
+    for i in 0..16 {
+        out[i] = (t[i] << 1) | carry;
+        carry = t[i] >> 7;
+    }
+    if carry != 0 {
+        out[0] ^= 0x87;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xts_vp_matches_ieee1619_vector() {
+        // IEEE 1619-2007 vector 1: keys all zero, tweak 0, 32 zero bytes of plaintext.
+        let vp = vp_of_effective(&[0u8; 32], true);
+        assert_eq!(vp, "917cf69ebd68b2ec9b9fe9a3eadda692cd43d2f59598ed858c02c2652fbf922e");
+    }
+
+    #[test]
+    fn cbc_vp_is_two_chained_blocks() {
+        // AES-128 of the zero block under the zero key is 66e94bd4ef8a2c3b884cfa59ca342b2e.
+        let vp = vp_of_effective(&[0u8; 16], false);
+        assert!(vp.starts_with("66e94bd4ef8a2c3b884cfa59ca342b2e"));
+        assert_eq!(vp.len(), 64);
+    }
+}

@@ -16,6 +16,7 @@
 //! - [`lszcrypt`]: lszcrypt-style listings of a sysfs tree.
 //! - [`token`]: secure key token layouts and the wrapping of key material.
 //! - [`hsm`]: the operations on secure keys: generate, import, verify, re-encipher, VP.
+//! - [`table`]: aligned text tables for human output.
 //! - [`durable`]: atomic file replacement and locks, used by every crate of the suite.
 
 pub mod adapter;
@@ -27,6 +28,7 @@ pub mod mkvp;
 pub mod registers;
 pub mod sim;
 pub mod sysfs;
+pub mod table;
 pub mod token;
 
 pub use apqn::Apqn;

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the suite needs to build and test on Debian 12, and nothing when it is all
+# there already. Safe to run again. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+packages=(pkg-config)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  echo "Installing Debian packages: ${missing[*]}"
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not installed: install a Rust toolchain (1.89 or newer), e.g. with rustup, then run this again." >&2
+  exit 1
+fi
