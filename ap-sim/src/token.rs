@@ -382,7 +382,7 @@ impl SecureKey {
         if bytes.len() == single {
             return Ok(SecureKey::single(Token::parse(bytes)?));
         }
-        if single >= MIN_TOKEN_LEN && bytes.len() == 2 * single {
+        if bytes.len() == 2 * single {
             let (a, b) = bytes.split_at(single);
             return SecureKey::xts(Token::parse(a)?, Token::parse(b)?);
         }
@@ -575,3 +575,5 @@ fn checked_bits(kind: &'static str, bits: u32) -> Result<u32, TokenError> {
     }
 }
 
+#[cfg(test)]
+mod tests;
