@@ -28,7 +28,7 @@
 //! | 256    | 64  | reserved | zero |
 //!
 //! A session-bound blob (non-zero session bytes) only works inside the EP11 session that made it;
-//! zkey cannot use such keys for volumes, so [`check`] rejects them with a specific error.
+//! zkey cannot use such keys for volumes, so parsing (`Token::parse`) rejects them with a specific error.
 //! The full 32-byte MAC covers the header, the attributes and the mode, so none of them can be
 //! changed without the wrapping key. A re-encipherment keeps the form, attributes and mode.
 
