@@ -211,6 +211,10 @@ impl Hsm {
             )));
         }
         check_bits(half as u32 * 8, xts)?;
+        if xts && clear[..half] == clear[half..] {
+            // IEEE 1619 (and FIPS) require two different XTS keys; equal halves weaken the mode.
+            return Err(HsmError::Invalid("the two halves of a clear XTS key are equal: XTS needs two different keys".into()));
+        }
         let mktype = key_type.mk_type();
         let cands = self.usable(key_type, mktype, apqns)?;
         let mk = cands.iter().find_map(|c| c.current.as_ref()).ok_or_else(|| HsmError::NoApqn {
@@ -357,7 +361,7 @@ impl Hsm {
             why: format!("an ECC key needs an online CCA APQN with a valid CURRENT APKA master key ({why})"),
         })?;
         let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-        Ok(EccKeyToken::wrap(&secret, mk)?)
+        Ok(EccKeyToken::wrap(&secret, mk))
     }
 
     fn apka_key(&self, token: &EccKeyToken, reg: Register, apqns: Option<&[Apqn]>) -> Result<(Vec<Candidate>, MasterKey), HsmError> {

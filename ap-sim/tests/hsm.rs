@@ -170,11 +170,12 @@ fn a_flipped_bit_is_detected_not_used() {
 #[test]
 fn clear_key_import_gives_the_same_effective_key() {
     let (_t, h) = setup();
-    let clear = [7u8; 64];
+    let clear: Vec<u8> = (0u8..64).collect();
     let k = h.import_clear(KeyType::CcaAesData, &clear, true, None).unwrap();
     assert_eq!(h.effective_key(&k, None).unwrap().as_bytes(), &clear[..]);
     assert_eq!(h.verification_pattern(&k, None).unwrap(), ap_sim::hsm::vp_of_effective(&clear, true));
     assert!(h.import_clear(KeyType::CcaAesData, &[0u8; 20], false, None).is_err());
+    assert!(h.import_clear(KeyType::CcaAesData, &[9u8; 64], true, None).is_err(), "equal XTS halves");
     assert!(h.generate(KeyType::CcaAesData, 192, true, None).is_err());
     assert!(h.generate(KeyType::CcaAesData, 512, false, None).is_err());
 }
