@@ -21,6 +21,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::mkvps::{CcaMkvps, CcaTypeMkvps, Ep11Mkvps, Mkvps, Reading};
+use super::read::{parse_card_name, parse_queue_name};
 use super::{CARD_DRIVER, QUEUE_DRIVER};
 use crate::adapter::{Bus, Card, Mode, Queue, QueueKeys, Status};
 use crate::apqn::Apqn;
@@ -200,31 +201,42 @@ fn card_info_attributes(card: &Card, domain: Option<u16>) -> Vec<(&'static str, 
         Mode::Accelerator => vec![],
         Mode::Cca => {
             let reachable = domain.and_then(|d| card.queues.get(&d)).is_some_and(usable);
-            let serial = if reachable {
-                card.serialnr.clone()
-            } else {
-                String::new()
-            };
-            vec![("serialnr", serial)]
+            vec![("serialnr", answered(reachable, card.serialnr.clone()))]
         }
         Mode::Ep11 => {
             let reachable = card.queues.values().any(usable);
             let (major, minor) = card.fw_version;
-            let shown = |v: bool, s: String| if reachable && v { s } else { String::new() };
+            let ordinal = card.api_ordinal;
             vec![
-                ("serialnr", shown(true, format!("{:>16.16}", card.serialnr))),
+                (
+                    "serialnr",
+                    answered(reachable, format!("{:>16.16}", card.serialnr)),
+                ),
+                // The kernel leaves out a zero ordinal or firmware version.
                 (
                     "API_ordinalnr",
-                    shown(card.api_ordinal > 0, card.api_ordinal.to_string()),
+                    answered(reachable && ordinal > 0, ordinal.to_string()),
                 ),
                 (
                     "FW_version",
-                    shown((major, minor) != (0, 0), format!("{major}.{minor}")),
+                    answered(
+                        reachable && (major, minor) != (0, 0),
+                        format!("{major}.{minor}"),
+                    ),
                 ),
                 // The simulator certifies no operation mode (FIPS, BSI, ...).
                 ("op_modes", String::new()),
             ]
         }
+    }
+}
+
+/// `value` if the adapter answered the request for it, else the empty line the kernel prints.
+fn answered(reachable: bool, value: String) -> String {
+    if reachable {
+        value
+    } else {
+        String::new()
     }
 }
 
@@ -409,30 +421,26 @@ fn sync_links(dir: &Path, links: &BTreeMap<String, PathBuf>) -> io::Result<()> {
 /// Removes card and queue directories whose device is no longer on the bus.
 fn remove_stale_devices(bus: &Bus, devices: &Path) -> io::Result<()> {
     for (name, path) in subdirs(devices)? {
-        match card_id(&name) {
-            Some(id) => match bus.card(id) {
-                Some(card) => remove_stale_queues(card, &path)?,
-                None => ignore_missing(fs::remove_dir_all(&path))?,
-            },
-            None => continue,
+        let Some(id) = parse_card_name(&name) else {
+            continue;
+        };
+        match bus.card(id) {
+            Some(card) => remove_stale_queues(id, card, &path)?,
+            None => ignore_missing(fs::remove_dir_all(&path))?,
         }
     }
     Ok(())
 }
 
-fn remove_stale_queues(card: &Card, card_dir: &Path) -> io::Result<()> {
+fn remove_stale_queues(id: u8, card: &Card, card_dir: &Path) -> io::Result<()> {
     for (name, path) in subdirs(card_dir)? {
-        let gone = super::read::parse_queue_name(&name)
-            .is_some_and(|a| !card.queues.contains_key(&a.domain()));
-        if gone {
+        let stale = parse_queue_name(&name)
+            .is_some_and(|a| a.card() != id || !card.queues.contains_key(&a.domain()));
+        if stale {
             ignore_missing(fs::remove_dir_all(&path))?;
         }
     }
     Ok(())
-}
-
-fn card_id(name: &str) -> Option<u8> {
-    super::read::parse_card_name(name)
 }
 
 fn subdirs(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
