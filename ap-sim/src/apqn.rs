@@ -112,6 +112,32 @@ pub fn parse_list(s: &str) -> Result<Vec<Apqn>, ApqnError> {
     Ok(out)
 }
 
+/// A non-empty, duplicate-free APQN list, as a command-line option takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApqnList(Vec<Apqn>);
+
+impl ApqnList {
+    pub fn as_slice(&self) -> &[Apqn] {
+        &self.0
+    }
+    pub fn into_vec(self) -> Vec<Apqn> {
+        self.0
+    }
+}
+
+impl FromStr for ApqnList {
+    type Err = ApqnError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_list(s).map(ApqnList)
+    }
+}
+
+impl fmt::Display for ApqnList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_list(&self.0))
+    }
+}
+
 /// Formats a list the way it is parsed: `08.002f,09.002f`.
 pub fn format_list(apqns: &[Apqn]) -> String {
     apqns

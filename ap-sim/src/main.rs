@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use ap_sim::adapter::CardType;
-use ap_sim::apqn::{self, Apqn};
+use ap_sim::apqn::{self, Apqn, ApqnList};
 use ap_sim::registers::{self, KeyPart, MkType, RegView};
 use ap_sim::sim::{Layout, Simulator, Target, TypeRegisters};
 use ap_sim::sysfs::SysfsTree;
@@ -71,12 +71,8 @@ struct InitArgs {
 #[derive(Args)]
 struct ApqnsArg {
     /// The domain group: APQNs as CARD.DOMAIN, comma-separated, e.g. 08.002f,09.002f
-    #[arg(short = 'a', long, value_name = "APQNS", value_parser = parse_apqns)]
-    apqns: Vec<Apqn>,
-}
-
-fn parse_apqns(s: &str) -> Result<Vec<Apqn>, String> {
-    apqn::parse_list(s).map_err(|e| e.to_string())
+    #[arg(short = 'a', long, value_name = "APQNS")]
+    apqns: ApqnList,
 }
 
 #[derive(Subcommand)]
@@ -132,8 +128,8 @@ enum TkeCmd {
     /// Show NEW, CURRENT and OLD registers with states and verification patterns
     Status {
         /// Only these APQNs [default: all APQNs with master keys]
-        #[arg(short = 'a', long, value_parser = parse_apqns)]
-        apqns: Option<Vec<Apqn>>,
+        #[arg(short = 'a', long)]
+        apqns: Option<ApqnList>,
         #[arg(long)]
         json: bool,
     },
@@ -187,7 +183,10 @@ fn run(cli: Cli) -> Result<()> {
             let tree = SysfsTree::new(sim.sys_root());
             let (cards, queues) = (tree.cards()?, tree.queues()?);
             if json {
-                println!("{}", serde_json::to_string_pretty(&lszcrypt::json(&cards, &queues))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&lszcrypt::json(&cards, &queues))?
+                );
             } else {
                 print!("{}", lszcrypt::table(&cards, &queues, verbose));
             }
@@ -203,7 +202,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             for (list, on) in [(a.config_on, true), (a.config_off, false)] {
                 for t in list {
-                    let Target::Card(c) = t else { bail!("--config-on/--config-off take a card id (e.g. 08), not an APQN") };
+                    let Target::Card(c) = t else {
+                        bail!("--config-on/--config-off take a card id (e.g. 08), not an APQN")
+                    };
                     sim.set_config(c, on)?;
                 }
             }
@@ -220,15 +221,23 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Env => {
             let sim = Simulator::open(&dir)?;
             let abs = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-            println!("export AP_SIM_DIR={}", shell_quote(&abs(sim.dir().to_path_buf()).display().to_string()));
-            println!("export SYSFS_ROOT={}", shell_quote(&abs(sim.sys_root()).display().to_string()));
+            println!(
+                "export AP_SIM_DIR={}",
+                shell_quote(&abs(sim.dir().to_path_buf()).display().to_string())
+            );
+            println!(
+                "export SYSFS_ROOT={}",
+                shell_quote(&abs(sim.sys_root()).display().to_string())
+            );
             Ok(())
         }
     }
 }
 
 fn shell_quote(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -238,7 +247,11 @@ fn shell_quote(s: &str) -> String {
 fn init(dir: &std::path::Path, a: InitArgs) -> Result<()> {
     let mut layout = Layout::default();
     if !a.cards.is_empty() {
-        layout.cards = a.cards.iter().map(|s| parse_card(s)).collect::<Result<_>>()?;
+        layout.cards = a
+            .cards
+            .iter()
+            .map(|s| parse_card(s))
+            .collect::<Result<_>>()?;
     }
     if !a.domains.is_empty() {
         layout.domains = a
@@ -253,8 +266,15 @@ fn init(dir: &std::path::Path, a: InitArgs) -> Result<()> {
     layout.shared_keys = !a.independent_keys;
     let sim = Simulator::init(dir, &layout, a.force)?;
     let n = sim.bus()?.apqns().count();
-    println!("AP bus simulator created in {} with {} cards and {n} APQNs.", sim.dir().display(), layout.cards.len());
-    println!("Point tools at it with: eval \"$(ap-sim --dir {} env)\"", shell_quote(&sim.dir().display().to_string()));
+    println!(
+        "AP bus simulator created in {} with {} cards and {n} APQNs.",
+        sim.dir().display(),
+        layout.cards.len()
+    );
+    println!(
+        "Point tools at it with: eval \"$(ap-sim --dir {} env)\"",
+        shell_quote(&sim.dir().display().to_string())
+    );
     Ok(())
 }
 
@@ -268,16 +288,7 @@ fn parse_card(s: &str) -> Result<(u8, CardType)> {
 }
 
 fn require_apqns(a: &ApqnsArg) -> Result<Vec<Apqn>> {
-    if a.apqns.is_empty() {
-        bail!("name the domain group with --apqns, e.g. --apqns 08.002f,09.002f");
-    }
-    let mut out: Vec<Apqn> = Vec::new();
-    for x in &a.apqns {
-        if !out.contains(x) {
-            out.push(*x);
-        }
-    }
-    Ok(out)
+    Ok(a.apqns.as_slice().to_vec())
 }
 
 fn tke(dir: &std::path::Path, cmd: TkeCmd) -> Result<()> {
@@ -290,13 +301,27 @@ fn tke(dir: &std::path::Path, cmd: TkeCmd) -> Result<()> {
     let sim = Simulator::open(dir)?;
     match cmd {
         TkeCmd::Checksum { .. } => unreachable!("handled above"),
-        TkeCmd::LoadNew { apqns, mktype, random, part, value, checksum } => {
+        TkeCmd::LoadNew {
+            apqns,
+            mktype,
+            random,
+            part,
+            value,
+            checksum,
+        } => {
             let apqns = require_apqns(&apqns)?;
             let list = apqn::format_list(&apqns);
             if random {
                 let mkvp = sim.tke_load_random(&apqns, mktype)?;
-                let state = if mktype == MkType::Ep11 { "uncommitted; commit it with 'ap-sim tke commit'" } else { "full" };
-                println!("New {} master key loaded into the NEW register of {list} ({state}).", mktype_label(mktype));
+                let state = if mktype == MkType::Ep11 {
+                    "uncommitted; commit it with 'ap-sim tke commit'"
+                } else {
+                    "full"
+                };
+                println!(
+                    "New {} master key loaded into the NEW register of {list} ({state}).",
+                    mktype_label(mktype)
+                );
                 println!("New master key verification pattern: {mkvp}");
                 return Ok(());
             }
@@ -308,7 +333,11 @@ fn tke(dir: &std::path::Path, cmd: TkeCmd) -> Result<()> {
                 .with_context(|| format!("'{checksum}' is not a checksum: give the two hex digits 'ap-sim tke checksum' printed"))?;
             let value = read_part(value.as_deref())?;
             let r = sim.tke_load_part(&apqns, mktype, part, &value, checksum)?;
-            println!("{} key part loaded into the NEW {} register of {list}.", part_label(part), mktype_label(mktype));
+            println!(
+                "{} key part loaded into the NEW {} register of {list}.",
+                part_label(part),
+                mktype_label(mktype)
+            );
             println!("Checksum     : {}", r.checksum);
             println!("Key part VP  : {}", r.part_vp);
             match r.new_mkvp {
@@ -320,37 +349,63 @@ fn tke(dir: &std::path::Path, cmd: TkeCmd) -> Result<()> {
         TkeCmd::Commit { apqns } => {
             let apqns = require_apqns(&apqns)?;
             sim.tke_commit(&apqns)?;
-            println!("NEW wrapping key committed on {}.", apqn::format_list(&apqns));
+            println!(
+                "NEW wrapping key committed on {}.",
+                apqn::format_list(&apqns)
+            );
             Ok(())
         }
         TkeCmd::Set { apqns, mktype, yes } => {
             let apqns = require_apqns(&apqns)?;
             let list = apqn::format_list(&apqns);
-            let lost = if mktype == MkType::Ep11 { "CURRENT wrapping key" } else { "OLD master key" };
+            let lost = if mktype == MkType::Ep11 {
+                "CURRENT wrapping key"
+            } else {
+                "OLD master key"
+            };
             let warning = format!(
                 "SET makes the NEW {} master key CURRENT on {list}. The {lost} is destroyed: every secure key still enciphered with it becomes unusable.",
                 mktype_label(mktype)
             );
+            sim.tke_check_set(&apqns, mktype)?;
             if !confirm(&warning, yes)? {
                 bail!("SET cancelled; nothing was changed");
             }
             sim.tke_set(&apqns, mktype)?;
-            println!("NEW {} master key set: it is now CURRENT on {list}.", mktype_label(mktype));
+            println!(
+                "NEW {} master key set: it is now CURRENT on {list}.",
+                mktype_label(mktype)
+            );
             Ok(())
         }
         TkeCmd::ClearNew { apqns, mktype } => {
             let apqns = require_apqns(&apqns)?;
             sim.tke_clear_new(&apqns, mktype)?;
-            println!("NEW {} register cleared on {}.", mktype_label(mktype), apqn::format_list(&apqns));
+            println!(
+                "NEW {} register cleared on {}.",
+                mktype_label(mktype),
+                apqn::format_list(&apqns)
+            );
             Ok(())
         }
         TkeCmd::Status { apqns, json } => {
-            let st = sim.register_status(apqns.as_deref())?;
+            let st = sim.register_status(apqns.as_ref().map(ApqnList::as_slice))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "apqns": st }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "apqns": st }))?
+                );
                 return Ok(());
             }
-            let mut t = Table::new(["CARD.DOMAIN", "TYPE", "STATUS", "MK", "NEW", "CURRENT", "OLD"]);
+            let mut t = Table::new([
+                "CARD.DOMAIN",
+                "TYPE",
+                "STATUS",
+                "MK",
+                "NEW",
+                "CURRENT",
+                "OLD",
+            ]);
             for a in &st {
                 for r in &a.registers {
                     t.row([
@@ -411,12 +466,14 @@ fn read_part(value: Option<&str>) -> Result<MasterKey> {
             eprintln!("ap-sim: warning: a key part on the command line can be seen by other users (ps, shell history); prefer --value - or the prompt");
             Zeroizing::new(v.to_string())
         }
-        None if std::io::stdin().is_terminal() => {
-            Zeroizing::new(rpassword::prompt_password("Key part (64 hex digits): ").context("reading the key part from the terminal")?)
-        }
+        None if std::io::stdin().is_terminal() => Zeroizing::new(
+            rpassword::prompt_password("Key part (64 hex digits): ")
+                .context("reading the key part from the terminal")?,
+        ),
         None => read_stdin_line()?,
     };
-    let hex_digits: Zeroizing<String> = Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect());
+    let hex_digits: Zeroizing<String> =
+        Zeroizing::new(text.chars().filter(|c| !c.is_whitespace()).collect());
     let mut bytes = Zeroizing::new([0u8; 32]);
     if hex::decode_to_slice(hex_digits.as_str(), bytes.as_mut()).is_err() {
         bail!("a key part must be 64 hex digits (32 bytes; spaces allowed between groups)");
@@ -426,7 +483,10 @@ fn read_part(value: Option<&str>) -> Result<MasterKey> {
 
 fn read_stdin_line() -> Result<Zeroizing<String>> {
     let mut s = Zeroizing::new(String::new());
-    std::io::stdin().lock().read_line(&mut s).context("reading the key part from stdin")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut s)
+        .context("reading the key part from stdin")?;
     Ok(s)
 }
 

@@ -328,6 +328,15 @@ impl Simulator {
         Ok(out)
     }
 
+    /// Runs `op` on a copy of the bus and discards it: whether an update would succeed.
+    pub fn check<T>(
+        &self,
+        op: impl FnOnce(&mut Bus) -> Result<T, SimError>,
+    ) -> Result<T, SimError> {
+        let _l = self.lock(LockKind::Shared)?;
+        op(&mut self.load()?.bus)
+    }
+
     // ----- TKE -----
 
     /// Loads one random key into NEW of every APQN given (all share it). Returns its pattern.
@@ -386,12 +395,12 @@ impl Simulator {
 
     /// SET: NEW becomes CURRENT on every APQN given, or on none.
     pub fn tke_set(&self, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
-        self.update(|bus| {
-            for_each_register(bus, apqns, mktype, |r| match r {
-                RegMut::Cca(r) => r.set(),
-                RegMut::Ep11(r) => r.set(),
-            })
-        })
+        self.update(|bus| set_all(bus, apqns, mktype))
+    }
+
+    /// Whether [`Simulator::tke_set`] would succeed now, so a caller can ask before it acts.
+    pub fn tke_check_set(&self, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
+        self.check(|bus| set_all(bus, apqns, mktype))
     }
 
     pub fn tke_clear_new(&self, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
@@ -497,6 +506,13 @@ impl Simulator {
             Ok(())
         })
     }
+}
+
+fn set_all(bus: &mut Bus, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
+    for_each_register(bus, apqns, mktype, |r| match r {
+        RegMut::Cca(r) => r.set(),
+        RegMut::Ep11(r) => r.set(),
+    })
 }
 
 fn validate_layout(layout: &Layout) -> Result<(), SimError> {

@@ -27,7 +27,9 @@ impl Sim {
         use std::io::Write;
         let mut c = Command::new(env!("CARGO_BIN_EXE_ap-sim"));
         c.arg("--dir").arg(&self.dir).args(args);
-        c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
         let mut input = child.stdin.take().unwrap();
         if let Some(s) = stdin {
@@ -39,7 +41,11 @@ impl Sim {
 
     fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args, None);
-        assert!(o.status.success(), "ap-sim {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "ap-sim {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 
@@ -49,7 +55,10 @@ impl Sim {
         let o = self.run(args, stdin);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "ap-sim {args:?} succeeded");
-        assert!(err.contains(expect), "ap-sim {args:?}: expected {expect:?} in {err:?}");
+        assert!(
+            err.contains(expect),
+            "ap-sim {args:?}: expected {expect:?} in {err:?}"
+        );
         assert_eq!(before, self.state(), "ap-sim {args:?} changed the state");
     }
 
@@ -63,14 +72,33 @@ impl Sim {
 
     fn reg(&self, apqn: &str, mktype: &str, reg: &str) -> (String, Option<String>) {
         let st = self.status();
-        let a = st["apqns"].as_array().unwrap().iter().find(|a| a["apqn"] == apqn).unwrap().clone();
-        let r = a["registers"].as_array().unwrap().iter().find(|r| r["mktype"] == mktype).unwrap()[reg].clone();
-        (r["state"].as_str().unwrap().to_string(), r["mkvp"].as_str().map(str::to_string))
+        let a = st["apqns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["apqn"] == apqn)
+            .unwrap()
+            .clone();
+        let r = a["registers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["mktype"] == mktype)
+            .unwrap()[reg]
+            .clone();
+        (
+            r["state"].as_str().unwrap().to_string(),
+            r["mkvp"].as_str().map(str::to_string),
+        )
     }
 
     fn mkvps(&self, apqn: &str) -> String {
         let card = &apqn[..2];
-        fs::read_to_string(self.dir.join(format!("sys/devices/ap/card{card}/{apqn}/mkvps"))).unwrap()
+        fs::read_to_string(
+            self.dir
+                .join(format!("sys/devices/ap/card{card}/{apqn}/mkvps")),
+        )
+        .unwrap()
     }
 }
 
@@ -83,14 +111,28 @@ fn default_layout_has_the_seed_004_apqns_sharing_master_keys() {
     let (_, cur9) = s.reg("09.002f", "aes", "current");
     assert_eq!(st8, "valid");
     assert_eq!(cur8, cur9, "08.002f and 09.002f share the AES master key");
-    assert_ne!(s.reg("08.002f", "apka", "current").1, cur8, "AES and APKA keys differ");
+    assert_ne!(
+        s.reg("08.002f", "apka", "current").1,
+        cur8,
+        "AES and APKA keys differ"
+    );
     assert_eq!(s.reg("0a.002f", "ep11", "current").0, "valid");
     let ls = s.ok(&["lszcrypt"]);
-    for needle in ["08.002f", "CEX8C", "CCA-Coproc", "EP11-Coproc", "Accelerator", "online"] {
+    for needle in [
+        "08.002f",
+        "CEX8C",
+        "CCA-Coproc",
+        "EP11-Coproc",
+        "Accelerator",
+        "online",
+    ] {
         assert!(ls.contains(needle), "lszcrypt lacks {needle}: {ls}");
     }
     let mode = fs::metadata(s.dir.join("state.json")).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
 }
 
 #[test]
@@ -99,13 +141,23 @@ fn init_refuses_to_overwrite_without_force() {
     s.refused(&["init"], None, "--force");
     let before = s.reg("08.002f", "aes", "current").1;
     s.ok(&["init", "--force"]);
-    assert_ne!(before, s.reg("08.002f", "aes", "current").1, "--force makes new master keys");
+    assert_ne!(
+        before,
+        s.reg("08.002f", "aes", "current").1,
+        "--force makes new master keys"
+    );
 }
 
 #[test]
 fn init_rejects_bad_layouts() {
     let tmp = tempfile::tempdir().unwrap();
-    for args in [&["--card", "08=CEX3C"][..], &["--card", "zz=CEX8C"], &["--card", "08"], &["--domain", "xyz"], &["--card", "08=CEX8C", "--card", "8=CEX8P"]] {
+    for args in [
+        &["--card", "08=CEX3C"][..],
+        &["--card", "zz=CEX8C"],
+        &["--card", "08"],
+        &["--domain", "xyz"],
+        &["--card", "08=CEX8C", "--card", "8=CEX8P"],
+    ] {
         let o = Command::new(env!("CARGO_BIN_EXE_ap-sim"))
             .arg("--dir")
             .arg(tmp.path().join("x"))
@@ -132,17 +184,71 @@ fn key_parts_build_the_new_key_and_report_patterns() {
     let out = s.ok(&["tke", "checksum", "--value", &v1]);
     assert!(out.contains(&format!("Checksum     : {c1}")), "{out}");
 
-    let o = s.run(&["tke", "load-new", "-a", GROUP, "-t", "aes", "--part", "first", "--value", "-", "--checksum", &c1], Some(&v1));
+    let o = s.run(
+        &[
+            "tke",
+            "load-new",
+            "-a",
+            GROUP,
+            "-t",
+            "aes",
+            "--part",
+            "first",
+            "--value",
+            "-",
+            "--checksum",
+            &c1,
+        ],
+        Some(&v1),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(s.reg("08.002f", "aes", "new").0, "partial");
-    assert!(s.mkvps("08.002f").contains("AES NEW: partial 0x0000000000000000"));
-    s.ok(&["tke", "load-new", "-a", GROUP, "-t", "aes", "--part", "middle", "--value", &v2, "--checksum", &c2]);
-    let out = s.ok(&["tke", "load-new", "-a", GROUP, "-t", "aes", "--part", "final", "--value", &v3, "--checksum", &c3]);
+    assert!(s
+        .mkvps("08.002f")
+        .contains("AES NEW: partial 0x0000000000000000"));
+    s.ok(&[
+        "tke",
+        "load-new",
+        "-a",
+        GROUP,
+        "-t",
+        "aes",
+        "--part",
+        "middle",
+        "--value",
+        &v2,
+        "--checksum",
+        &c2,
+    ]);
+    let out = s.ok(&[
+        "tke",
+        "load-new",
+        "-a",
+        GROUP,
+        "-t",
+        "aes",
+        "--part",
+        "final",
+        "--value",
+        &v3,
+        "--checksum",
+        &c3,
+    ]);
 
-    let expect = MasterKey::from_bytes([0x11 ^ 0x22 ^ 0x47; 32]).cca_mkvp().to_string();
-    assert!(out.contains(&format!("New master key verification pattern: {expect}")), "{out}");
-    assert_eq!(s.reg("09.002f", "aes", "new"), ("full".into(), Some(expect.clone())));
-    assert!(s.mkvps("09.002f").contains(&format!("AES NEW: full 0x{expect}")));
+    let expect = MasterKey::from_bytes([0x11 ^ 0x22 ^ 0x47; 32])
+        .cca_mkvp()
+        .to_string();
+    assert!(
+        out.contains(&format!("New master key verification pattern: {expect}")),
+        "{out}"
+    );
+    assert_eq!(
+        s.reg("09.002f", "aes", "new"),
+        ("full".into(), Some(expect.clone()))
+    );
+    assert!(s
+        .mkvps("09.002f")
+        .contains(&format!("AES NEW: full 0x{expect}")));
 
     let cur = s.reg("08.002f", "aes", "current").1;
     s.ok(&["tke", "set", "-a", GROUP, "-t", "aes", "--yes"]);
@@ -156,14 +262,93 @@ fn wrong_parts_and_orders_are_refused_without_change() {
     let s = Sim::new(&[]);
     let (v, c) = part(0x31);
     let bad = if c == "00" { "01" } else { "00" };
-    s.refused(&["tke", "load-new", "-a", GROUP, "-t", "aes", "--part", "first", "--value", &v, "--checksum", bad], None, "checksum mismatch");
-    s.refused(&["tke", "load-new", "-a", GROUP, "-t", "aes", "--part", "final", "--value", &v, "--checksum", &c], None, "FIRST");
-    s.refused(&["tke", "load-new", "-a", GROUP, "-t", "aes", "--part", "first", "--value", "abcd", "--checksum", &c], None, "64 hex digits");
-    s.refused(&["tke", "set", "-a", GROUP, "-t", "aes", "--yes"], None, "full");
-    s.refused(&["tke", "load-new", "-a", "08.002f,07.002f", "-t", "aes", "--random"], None, "07.002f does not exist");
-    s.refused(&["tke", "load-new", "-a", "08.0x2g", "-t", "aes", "--random"], None, "domain");
-    s.refused(&["tke", "load-new", "-a", "0a.002f", "-t", "aes", "--random"], None, "no aes master key");
-    s.refused(&["tke", "load-new", "-a", GROUP, "-t", "des", "--random"], None, "unknown master key type");
+    s.refused(
+        &[
+            "tke",
+            "load-new",
+            "-a",
+            GROUP,
+            "-t",
+            "aes",
+            "--part",
+            "first",
+            "--value",
+            &v,
+            "--checksum",
+            bad,
+        ],
+        None,
+        "checksum mismatch",
+    );
+    s.refused(
+        &[
+            "tke",
+            "load-new",
+            "-a",
+            GROUP,
+            "-t",
+            "aes",
+            "--part",
+            "final",
+            "--value",
+            &v,
+            "--checksum",
+            &c,
+        ],
+        None,
+        "FIRST",
+    );
+    s.refused(
+        &[
+            "tke",
+            "load-new",
+            "-a",
+            GROUP,
+            "-t",
+            "aes",
+            "--part",
+            "first",
+            "--value",
+            "abcd",
+            "--checksum",
+            &c,
+        ],
+        None,
+        "64 hex digits",
+    );
+    s.refused(
+        &["tke", "set", "-a", GROUP, "-t", "aes", "--yes"],
+        None,
+        "full",
+    );
+    s.refused(
+        &[
+            "tke",
+            "load-new",
+            "-a",
+            "08.002f,07.002f",
+            "-t",
+            "aes",
+            "--random",
+        ],
+        None,
+        "07.002f does not exist",
+    );
+    s.refused(
+        &["tke", "load-new", "-a", "08.0x2g", "-t", "aes", "--random"],
+        None,
+        "domain",
+    );
+    s.refused(
+        &["tke", "load-new", "-a", "0a.002f", "-t", "aes", "--random"],
+        None,
+        "no aes master key",
+    );
+    s.refused(
+        &["tke", "load-new", "-a", GROUP, "-t", "des", "--random"],
+        None,
+        "unknown master key type",
+    );
 }
 
 #[test]
@@ -171,15 +356,28 @@ fn set_is_all_or_nothing_across_the_group() {
     let s = Sim::new(&[]);
     // The security officer loaded NEW on 08.002f only: seed 000's "NEW MASTER KEYS INCORRECT".
     s.ok(&["tke", "load-new", "-a", "08.002f", "-t", "aes", "--random"]);
-    s.refused(&["tke", "set", "-a", GROUP, "-t", "aes", "--yes"], None, "APQN 09.002f");
-    assert_eq!(s.reg("08.002f", "aes", "new").0, "full", "08.002f keeps its NEW key");
+    s.refused(
+        &["tke", "set", "-a", GROUP, "-t", "aes", "--yes"],
+        None,
+        "APQN 09.002f",
+    );
+    assert_eq!(
+        s.reg("08.002f", "aes", "new").0,
+        "full",
+        "08.002f keeps its NEW key"
+    );
     // Off a terminal, SET is never done without --yes.
     s.refused(&["tke", "set", "-a", "08.002f", "-t", "aes"], None, "--yes");
     // A different NEW key on each APQN is possible, so tools can be tested against it.
     s.ok(&["tke", "load-new", "-a", "09.002f", "-t", "aes", "--random"]);
-    assert_ne!(s.reg("08.002f", "aes", "new").1, s.reg("09.002f", "aes", "new").1);
+    assert_ne!(
+        s.reg("08.002f", "aes", "new").1,
+        s.reg("09.002f", "aes", "new").1
+    );
     s.ok(&["tke", "clear-new", "-a", GROUP, "-t", "aes"]);
-    assert!(s.mkvps("08.002f").starts_with("AES NEW: empty 0x0000000000000000\n"));
+    assert!(s
+        .mkvps("08.002f")
+        .starts_with("AES NEW: empty 0x0000000000000000\n"));
 }
 
 #[test]
@@ -190,7 +388,11 @@ fn ep11_wrapping_key_needs_commit_and_has_no_old() {
     s.ok(&["tke", "load-new", "-a", g, "-t", "ep11", "--random"]);
     assert_eq!(s.reg("0b.002f", "ep11", "new").0, "uncommitted");
     assert!(s.mkvps("0a.002f").contains("WK NEW: uncommitted 0x"));
-    s.refused(&["tke", "set", "-a", g, "-t", "ep11", "--yes"], None, "committed");
+    s.refused(
+        &["tke", "set", "-a", g, "-t", "ep11", "--yes"],
+        None,
+        "committed",
+    );
     s.ok(&["tke", "commit", "-a", g]);
     let new = s.reg("0a.002f", "ep11", "new").1.unwrap();
     s.ok(&["tke", "set", "-a", g, "-t", "ep11", "--yes"]);
@@ -214,13 +416,22 @@ fn chzcrypt_and_faults_show_in_lszcrypt_and_status() {
     for w in ["offline", "deconfig", "chkstop"] {
         assert!(text.contains(w), "lszcrypt --json lacks {w}: {text}");
     }
-    assert_eq!(fs::read_to_string(s.dir.join("sys/devices/ap/card08/online")).unwrap(), "0\n");
-    assert_eq!(fs::read_to_string(s.dir.join("sys/devices/ap/card09/config")).unwrap(), "0\n");
+    assert_eq!(
+        fs::read_to_string(s.dir.join("sys/devices/ap/card08/online")).unwrap(),
+        "0\n"
+    );
+    assert_eq!(
+        fs::read_to_string(s.dir.join("sys/devices/ap/card09/config")).unwrap(),
+        "0\n"
+    );
     s.ok(&["chzcrypt", "-e", "08"]);
     s.ok(&["chzcrypt", "--config-on", "09"]);
     s.ok(&["fault", "clear", "0a.002f"]);
     let ls = s.ok(&["lszcrypt"]);
-    assert!(!ls.contains("offline") && !ls.contains("deconfig") && !ls.contains("chkstop"), "{ls}");
+    assert!(
+        !ls.contains("offline") && !ls.contains("deconfig") && !ls.contains("chkstop"),
+        "{ls}"
+    );
 }
 
 /// Master keys live only in the private state file: no rendered file holds one.
@@ -239,7 +450,11 @@ fn sysfs_tree_never_holds_a_master_key() {
         files += 1;
         let text = fs::read_to_string(p).unwrap_or_default().to_lowercase();
         for k in &keys {
-            assert!(!text.contains(&k[..16]), "{} holds part of a master key", p.display());
+            assert!(
+                !text.contains(&k[..16]),
+                "{} holds part of a master key",
+                p.display()
+            );
         }
     });
     assert!(files > 50, "only {files} sysfs files");
@@ -247,7 +462,11 @@ fn sysfs_tree_never_holds_a_master_key() {
 
 fn collect_keys(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
-        serde_json::Value::String(s) if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) => out.push(s.clone()),
+        serde_json::Value::String(s)
+            if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            out.push(s.clone())
+        }
         serde_json::Value::Array(a) => a.iter().for_each(|x| collect_keys(x, out)),
         serde_json::Value::Object(o) => o.values().for_each(|x| collect_keys(x, out)),
         _ => {}
@@ -270,7 +489,9 @@ fn walk(p: &Path, f: &mut dyn FnMut(&Path)) {
 /// reader of the sysfs tree never sees a torn mkvps file.
 #[test]
 fn concurrent_processes_never_tear_state_or_mkvps() {
-    let s = Sim::new(&["--card", "08=CEX8C", "--card", "09=CEX8C", "--domain", "2f", "--domain", "30"]);
+    let s = Sim::new(&[
+        "--card", "08=CEX8C", "--card", "09=CEX8C", "--domain", "2f", "--domain", "30",
+    ]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let dir = s.dir.clone();
@@ -281,7 +502,8 @@ fn concurrent_processes_never_tear_state_or_mkvps() {
                 for apqn in ["08.002f", "09.0030"] {
                     let p = dir.join(format!("sys/devices/ap/card{}/{apqn}/mkvps", &apqn[..2]));
                     let text = fs::read_to_string(&p).unwrap();
-                    ap_sim::sysfs::parse_mkvps(&text).unwrap_or_else(|e| panic!("torn mkvps {text:?}: {e}"));
+                    ap_sim::sysfs::parse_mkvps(&text)
+                        .unwrap_or_else(|e| panic!("torn mkvps {text:?}: {e}"));
                     reads += 1;
                 }
             }
@@ -295,8 +517,16 @@ fn concurrent_processes_never_tear_state_or_mkvps() {
             let dir = s.dir.clone();
             std::thread::spawn(move || {
                 for _ in 0..rounds {
-                    for args in [&["tke", "load-new", "-a", g, "-t", "aes", "--random"][..], &["tke", "set", "-a", g, "-t", "aes", "--yes"]] {
-                        let o = Command::new(env!("CARGO_BIN_EXE_ap-sim")).arg("--dir").arg(&dir).args(args).output().unwrap();
+                    for args in [
+                        &["tke", "load-new", "-a", g, "-t", "aes", "--random"][..],
+                        &["tke", "set", "-a", g, "-t", "aes", "--yes"],
+                    ] {
+                        let o = Command::new(env!("CARGO_BIN_EXE_ap-sim"))
+                            .arg("--dir")
+                            .arg(&dir)
+                            .args(args)
+                            .output()
+                            .unwrap();
                         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
                     }
                 }
@@ -325,7 +555,12 @@ fn env_points_tools_at_the_simulator() {
 #[test]
 fn commands_on_a_missing_simulator_say_how_to_create_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_ap-sim")).arg("--dir").arg(tmp.path()).args(["tke", "status"]).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_ap-sim"))
+        .arg("--dir")
+        .arg(tmp.path())
+        .args(["tke", "status"])
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("ap-sim init"));
 }

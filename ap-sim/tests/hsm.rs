@@ -44,7 +44,13 @@ fn set(h: &Hsm, t: KeyType) {
 fn generated_keys_verify_under_current_with_a_stable_vp() {
     let (_t, h) = setup();
     for t in ALL_TYPES {
-        for (bits, xts) in [(128, false), (192, false), (256, false), (128, true), (256, true)] {
+        for (bits, xts) in [
+            (128, false),
+            (192, false),
+            (256, false),
+            (128, true),
+            (256, true),
+        ] {
             let k = h.generate(t, bits, xts, None).unwrap();
             assert_eq!((k.key_type(), k.key_bits(), k.is_xts()), (t, bits, xts));
             let v = h.verify(&k, None).unwrap();
@@ -91,16 +97,29 @@ fn staged_reencipher_becomes_current_at_the_set_with_the_same_vp() {
         let k = h.generate(t, 256, true, None).unwrap();
         let vp = h.verification_pattern(&k, None).unwrap();
         let e = h.reencipher(&k, Direction::ToNew, None).unwrap_err();
-        assert!(e.to_string().contains("load the new master key"), "{t}: {e}");
+        assert!(
+            e.to_string().contains("load the new master key"),
+            "{t}: {e}"
+        );
         load_new(&h, t);
         let staged = h.reencipher(&k, Direction::ToNew, None).unwrap();
         assert_ne!(staged.mkvp(), k.mkvp());
-        assert!(matches!(h.verify(&staged, None), Err(HsmError::OnlyNew { .. })), "{t}: staged key is not usable before the SET");
+        assert!(
+            matches!(h.verify(&staged, None), Err(HsmError::OnlyNew { .. })),
+            "{t}: staged key is not usable before the SET"
+        );
         assert_eq!(h.verify(&k, None).unwrap().register, Register::Current);
         let again = h.reencipher(&k, Direction::ToNew, None).unwrap();
-        assert_eq!(again.mkvp(), staged.mkvp(), "a re-run stages to the same NEW key");
+        assert_eq!(
+            again.mkvp(),
+            staged.mkvp(),
+            "a re-run stages to the same NEW key"
+        );
         let e = h.reencipher(&staged, Direction::ToNew, None).unwrap_err();
-        assert!(e.to_string().contains("already enciphered with the NEW"), "{e}");
+        assert!(
+            e.to_string().contains("already enciphered with the NEW"),
+            "{e}"
+        );
         set(&h, t);
         let v = h.verify(&staged, None).unwrap();
         assert_eq!(v.register, Register::Current);
@@ -111,7 +130,10 @@ fn staged_reencipher_becomes_current_at_the_set_with_the_same_vp() {
             assert!(h.verify(&staged, None).is_err());
         } else {
             let completed = h.reencipher(&staged, Direction::FromOld, None).unwrap();
-            assert_eq!(h.verify(&completed, None).unwrap().register, Register::Current);
+            assert_eq!(
+                h.verify(&completed, None).unwrap().register,
+                Register::Current
+            );
             assert_eq!(h.verification_pattern(&completed, None).unwrap(), vp);
         }
     }
@@ -121,27 +143,47 @@ fn staged_reencipher_becomes_current_at_the_set_with_the_same_vp() {
 fn from_old_on_a_current_key_returns_it_unchanged() {
     let (_t, h) = setup();
     let k = h.generate(KeyType::CcaAesCipher, 128, false, None).unwrap();
-    assert_eq!(h.reencipher(&k, Direction::FromOld, None).unwrap().to_bytes(), k.to_bytes());
+    assert_eq!(
+        h.reencipher(&k, Direction::FromOld, None)
+            .unwrap()
+            .to_bytes(),
+        k.to_bytes()
+    );
 }
 
 #[test]
 fn unavailable_apqns_are_not_used() {
     let (_t, h) = setup();
     let only8 = parse_list("08.002f").unwrap();
-    let k = h.generate(KeyType::CcaAesData, 256, false, Some(&only8)).unwrap();
-    for (target, on) in [(Target::Card(8), false), (Target::Queue("08.002f".parse().unwrap()), false)] {
+    let k = h
+        .generate(KeyType::CcaAesData, 256, false, Some(&only8))
+        .unwrap();
+    for (target, on) in [
+        (Target::Card(8), false),
+        (Target::Queue("08.002f".parse().unwrap()), false),
+    ] {
         h.simulator().set_online(target, on).unwrap();
         let e = h.verify(&k, Some(&only8)).unwrap_err();
         assert!(e.to_string().contains("offline"), "{e}");
         // Another APQN of the group with the same master key still serves it.
-        assert_eq!(h.verify(&k, None).unwrap().current_apqns, parse_list("09.002f").unwrap());
+        assert_eq!(
+            h.verify(&k, None).unwrap().current_apqns,
+            parse_list("09.002f").unwrap()
+        );
         h.simulator().set_online(Target::Card(8), true).unwrap();
     }
     h.simulator().set_chkstop(Target::Card(9), true).unwrap();
     h.simulator().set_config(8, false).unwrap();
-    let e = h.generate(KeyType::CcaAesData, 256, false, None).unwrap_err();
-    assert!(e.to_string().contains("deconfig") && e.to_string().contains("chkstop"), "{e}");
-    let e = h.verify(&k, Some(&parse_list("07.0001").unwrap())).unwrap_err();
+    let e = h
+        .generate(KeyType::CcaAesData, 256, false, None)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("deconfig") && e.to_string().contains("chkstop"),
+        "{e}"
+    );
+    let e = h
+        .verify(&k, Some(&parse_list("07.0001").unwrap()))
+        .unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
 
@@ -149,8 +191,13 @@ fn unavailable_apqns_are_not_used() {
 fn keys_of_other_adapters_are_unusable_here() {
     let (_t, h) = setup();
     let (_t2, other) = setup();
-    let foreign = other.generate(KeyType::CcaAesData, 256, false, None).unwrap();
-    assert!(matches!(h.verify(&foreign, None), Err(HsmError::Unusable { .. })));
+    let foreign = other
+        .generate(KeyType::CcaAesData, 256, false, None)
+        .unwrap();
+    assert!(matches!(
+        h.verify(&foreign, None),
+        Err(HsmError::Unusable { .. })
+    ));
 }
 
 #[test]
@@ -161,8 +208,14 @@ fn a_flipped_bit_is_detected_not_used() {
         for byte in [16usize, 40, k.len() - 1] {
             let mut bad = k.clone();
             bad[byte] ^= 0x01;
-            let ok = SecureKey::parse(&bad).ok().map(|k| h.effective_key(&k, None).is_ok());
-            assert_ne!(ok, Some(true), "{t}: byte {byte} flipped and the key still unwrapped");
+            let ok = SecureKey::parse(&bad)
+                .ok()
+                .map(|k| h.effective_key(&k, None).is_ok());
+            assert_ne!(
+                ok,
+                Some(true),
+                "{t}: byte {byte} flipped and the key still unwrapped"
+            );
         }
     }
 }
@@ -171,11 +224,22 @@ fn a_flipped_bit_is_detected_not_used() {
 fn clear_key_import_gives_the_same_effective_key() {
     let (_t, h) = setup();
     let clear: Vec<u8> = (0u8..64).collect();
-    let k = h.import_clear(KeyType::CcaAesData, &clear, true, None).unwrap();
+    let k = h
+        .import_clear(KeyType::CcaAesData, &clear, true, None)
+        .unwrap();
     assert_eq!(h.effective_key(&k, None).unwrap().as_bytes(), &clear[..]);
-    assert_eq!(h.verification_pattern(&k, None).unwrap(), ap_sim::hsm::vp_of_effective(&clear, true));
-    assert!(h.import_clear(KeyType::CcaAesData, &[0u8; 20], false, None).is_err());
-    assert!(h.import_clear(KeyType::CcaAesData, &[9u8; 64], true, None).is_err(), "equal XTS halves");
+    assert_eq!(
+        h.verification_pattern(&k, None).unwrap(),
+        ap_sim::hsm::vp_of_effective(&clear, true)
+    );
+    assert!(h
+        .import_clear(KeyType::CcaAesData, &[0u8; 20], false, None)
+        .is_err());
+    assert!(
+        h.import_clear(KeyType::CcaAesData, &[9u8; 64], true, None)
+            .is_err(),
+        "equal XTS halves"
+    );
     assert!(h.generate(KeyType::CcaAesData, 192, true, None).is_err());
     assert!(h.generate(KeyType::CcaAesData, 512, false, None).is_err());
 }
@@ -189,7 +253,9 @@ fn ecc_identity_key_signs_and_survives_an_apka_change() {
     let check = |tok: &ap_sim::token::ecc::EccKeyToken| {
         let der = h.sign_ecc(tok, msg, None).unwrap();
         let sig = p256::ecdsa::Signature::from_der(&der).unwrap();
-        p256::ecdsa::VerifyingKey::from(&key.public_key()).verify(msg, &sig).unwrap();
+        p256::ecdsa::VerifyingKey::from(&key.public_key())
+            .verify(msg, &sig)
+            .unwrap();
     };
     check(&key);
     let g = parse_list("08.002f,09.002f").unwrap();
