@@ -16,5 +16,8 @@ pub mod volume;
 
 pub use keyname::{KeyName, Pattern};
 pub use properties::{KeyProperties, Properties};
-
+pub use repository::{
+    Damage, DamagedKey, DummyPassphrase, KeyEntry, KeyFile, Promotion, Reader, RepoError,
+    Repository, Writer,
+};
 pub use volume::{Edit, SectorSize, Volume, VolumeType};

@@ -386,7 +386,44 @@ pub struct KeyProperties {
     pub kms_xts_key2_id: Option<String>,
     pub kms_xts_key2_label: Option<String>,
     /// Properties this version does not know, kept verbatim and in order.
-    other: Vec<(String, String)>,
+    pub other: OtherProperties,
+}
+
+/// Properties without a typed field in [`KeyProperties`] (a newer zkey's, a plug-in's), kept
+/// verbatim and in order. Known names are refused, so that a typed field and a raw copy can
+/// never disagree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OtherProperties(Vec<(String, String)>);
+
+impl OtherProperties {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), PropertiesError> {
+        check_name(name)?;
+        if name == HASH_PROPERTY || names::KNOWN.contains(&name) {
+            return Err(PropertiesError::ReservedName(name.to_string()));
+        }
+        check_value(name, value)?;
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value.to_string(),
+            None => self.0.push((name.to_string(), value.to_string())),
+        }
+        Ok(())
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let pos = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.remove(pos).1)
+    }
 }
 
 impl Default for KeyProperties {
@@ -411,7 +448,7 @@ impl Default for KeyProperties {
             kms_xts_key1_label: None,
             kms_xts_key2_id: None,
             kms_xts_key2_label: None,
-            other: Vec::new(),
+            other: OtherProperties::default(),
         }
     }
 }
@@ -483,7 +520,8 @@ impl KeyProperties {
                 KMS_XTS_KEY1_LABEL => kp.kms_xts_key1_label = text(),
                 KMS_XTS_KEY2_ID => kp.kms_xts_key2_id = text(),
                 KMS_XTS_KEY2_LABEL => kp.kms_xts_key2_label = text(),
-                _ => kp.other.push((name.to_string(), value.to_string())),
+                // Names were checked by `Properties`, and `KNOWN` ones are matched above.
+                _ => kp.other.0.push((name.to_string(), value.to_string())),
             }
         }
         Ok(kp)
@@ -541,7 +579,7 @@ impl KeyProperties {
         opt(KMS_XTS_KEY1_LABEL, &self.kms_xts_key1_label)?;
         opt(KMS_XTS_KEY2_ID, &self.kms_xts_key2_id)?;
         opt(KMS_XTS_KEY2_LABEL, &self.kms_xts_key2_label)?;
-        for (name, value) in &self.other {
+        for (name, value) in self.other.iter() {
             p.set(name, value)?;
         }
         Ok(p)
@@ -554,37 +592,14 @@ impl KeyProperties {
             .is_some_and(|k| !k.eq_ignore_ascii_case("LOCAL"))
     }
 
-    /// An unknown property's value.
+    /// An unknown property's value (shorthand for `self.other.get`).
     pub fn other(&self, name: &str) -> Option<&str> {
-        self.other
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.other.get(name)
     }
 
-    /// All unknown properties, in file order.
-    pub fn others(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.other.iter().map(|(n, v)| (n.as_str(), v.as_str()))
-    }
-
-    /// Sets a property this version has no typed field for. Known names are refused, so that
-    /// a typed field and a raw copy can never disagree.
+    /// Sets an unknown property (shorthand for `self.other.set`).
     pub fn set_other(&mut self, name: &str, value: &str) -> Result<(), PropertiesError> {
-        check_name(name)?;
-        if name == HASH_PROPERTY || names::KNOWN.contains(&name) {
-            return Err(PropertiesError::ReservedName(name.to_string()));
-        }
-        check_value(name, value)?;
-        match self.other.iter_mut().find(|(n, _)| n == name) {
-            Some((_, v)) => *v = value.to_string(),
-            None => self.other.push((name.to_string(), value.to_string())),
-        }
-        Ok(())
-    }
-
-    pub fn remove_other(&mut self, name: &str) -> Option<String> {
-        let pos = self.other.iter().position(|(n, _)| n == name)?;
-        Some(self.other.remove(pos).1)
+        self.other.set(name, value)
     }
 }
 
@@ -746,7 +761,7 @@ mod tests {
         assert_eq!(again.other("digest"), Some("sha256"));
         assert_eq!(again.other("future-thing"), Some("a=b, c"));
         assert_eq!(
-            again.others().map(|(n, _)| n).collect::<Vec<_>>(),
+            again.other.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             vec!["digest", "future-thing"]
         );
         let mut kp = again;
@@ -755,7 +770,7 @@ mod tests {
             Err(PropertiesError::ReservedName(_))
         ));
         kp.set_other("zz", "1").unwrap();
-        assert_eq!(kp.remove_other("zz"), Some("1".into()));
+        assert_eq!(kp.other.remove("zz"), Some("1".into()));
     }
 
     #[test]
@@ -779,8 +794,10 @@ mod tests {
                 "{name}={value} accepted"
             );
         }
-        let mut kp = KeyProperties::default();
-        kp.description = Some("two\nlines".into());
+        let kp = KeyProperties {
+            description: Some("two\nlines".into()),
+            ..KeyProperties::default()
+        };
         assert!(matches!(
             kp.render(),
             Err(PropertiesError::InvalidValueChars { .. })

@@ -349,7 +349,8 @@ mod tests {
         assert_eq!(v.to_string(), "/dev/dasdb1:enc_b");
         let u: Volume = "UUID=1234-abcd:enc".parse().unwrap();
         assert_eq!(u.device(), "UUID=1234-abcd");
-        let cases: [(&str, fn(&VolumeError) -> bool); 9] = [
+        type Check = fn(&VolumeError) -> bool;
+        let cases: [(&str, Check); 9] = [
             ("/dev/x", |e| matches!(e, VolumeError::MissingDmName(_))),
             ("/dev/x:", |e| matches!(e, VolumeError::MissingDmName(_))),
             (":dm", |e| matches!(e, VolumeError::MissingDevice(_))),
