@@ -574,3 +574,15 @@ fn default_path_honours_the_environment_variable() {
         _ => assert_eq!(default_path(), PathBuf::from(DEFAULT_REPOSITORY)),
     }
 }
+
+#[test]
+fn group_lookup_and_lock_file_permissions() {
+    assert_eq!(group_id("root"), Some(0));
+    assert_eq!(group_id("no-such-group-zkey-test"), None);
+    assert_eq!(group_id("bad\0name"), None);
+    let (_d, repo) = new_repo();
+    // The lock file is usable by the whole group, not ap-sim's default 0600.
+    let m = fs::metadata(repo.path().join(LOCK_FILE)).unwrap();
+    assert_eq!(m.mode() & 0o7777, repo.file_mode());
+    assert_eq!(m.gid(), fs::metadata(repo.path()).unwrap().gid());
+}
