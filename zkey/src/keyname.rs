@@ -1,0 +1,401 @@
+//! Key names and the wildcard patterns that select keys, APQNs and volumes.
+//!
+//! A key name becomes part of four file names in the repository (`<name>.skey`, `.info`,
+//! `.renc`, `.pass`) and of generated crypttab lines and shell commands, so [`KeyName`] only
+//! admits names that are safe in all of those places. It is the only way to name a key in the
+//! repository API, so a path such as `../x` can never reach the file system.
+//!
+//! [`Pattern`] is fnmatch(3) with flags 0, as the reference uses for `-N`, `-a` and `-l`
+//! filters: `*` matches any run of characters (also `/` and a leading `.`), `?` one character,
+//! `[...]` one character of a set (`[!...]` or `[^...]` negated, `a-z` ranges), `\` quotes the
+//! next character. Matching is iterative and linear in memory, so no pattern can exhaust the
+//! stack.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ap_sim::apqn::Apqn;
+
+use crate::volume::Volume;
+
+/// Characters the reference forbids in key names: they would break paths, quoting, or
+/// wildcard filters.
+pub const FORBIDDEN_CHARS: &[char] = &['/', '\\', ' ', '*', '?', '\'', '"'];
+
+/// Longest key name in bytes: `NAME_MAX` (255) minus the 5 bytes of the longest extension
+/// (`.skey`, `.info`, `.renc`, `.pass`), so that every file of the key can be created.
+pub const MAX_NAME_LEN: usize = 250;
+
+/// A valid repository key name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyName(String);
+
+/// Why a string is not a key name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyNameError {
+    #[error("a key name must not be empty")]
+    Empty,
+    #[error("key name '{name}' contains '{ch}': names must not contain / \\ space * ? ' \"")]
+    ForbiddenChar { name: String, ch: char },
+    #[error("key name '{0}' contains a control character: use printable characters only")]
+    ControlChar(String),
+    #[error(
+        "key name '{0}' starts with '.': such names are reserved for the repository's own files"
+    )]
+    LeadingDot(String),
+    #[error("key name is {len} bytes long: at most {MAX_NAME_LEN} bytes are allowed")]
+    TooLong { len: usize },
+}
+
+impl KeyName {
+    /// Validates `name`. Stricter than the reference in two ways, both because the name is a file
+    /// name: no leading `.` (hidden files, `.lock`, temporaries of atomic writes) and no control
+    /// characters (a newline would split crypttab lines).
+    pub fn new(name: &str) -> Result<Self, KeyNameError> {
+        if name.is_empty() {
+            return Err(KeyNameError::Empty);
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(KeyNameError::TooLong { len: name.len() });
+        }
+        if let Some(ch) = name.chars().find(|c| FORBIDDEN_CHARS.contains(c)) {
+            return Err(KeyNameError::ForbiddenChar {
+                name: name.to_string(),
+                ch,
+            });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(KeyNameError::ControlChar(name.escape_debug().to_string()));
+        }
+        if name.starts_with('.') {
+            return Err(KeyNameError::LeadingDot(name.to_string()));
+        }
+        Ok(KeyName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for KeyName {
+    type Err = KeyNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        KeyName::new(s)
+    }
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for KeyName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One element of a compiled pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Literal(char),
+    AnyOne,
+    AnyRun,
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+}
+
+/// An fnmatch-style wildcard pattern (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    source: String,
+    tokens: Vec<Token>,
+}
+
+impl Pattern {
+    /// Compiles `pattern`. Every string is a valid pattern: as in fnmatch, a `[` without a
+    /// closing `]` and a trailing `\` stand for themselves.
+    pub fn new(pattern: &str) -> Self {
+        let chars: Vec<char> = pattern.chars().collect();
+        let mut tokens = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            match chars[i] {
+                '*' => {
+                    // Consecutive stars are one star; it keeps matching linear.
+                    if tokens.last() != Some(&Token::AnyRun) {
+                        tokens.push(Token::AnyRun);
+                    }
+                    i += 1;
+                }
+                '?' => {
+                    tokens.push(Token::AnyOne);
+                    i += 1;
+                }
+                '\\' if i + 1 < chars.len() => {
+                    tokens.push(Token::Literal(chars[i + 1]));
+                    i += 2;
+                }
+                '[' => match parse_class(&chars, i + 1) {
+                    Some((token, next)) => {
+                        tokens.push(token);
+                        i = next;
+                    }
+                    None => {
+                        tokens.push(Token::Literal('['));
+                        i += 1;
+                    }
+                },
+                c => {
+                    tokens.push(Token::Literal(c));
+                    i += 1;
+                }
+            }
+        }
+        Pattern {
+            source: pattern.to_string(),
+            tokens,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the pattern contains no wildcard, i.e. it matches exactly one string.
+    pub fn is_literal(&self) -> bool {
+        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+    }
+
+    /// Whether `text` matches the whole pattern.
+    pub fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        // Classic greedy matching with one backtrack point: the last `*` seen and the text
+        // position it currently covers up to. O(len(text) * len(pattern)), no recursion.
+        let (mut p, mut t) = (0usize, 0usize);
+        let mut star: Option<(usize, usize)> = None;
+        while t < text.len() {
+            match self.tokens.get(p) {
+                Some(Token::AnyRun) => {
+                    star = Some((p, t));
+                    p += 1;
+                }
+                Some(tok) if token_matches(tok, text[t]) => {
+                    p += 1;
+                    t += 1;
+                }
+                _ => match star {
+                    Some((sp, st)) => {
+                        p = sp + 1;
+                        t = st + 1;
+                        star = Some((sp, st + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        self.tokens[p..].iter().all(|tok| *tok == Token::AnyRun)
+    }
+
+    pub fn matches_name(&self, name: &KeyName) -> bool {
+        self.matches(name.as_str())
+    }
+
+    /// Matches an APQN in its normal form `cc.dddd`, as the reference does for `-a` filters.
+    pub fn matches_apqn(&self, apqn: &Apqn) -> bool {
+        self.matches(&apqn.to_string())
+    }
+
+    /// Matches a volume as the reference's `-l` filter does: a pattern with a `:` is matched
+    /// against `dev:dm-name`, a pattern without one against the device alone.
+    pub fn matches_volume(&self, volume: &Volume) -> bool {
+        if self.source.contains(':') {
+            self.matches(&volume.to_string())
+        } else {
+            self.matches(volume.device())
+        }
+    }
+}
+
+impl FromStr for Pattern {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Pattern::new(s))
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// Parses a bracket expression starting after its `[`; `None` if it is not closed.
+fn parse_class(chars: &[char], mut i: usize) -> Option<(Token, usize)> {
+    let negated = matches!(chars.get(i), Some('!') | Some('^'));
+    if negated {
+        i += 1;
+    }
+    let mut ranges = Vec::new();
+    let mut first = true;
+    loop {
+        let mut c = *chars.get(i)?;
+        // A `]` right after `[` or `[!` is a member, not the end (POSIX).
+        if c == ']' && !first {
+            return Some((Token::Class { negated, ranges }, i + 1));
+        }
+        first = false;
+        if c == '\\' {
+            i += 1;
+            c = *chars.get(i)?;
+        }
+        i += 1;
+        let is_range = chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|n| *n != ']');
+        if is_range {
+            let mut hi = chars[i + 1];
+            i += 2;
+            if hi == '\\' {
+                hi = *chars.get(i)?;
+                i += 1;
+            }
+            ranges.push((c, hi));
+        } else {
+            ranges.push((c, c));
+        }
+    }
+}
+
+fn token_matches(token: &Token, c: char) -> bool {
+    match token {
+        Token::Literal(l) => *l == c,
+        Token::AnyOne => true,
+        Token::AnyRun => true,
+        Token::Class { negated, ranges } => {
+            ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_follow_the_rules() {
+        for good in ["disk1", "my-key_2.x", "a:b", "ä", &"k".repeat(MAX_NAME_LEN)] {
+            assert!(KeyName::new(good).is_ok(), "{good:?} rejected");
+        }
+        assert_eq!(KeyName::new(""), Err(KeyNameError::Empty));
+        for bad in ["a/b", "a\\b", "a b", "a*", "a?", "it's", "\"q\""] {
+            assert!(
+                matches!(KeyName::new(bad), Err(KeyNameError::ForbiddenChar { .. })),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(matches!(
+            KeyName::new(".hidden"),
+            Err(KeyNameError::LeadingDot(_))
+        ));
+        assert!(matches!(
+            KeyName::new("a\nb"),
+            Err(KeyNameError::ControlChar(_))
+        ));
+        assert_eq!(
+            KeyName::new(&"k".repeat(MAX_NAME_LEN + 1)),
+            Err(KeyNameError::TooLong {
+                len: MAX_NAME_LEN + 1
+            })
+        );
+    }
+
+    #[test]
+    fn fnmatch_semantics() {
+        let cases = [
+            ("*", "", true),
+            ("*", "anything/at.all", true),
+            ("disk*", "disk1", true),
+            ("disk*", "dis", false),
+            ("d?sk", "disk", true),
+            ("d?sk", "dsk", false),
+            ("*.002f", "08.002f", true),
+            ("0[89].*", "09.0001", true),
+            ("0[89].*", "0a.0001", false),
+            ("0[!89].*", "0a.0001", true),
+            ("0[^89].*", "08.0001", false),
+            ("[a-c]x", "bx", true),
+            ("[a-c]x", "dx", false),
+            ("[]]", "]", true),
+            ("[a-]", "-", true),
+            ("[abc", "[abc", true),
+            ("a\\*", "a*", true),
+            ("a\\*", "ab", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("**a", "bba", true),
+            ("", "", true),
+            ("", "x", false),
+        ];
+        for (pattern, text, expected) in cases {
+            assert_eq!(
+                Pattern::new(pattern).matches(text),
+                expected,
+                "{pattern:?} vs {text:?}"
+            );
+        }
+        assert!(Pattern::new("abc").is_literal());
+        assert!(!Pattern::new("a*").is_literal());
+    }
+
+    #[test]
+    fn volume_filter_matches_device_or_whole() {
+        let v: Volume = "/dev/dasdb1:enc_b".parse().unwrap();
+        assert!(Pattern::new("/dev/dasd*").matches_volume(&v));
+        assert!(!Pattern::new("enc_b").matches_volume(&v));
+        assert!(Pattern::new("*:enc_b").matches_volume(&v));
+        assert!(!Pattern::new("/dev/dasdb1:x").matches_volume(&v));
+    }
+
+    #[test]
+    fn apqn_filter_uses_normal_form() {
+        let a: Apqn = "8.2f".parse().unwrap();
+        assert!(Pattern::new("08.002f").matches_apqn(&a));
+        assert!(Pattern::new("08.*").matches_apqn(&a));
+        assert!(!Pattern::new("8.2f").matches_apqn(&a));
+    }
+
+    /// A naive recursive matcher as an oracle for `*`/`?`/literals.
+    fn oracle(p: &[char], t: &[char]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some(('*', rest)) => (0..=t.len()).any(|i| oracle(rest, &t[i..])),
+            Some(('?', rest)) => !t.is_empty() && oracle(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && oracle(rest, &t[1..]),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn pattern_never_panics(p in "\\PC{0,24}", t in "\\PC{0,24}") {
+            let pat = Pattern::new(&p);
+            let _ = pat.matches(&t);
+            let _ = pat.is_literal();
+        }
+
+        #[test]
+        fn pattern_agrees_with_oracle(p in "[ab*?]{0,8}", t in "[ab]{0,10}") {
+            let pc: Vec<char> = p.chars().collect();
+            let tc: Vec<char> = t.chars().collect();
+            prop_assert_eq!(Pattern::new(&p).matches(&t), oracle(&pc, &tc));
+        }
+
+        #[test]
+        fn literal_pattern_matches_itself(s in "[a-z0-9._-]{0,16}") {
+            prop_assert!(Pattern::new(&s).matches(&s));
+        }
+    }
+}
