@@ -1,19 +1,32 @@
-//! zkey: secure keys for protected-key dm-crypt volumes, kept in a repository.
+//! zkey: the secure keys of encrypted volumes, kept in a repository and bound to crypto
+//! adapters (APQNs), and their re-encipher around a master key change.
 //!
-//! This crate is the library under the `zkey` command. Its storage layer:
+//! This crate is the library under the `zkey` command; the binary only parses, prints and sets
+//! the exit code. One concept per module:
 //! - [`keyname`]: valid key names and the wildcard patterns of `-N`, `-a` and `-l` filters.
 //! - [`volume`]: volume associations (`device:dm-name`), volume types, sector sizes, and the
 //!   `+`/`-`/replace edits of association lists.
 //! - [`properties`]: the per-key `.info` file, its integrity hash and its typed view.
 //! - [`repository`]: the repository directory, its lock, and the files of each key.
-//!
-//! The secure key itself is opaque here: the token layer (ap-sim) gives it meaning.
+//! - [`adapters`]: where the crypto adapters and their sysfs view are found.
+//! - [`crosscheck`]: whether a set of APQNs agrees on its master keys.
+//! - [`keyops`]: making keys, and where each key stands (valid, at risk from the next SET).
+//! - [`reencipher`]: staged, in-place and complete re-encipher of repository keys.
+//! - [`crypttab`]: crypttab lines and the commands that format and open the volumes.
+//! - [`error`]: the errors of the operations above.
 
+pub mod adapters;
+pub mod crosscheck;
+pub mod crypttab;
+pub mod error;
 pub mod keyname;
+pub mod keyops;
 pub mod properties;
+pub mod reencipher;
 pub mod repository;
 pub mod volume;
 
+pub use error::ZkeyError;
 pub use keyname::{KeyName, Pattern};
 pub use properties::{KeyProperties, Properties};
 pub use repository::{

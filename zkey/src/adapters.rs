@@ -1,0 +1,37 @@
+//! Where zkey finds the crypto adapters: the HSM operations (the simulated adapters of
+//! `$AP_SIM_DIR`) and the kernel's view of them (the sysfs tree at `$SYSFS_ROOT`, by default the
+//! simulator's own `DIR/sys`). On real hardware these would be the pkey ioctls and `/sys`.
+
+use std::path::PathBuf;
+
+use ap_sim::hsm::Hsm;
+use ap_sim::sim::{SimError, Simulator};
+use ap_sim::sysfs::SysfsTree;
+
+/// The environment variable that overrides where sysfs is read (as in s390-tools).
+pub const SYSFS_ENV: &str = "SYSFS_ROOT";
+
+/// The adapters zkey works with.
+#[derive(Clone, Debug)]
+pub struct Adapters {
+    pub hsm: Hsm,
+    pub sysfs: SysfsTree,
+}
+
+impl Adapters {
+    /// The simulator named by `$AP_SIM_DIR` (default `/var/lib/ap-sim`) and the sysfs tree named
+    /// by `$SYSFS_ROOT` (default: the simulator's tree).
+    pub fn from_env() -> Result<Adapters, SimError> {
+        let sim = Simulator::from_env()?;
+        let root = std::env::var_os(SYSFS_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| sim.sys_root());
+        // Make sure the tree reflects the state before anyone reads it.
+        sim.bus()?;
+        Ok(Adapters {
+            sysfs: SysfsTree::new(root),
+            hsm: Hsm::new(sim),
+        })
+    }
+}

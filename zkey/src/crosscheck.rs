@@ -1,0 +1,358 @@
+//! The APQN cross-check: do the adapters a key is bound to agree on its master keys?
+//!
+//! Before a key is bound to APQNs, validated or re-enciphered, zkey reads the kernel's view of
+//! each APQN (sysfs: online state, card type, `mkvps`) and checks that they form one usable
+//! domain group: every APQN exists, is online and of the key's mode and level, has a valid
+//! CURRENT master key, all CURRENT keys agree, and the NEW registers agree. A master key change
+//! in preparation on some APQNs only (seed 000's "NEW MASTER KEYS INCORRECT ON SC75") is a
+//! finding of its own, an error when the operation needs the NEW key.
+
+use std::collections::BTreeMap;
+
+use ap_sim::adapter::{Mode, Status};
+use ap_sim::apqn::Apqn;
+use ap_sim::registers::{RegState, RegView};
+use ap_sim::sysfs::{Mkvps, QueueInfo, Reading, SysfsError, SysfsTree};
+use ap_sim::table::Table;
+use ap_sim::token::KeyType;
+use ap_sim::Mkvp;
+use serde::Serialize;
+
+/// What the APQNs are checked for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Binding, generating, validating: CURRENT must agree; a half-loaded NEW is a warning.
+    Use,
+    /// Re-enciphering to NEW: additionally, every APQN must hold the same complete NEW key.
+    ToNew,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apqn: Option<Apqn>,
+    pub message: String,
+}
+
+/// One APQN's registers for the key's master key type, as read from sysfs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApqnRegisters {
+    pub apqn: Apqn,
+    pub card_type: String,
+    pub status: Option<Status>,
+    pub new: Option<Reading>,
+    pub current: Option<Reading>,
+    /// `None` for EP11 (no OLD register) and where the state is unknown.
+    pub old: Option<Reading>,
+}
+
+/// The outcome: a table of registers and findings, worst first.
+#[derive(Clone, Debug, Serialize)]
+pub struct CrossCheck {
+    pub apqns: Vec<ApqnRegisters>,
+    pub findings: Vec<Finding>,
+}
+
+impl CrossCheck {
+    /// No error: the master key setup is proper for the purpose.
+    pub fn is_proper(&self) -> bool {
+        self.findings.iter().all(|f| f.severity < Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+    }
+
+    /// The reference's `CARD.DOMAIN  NEW MK  CURRENT MK  OLD MK  TYPE` table.
+    pub fn table(&self) -> String {
+        let ep11_only = self.apqns.iter().all(|a| a.old.is_none());
+        let mut header = vec!["CARD.DOMAIN", "NEW MK", "CURRENT MK"];
+        if !ep11_only {
+            header.push("OLD MK");
+        }
+        header.push("TYPE");
+        let mut t = Table::new(header);
+        for a in &self.apqns {
+            let mut row = vec![
+                a.apqn.to_string(),
+                cell(a.new.as_ref()),
+                cell(a.current.as_ref()),
+            ];
+            if !ep11_only {
+                row.push(cell(a.old.as_ref()));
+            }
+            row.push(a.card_type.clone());
+            t.row(row);
+        }
+        t.render()
+    }
+
+    /// Findings as lines an operator reads: `ERROR: ...`.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for f in &self.findings {
+            let tag = match f.severity {
+                Severity::Info => "INFO",
+                Severity::Warning => "WARNING",
+                Severity::Error => "ERROR",
+            };
+            out.push_str(&format!("{tag}: {}\n", f.message));
+        }
+        if !self.is_proper() {
+            out.push_str("Your master key setup is improper.\n");
+        }
+        out
+    }
+}
+
+fn cell(r: Option<&Reading>) -> String {
+    match r {
+        None | Some(Reading::Unknown) => "-".into(),
+        Some(Reading::Known(RegView {
+            mkvp: Some(m),
+            state,
+        })) if usable(state) => {
+            let s = m.to_string();
+            s[..s.len().min(32)].to_string()
+        }
+        Some(Reading::Known(v)) => v.state.to_string(),
+    }
+}
+
+fn usable(s: &RegState) -> bool {
+    matches!(s, RegState::Full | RegState::Committed | RegState::Valid)
+}
+
+/// The pattern of a register whose key is complete.
+fn pattern(r: Option<&Reading>) -> Option<Mkvp> {
+    match r? {
+        Reading::Known(RegView {
+            state,
+            mkvp: Some(m),
+        }) if usable(state) => Some(*m),
+        _ => None,
+    }
+}
+
+/// Which card types can serve a key type: mode and minimum generation.
+fn requirement(kt: KeyType) -> (Mode, u8, &'static str) {
+    match kt {
+        KeyType::CcaAesData => (Mode::Cca, 4, "a CCA coprocessor (CEXnC)"),
+        KeyType::CcaAesCipher => (Mode::Cca, 6, "a CCA coprocessor of CEX6C or later"),
+        KeyType::Ep11Aes => (Mode::Ep11, 7, "an EP11 coprocessor of CEX7P or later"),
+    }
+}
+
+fn generation(card_type: &str) -> Option<u8> {
+    card_type.strip_prefix("CEX")?.get(..1)?.parse().ok()
+}
+
+/// Checks `apqns` for a key of `key_type`, enciphered with `key_mkvp` when the key exists.
+pub fn cross_check(
+    tree: &SysfsTree,
+    key_type: KeyType,
+    apqns: &[Apqn],
+    key_mkvp: Option<Mkvp>,
+    purpose: Purpose,
+) -> Result<CrossCheck, SysfsError> {
+    let mut findings = Vec::new();
+    let mut rows = Vec::new();
+    let mut err = |apqn: Option<Apqn>, sev: Severity, message: String| {
+        findings.push(Finding {
+            severity: sev,
+            apqn,
+            message,
+        })
+    };
+    let (mode, min_gen, needs) = requirement(key_type);
+
+    for &apqn in apqns {
+        let Some(q) = tree.queue(apqn)? else {
+            err(
+                Some(apqn),
+                Severity::Error,
+                format!("APQN {apqn} does not exist: 'lszcrypt' lists the APQNs of this system"),
+            );
+            continue;
+        };
+        let row = registers_of(&q, key_type);
+        if q.mode != Some(mode) || generation(&q.card_type).is_none_or(|g| g < min_gen) {
+            err(
+                Some(apqn),
+                Severity::Error,
+                format!(
+                    "APQN {apqn} is a {} adapter: a {key_type} key needs {needs}",
+                    q.card_type
+                ),
+            );
+        } else if q.status != Status::Online {
+            err(
+                Some(apqn),
+                Severity::Error,
+                format!(
+                    "APQN {apqn} is {}: set it online (chzcrypt -e) or leave it out",
+                    q.status.word()
+                ),
+            );
+        } else if q.mkvps.is_none() {
+            err(Some(apqn), Severity::Warning, format!("the master key state of APQN {apqn} cannot be read (no mkvps attribute): its check is skipped"));
+        } else if pattern(row.current.as_ref()).is_none() {
+            err(Some(apqn), Severity::Error, format!("APQN {apqn} has no valid CURRENT master key: the security officer must set one first"));
+        }
+        rows.push(row);
+    }
+
+    let checked: Vec<&ApqnRegisters> = rows
+        .iter()
+        .filter(|r| pattern(r.current.as_ref()).is_some())
+        .collect();
+    check_new(&checked, purpose, &mut findings);
+    match key_mkvp {
+        Some(k) => check_key(&checked, k, &mut findings),
+        None => check_currents_agree(&checked, &mut findings),
+    }
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    Ok(CrossCheck {
+        apqns: rows,
+        findings,
+    })
+}
+
+fn registers_of(q: &QueueInfo, key_type: KeyType) -> ApqnRegisters {
+    let (new, current, old) = match (&q.mkvps, key_type) {
+        (Some(Mkvps::Cca(m)), KeyType::CcaAesData | KeyType::CcaAesCipher) => {
+            (Some(m.aes.new), Some(m.aes.current), Some(m.aes.old))
+        }
+        (Some(Mkvps::Ep11(m)), KeyType::Ep11Aes) => (Some(m.new), Some(m.current), None),
+        _ => (None, None, None),
+    };
+    ApqnRegisters {
+        apqn: q.apqn,
+        card_type: q.card_type.clone(),
+        status: Some(q.status),
+        new,
+        current,
+        old,
+    }
+}
+
+fn list(apqns: &[Apqn]) -> String {
+    ap_sim::apqn::format_list(apqns)
+}
+
+/// NEW registers must agree: all empty, or all holding the same complete key.
+fn check_new(rows: &[&ApqnRegisters], purpose: Purpose, findings: &mut Vec<Finding>) {
+    let mut by_new: BTreeMap<Option<String>, Vec<Apqn>> = BTreeMap::new();
+    for r in rows {
+        by_new
+            .entry(pattern(r.new.as_ref()).map(|m| m.to_string()))
+            .or_default()
+            .push(r.apqn);
+    }
+    let loaded: Vec<_> = by_new.iter().filter(|(k, _)| k.is_some()).collect();
+    let missing = by_new.get(&None).cloned().unwrap_or_default();
+    let mut push = |sev, message| {
+        findings.push(Finding {
+            severity: sev,
+            apqn: None,
+            message,
+        })
+    };
+    if loaded.len() > 1 {
+        let detail = loaded
+            .iter()
+            .map(|(k, a)| format!("{} on {}", k.as_deref().unwrap_or("-"), list(a)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        push(Severity::Error, format!("the NEW master keys differ across the APQNs ({detail}): the security officer must load the same new master key on every APQN"));
+    } else if loaded.len() == 1 && !missing.is_empty() {
+        let (_, have) = loaded[0];
+        let sev = if purpose == Purpose::ToNew {
+            Severity::Error
+        } else {
+            Severity::Warning
+        };
+        push(sev, format!(
+            "the NEW master key is loaded on {} but not on {}: the security officer must load it there too (NEW MASTER KEYS INCORRECT)",
+            list(have),
+            list(&missing)
+        ));
+    } else if loaded.is_empty() && purpose == Purpose::ToNew && !rows.is_empty() {
+        push(Severity::Error, format!("no NEW master key is loaded on {}: the security officer must load it with the TKE first", list(&rows.iter().map(|r| r.apqn).collect::<Vec<_>>())));
+    }
+}
+
+fn check_key(rows: &[&ApqnRegisters], key: Mkvp, findings: &mut Vec<Finding>) {
+    let mut on_old = Vec::new();
+    let mut on_new = Vec::new();
+    for r in rows {
+        let is = |reg: Option<&Reading>| pattern(reg).is_some_and(|m| m.matches(&key));
+        if is(r.current.as_ref()) {
+            continue;
+        } else if is(r.old.as_ref()) {
+            on_old.push(r.apqn);
+        } else if is(r.new.as_ref()) {
+            on_new.push(r.apqn);
+        } else {
+            findings.push(Finding {
+                severity: Severity::Error,
+                apqn: Some(r.apqn),
+                message: format!("APQN {}: the key's master key ({key}) is in none of its registers: the key cannot be used there", r.apqn),
+            });
+        }
+    }
+    if !on_old.is_empty() && !on_new.is_empty() {
+        findings.push(Finding {
+            severity: Severity::Error,
+            apqn: None,
+            message: format!("the key's master key is OLD on {} but NEW on {}: the APQNs are in different stages of a master key change", list(&on_old), list(&on_new)),
+        });
+    } else if !on_old.is_empty() {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            apqn: None,
+            message: format!("the key is enciphered with the OLD master key of {}: re-encipher it ('zkey reencipher --from-old') before the next SET destroys it", list(&on_old)),
+        });
+    } else if !on_new.is_empty() {
+        findings.push(Finding {
+            severity: Severity::Info,
+            apqn: None,
+            message: format!(
+                "the key is enciphered with the NEW master key of {}, which is not set yet",
+                list(&on_new)
+            ),
+        });
+    }
+}
+
+fn check_currents_agree(rows: &[&ApqnRegisters], findings: &mut Vec<Finding>) {
+    let mut by_cur: BTreeMap<String, Vec<Apqn>> = BTreeMap::new();
+    for r in rows {
+        if let Some(m) = pattern(r.current.as_ref()) {
+            by_cur.entry(m.to_string()).or_default().push(r.apqn);
+        }
+    }
+    if by_cur.len() > 1 {
+        let detail = by_cur
+            .iter()
+            .map(|(m, a)| format!("{m} on {}", list(a)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        findings.push(Finding {
+            severity: Severity::Error,
+            apqn: None,
+            message: format!("the CURRENT master keys differ across the APQNs ({detail}): a key can only be bound to APQNs that share one master key"),
+        });
+    }
+}

@@ -1,0 +1,162 @@
+//! What `zkey crypttab` and `zkey cryptsetup` print for the volumes associated with keys: an
+//! `/etc/crypttab` line per volume, and the commands that format and open each volume.
+//!
+//! LUKS2 volumes are formatted and opened with this suite's `zkey-cryptsetup`, whose `format`
+//! puts the secure key into the header (where the reference runs `cryptsetup luksFormat
+//! --volume-key-file` followed by `zkey-cryptsetup setvp`); plain volumes use the real
+//! `cryptsetup plainOpen` with the `paes` cipher, as on IBM Z.
+
+use std::path::{Path, PathBuf};
+
+use crate::repository::KeyEntry;
+use crate::volume::{Volume, VolumeType};
+
+/// The cipher spec of a secure key: XTS keys are two tokens.
+fn cipher(xts: bool) -> &'static str {
+    if xts {
+        "paes-xts-plain64"
+    } else {
+        "paes-cbc-plain64"
+    }
+}
+
+/// A device as a path for a command: `UUID=...` becomes `/dev/disk/by-uuid/...`.
+pub fn device_path(device: &str) -> PathBuf {
+    match device.strip_prefix("UUID=") {
+        Some(uuid) => Path::new("/dev/disk/by-uuid").join(uuid),
+        None => PathBuf::from(device),
+    }
+}
+
+/// What a key's volumes need, for one volume.
+#[derive(Clone, Debug)]
+pub struct VolumePlan {
+    pub key: String,
+    pub volume: Volume,
+    pub volume_type: VolumeType,
+    pub skey: PathBuf,
+    /// The dummy passphrase file, for LUKS2 volumes of keys that have one.
+    pub passphrase_file: Option<PathBuf>,
+    pub key_bits: u32,
+    pub xts: bool,
+    pub sector_size: u32,
+}
+
+impl VolumePlan {
+    pub fn for_entry(repo_dir: &Path, e: &KeyEntry, xts: bool) -> Vec<VolumePlan> {
+        let name = e.name.as_str();
+        e.properties
+            .volumes
+            .iter()
+            .map(|v| VolumePlan {
+                key: name.to_string(),
+                volume: v.clone(),
+                volume_type: e.properties.volume_type,
+                skey: repo_dir.join(format!("{name}.skey")),
+                passphrase_file: e.has_pass.then(|| repo_dir.join(format!("{name}.pass"))),
+                key_bits: e.secure_key.len() as u32 * 8,
+                xts,
+                sector_size: e.properties.sector_size.bytes(),
+            })
+            .collect()
+    }
+
+    /// The `/etc/crypttab` line.
+    pub fn crypttab_line(&self) -> String {
+        let dev = self.volume.device();
+        let dm = self.volume.dm_name();
+        match self.volume_type {
+            VolumeType::Plain => {
+                let mut opts = format!("plain,cipher={},size={}", cipher(self.xts), self.key_bits);
+                if self.sector_size != 0 {
+                    opts.push_str(&format!(",sector-size={}", self.sector_size));
+                }
+                format!("{dm}\t{dev}\t{}\t{opts}", self.skey.display())
+            }
+            VolumeType::Luks2 => {
+                let key = self
+                    .passphrase_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none".into());
+                format!("{dm}\t{dev}\t{key}\tluks")
+            }
+        }
+    }
+
+    /// The commands that format the volume (LUKS2 only) and open it.
+    pub fn commands(&self, format: bool, open: bool) -> Vec<Vec<String>> {
+        let dev = device_path(self.volume.device()).display().to_string();
+        let dm = self.volume.dm_name().to_string();
+        let pass: Vec<String> = self
+            .passphrase_file
+            .as_ref()
+            .map(|p| vec!["--key-file".into(), p.display().to_string()])
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        match self.volume_type {
+            VolumeType::Plain => {
+                if open {
+                    let mut c = vec![
+                        "cryptsetup".into(),
+                        "plainOpen".into(),
+                        "--key-file".into(),
+                        self.skey.display().to_string(),
+                    ];
+                    c.extend([
+                        "--key-size".into(),
+                        self.key_bits.to_string(),
+                        "--cipher".into(),
+                        cipher(self.xts).into(),
+                    ]);
+                    if self.sector_size != 0 {
+                        c.extend(["--sector-size".into(), self.sector_size.to_string()]);
+                    }
+                    c.extend([dev, dm]);
+                    out.push(c);
+                }
+            }
+            VolumeType::Luks2 => {
+                if format {
+                    let mut c = vec![
+                        "zkey-cryptsetup".into(),
+                        "format".into(),
+                        dev.clone(),
+                        "--volume-key-file".into(),
+                        self.skey.display().to_string(),
+                    ];
+                    if self.sector_size != 0 {
+                        c.extend(["--sector-size".into(), self.sector_size.to_string()]);
+                    }
+                    c.extend(pass.clone());
+                    out.push(c);
+                }
+                if open {
+                    let mut c = vec!["zkey-cryptsetup".into(), "open".into(), dev, dm];
+                    c.extend(pass);
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+pub fn shell_word(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+pub fn shell_line(cmd: &[String]) -> String {
+    cmd.iter()
+        .map(|w| shell_word(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

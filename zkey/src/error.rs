@@ -1,0 +1,40 @@
+//! The errors of zkey's operations: each says what went wrong and what to do next.
+
+use ap_sim::hsm::HsmError;
+use ap_sim::sim::SimError;
+use ap_sim::sysfs::SysfsError;
+use ap_sim::token::TokenError;
+
+use crate::repository::RepoError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZkeyError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    #[error("the secure key is not valid: {0}")]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+    #[error("the staged key of '{0}' is enciphered with the NEW master key, which is not set yet: the security officer must SET it first; both keys were kept")]
+    NotYetSet(String),
+    #[error("the staged key of '{name}' has verification pattern {staged}, but the key's is {expected}: it is not the same key, so it was not installed (both files were kept; remove the staged key with 'zkey reencipher --staged' again)")]
+    VpMismatch {
+        name: String,
+        staged: String,
+        expected: String,
+    },
+    #[error("the APQN check failed:\n{0}(use --no-apqn-check to bind anyway)")]
+    CrossCheck(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,1125 @@
+//! `zkey`: manage the secure keys of encrypted volumes in a repository. Parsing, output and
+//! exit codes only; the logic is in the `zkey` library.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use ap_sim::apqn::{Apqn, ApqnList};
+use ap_sim::durable;
+use ap_sim::hsm::{Direction, Register};
+use ap_sim::table::Table;
+use ap_sim::token::{KeyType, SecureKey};
+
+use zkey::adapters::Adapters;
+use zkey::crosscheck::Purpose;
+use zkey::crypttab::{shell_line, VolumePlan};
+use zkey::keyops::{self, KeyStatus, NewKey};
+use zkey::reencipher::{self, Mode, Options, Outcome, Selection, Way};
+use zkey::repository::{self, DummyPassphrase, Reader, Repository, Writer};
+use zkey::volume::{Edit, SectorSize, Volume, VolumeType};
+use zkey::{KeyName, KeyProperties, Pattern};
+
+/// Manage secure AES keys of encrypted volumes, bound to crypto adapters (APQNs).
+#[derive(Parser)]
+#[command(name = "zkey", version, about, long_about = None, infer_subcommands = true, disable_version_flag = true)]
+struct Cli {
+    /// Print version information
+    #[arg(short = 'v', long = "version", action = clap::ArgAction::Version)]
+    version: Option<bool>,
+    /// More output
+    #[arg(short = 'V', long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a secure key, in a file or in the repository
+    #[command(visible_alias = "gen")]
+    Generate(GenerateArgs),
+    /// Validate secure keys: valid, enciphered with CURRENT or OLD, at risk from the next SET
+    #[command(visible_alias = "val")]
+    Validate(ValidateArgs),
+    /// Re-encipher secure keys around a master key change (staged, in place, complete)
+    #[command(visible_alias = "re")]
+    Reencipher(ReencipherArgs),
+    /// Import a secure key file into the repository
+    #[command(visible_alias = "im")]
+    Import(ImportArgs),
+    /// Export a repository key into a file
+    #[command(visible_alias = "ex")]
+    Export {
+        file: PathBuf,
+        #[arg(short = 'N', long)]
+        name: KeyName,
+    },
+    /// List the keys of the repository
+    #[command(visible_alias = "li")]
+    List(ListArgs),
+    /// Remove a key from the repository
+    #[command(visible_alias = "rem")]
+    Remove {
+        #[arg(short = 'N', long)]
+        name: KeyName,
+        /// Do not ask; also removes a damaged key
+        #[arg(short = 'F', long)]
+        force: bool,
+    },
+    /// Change a key's description, APQNs, volumes, sector size, volume type or dummy passphrase
+    #[command(visible_alias = "ch")]
+    Change(ChangeArgs),
+    /// Rename a key
+    #[command(visible_alias = "ren")]
+    Rename {
+        #[arg(short = 'N', long)]
+        name: KeyName,
+        #[arg(short = 'w', long = "new-name")]
+        new_name: KeyName,
+    },
+    /// Copy a key under a new name (without its volumes, unless -l)
+    #[command(visible_alias = "co")]
+    Copy {
+        #[arg(short = 'N', long)]
+        name: KeyName,
+        #[arg(short = 'w', long = "new-name")]
+        new_name: KeyName,
+        /// Volumes of the copy (dev:dm-name, comma-separated)
+        #[arg(short = 'l', long)]
+        volumes: Option<String>,
+    },
+    /// Print /etc/crypttab lines for the keys' volumes
+    Crypttab(VolumeFilter),
+    /// Print (or --run) the commands that format and open the keys' volumes
+    Cryptsetup {
+        #[command(flatten)]
+        filter: VolumeFilter,
+        /// Run the commands, stopping at the first failure
+        #[arg(short = 'r', long)]
+        run: bool,
+        /// Only the open commands
+        #[arg(long, conflicts_with = "format")]
+        open: bool,
+        /// Only the format commands
+        #[arg(long)]
+        format: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Meta {
+    /// A description of the key
+    #[arg(short = 'd', long)]
+    description: Option<String>,
+    /// Volumes as dev:dm-name, comma-separated
+    #[arg(short = 'l', long)]
+    volumes: Option<String>,
+    /// APQNs as CARD.DOMAIN, comma-separated
+    #[arg(short = 'a', long)]
+    apqns: Option<ApqnList>,
+    /// Do not check the APQNs (online, type, master keys)
+    #[arg(long)]
+    no_apqn_check: bool,
+    /// Do not check that the volumes exist
+    #[arg(long)]
+    no_volume_check: bool,
+    /// Sector size of the volumes: 0 (default) or 512..4096, a power of two
+    #[arg(short = 'S', long)]
+    sector_size: Option<SectorSize>,
+    /// Volume type: luks2 (default) or plain
+    #[arg(short = 't', long)]
+    volume_type: Option<VolumeType>,
+    /// Generate a random dummy passphrase for the LUKS2 volumes
+    #[arg(long, conflicts_with = "set_dummy_passphrase")]
+    gen_dummy_passphrase: bool,
+    /// Use the content of FILE as the dummy passphrase
+    #[arg(long, value_name = "FILE")]
+    set_dummy_passphrase: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Write the key to this file instead of the repository
+    file: Option<PathBuf>,
+    /// Name of the key in the repository
+    #[arg(short = 'N', long, conflicts_with = "file")]
+    name: Option<KeyName>,
+    /// Key size in bits: 128, 192 or 256
+    #[arg(short = 'k', long, default_value_t = 256)]
+    keybits: u32,
+    /// An XTS key (two keys, for paes-xts)
+    #[arg(short = 'x', long)]
+    xts: bool,
+    /// Make the secure key from this clear key file instead of a random key
+    #[arg(short = 'c', long, value_name = "FILE")]
+    clearkey: Option<PathBuf>,
+    /// CCA-AESDATA (default), CCA-AESCIPHER or EP11-AES
+    #[arg(short = 'K', long, default_value = "CCA-AESDATA")]
+    key_type: KeyType,
+    #[command(flatten)]
+    meta: Meta,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// A key file instead of repository keys
+    file: Option<PathBuf>,
+    /// Key names (wildcards allowed)
+    #[arg(short = 'N', long, conflicts_with = "file")]
+    name: Option<Pattern>,
+    /// APQNs (wildcards allowed)
+    #[arg(short = 'a', long)]
+    apqns: Option<String>,
+    #[arg(long)]
+    no_apqn_check: bool,
+    /// Exit non-zero if any key is invalid or at risk from the next SET (a "safe to SET" check)
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ReencipherArgs {
+    /// A key file instead of repository keys (re-enciphered in place, or to --output)
+    file: Option<PathBuf>,
+    #[arg(short = 'N', long, conflicts_with = "file")]
+    name: Option<Pattern>,
+    #[arg(short = 'a', long)]
+    apqns: Option<String>,
+    /// OLD -> CURRENT
+    #[arg(short = 'o', long)]
+    from_old: bool,
+    /// CURRENT -> NEW
+    #[arg(short = 'n', long)]
+    to_new: bool,
+    /// Replace the key at once
+    #[arg(short = 'i', long, conflicts_with_all = ["staged", "complete"])]
+    in_place: bool,
+    /// Keep the re-enciphered key beside the live one until --complete
+    #[arg(short = 's', long, conflicts_with = "complete")]
+    staged: bool,
+    /// After the SET: install the staged keys
+    #[arg(short = 'p', short_alias = 'c', long, conflicts_with_all = ["from_old", "to_new"])]
+    complete: bool,
+    /// With a key file: write the result here instead of replacing the file
+    #[arg(short = 'f', long = "output", requires = "file")]
+    output: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    file: PathBuf,
+    #[arg(short = 'N', long)]
+    name: KeyName,
+    #[command(flatten)]
+    meta: Meta,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    #[arg(short = 'N', long)]
+    name: Option<Pattern>,
+    #[arg(short = 'a', long)]
+    apqns: Option<String>,
+    /// Volumes (dev or dev:dm-name, wildcards allowed)
+    #[arg(short = 'l', long)]
+    volumes: Option<String>,
+    #[arg(short = 't', long)]
+    volume_type: Option<VolumeType>,
+    #[arg(short = 'K', long)]
+    key_type: Option<KeyType>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ChangeArgs {
+    #[arg(short = 'N', long)]
+    name: KeyName,
+    #[arg(short = 'd', long)]
+    description: Option<String>,
+    /// Volumes: +dev:dm adds, -dev:dm removes, a plain list replaces
+    #[arg(short = 'l', long, allow_hyphen_values = true)]
+    volumes: Option<String>,
+    /// APQNs: +APQN adds, -APQN removes, a plain list replaces
+    #[arg(short = 'a', long, allow_hyphen_values = true)]
+    apqns: Option<String>,
+    #[arg(long)]
+    no_apqn_check: bool,
+    #[arg(long)]
+    no_volume_check: bool,
+    #[arg(short = 'S', long)]
+    sector_size: Option<SectorSize>,
+    #[arg(short = 't', long)]
+    volume_type: Option<VolumeType>,
+    #[arg(long, conflicts_with_all = ["set_dummy_passphrase", "remove_dummy_passphrase"])]
+    gen_dummy_passphrase: bool,
+    #[arg(long, value_name = "FILE", conflicts_with = "remove_dummy_passphrase")]
+    set_dummy_passphrase: Option<PathBuf>,
+    #[arg(long)]
+    remove_dummy_passphrase: bool,
+    /// Do not ask before removing the dummy passphrase
+    #[arg(short = 'F', long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct VolumeFilter {
+    #[arg(short = 'N', long)]
+    name: Option<Pattern>,
+    #[arg(short = 'l', long)]
+    volumes: Option<String>,
+}
+
+fn main() -> ExitCode {
+    durable::arm_crash_points();
+    // As the reference: files zkey creates are private to the repository's group at most.
+    unsafe_umask();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zkey: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn unsafe_umask() {
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe {
+        libc::umask(0o007);
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Generate(a) => generate(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Validate(a) => validate(a),
+        Cmd::Reencipher(a) => reencipher_cmd(a),
+        Cmd::Import(a) => import(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Export { file, name } => {
+            let repo = open_repo()?;
+            let r = repo.read(lock_wait())?;
+            let e = r.entry(&name)?;
+            durable::write_atomic(&file, &e.secure_key, 0o600)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!("Key '{name}' exported to {}.", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::List(a) => list(a),
+        Cmd::Remove { name, force } => remove(&name, force).map(|_| ExitCode::SUCCESS),
+        Cmd::Change(a) => change(a).map(|_| ExitCode::SUCCESS),
+        Cmd::Rename { name, new_name } => {
+            let repo = open_repo()?;
+            let w = repo.write(lock_wait())?;
+            w.rename_key(&name, &new_name)?;
+            println!("Key '{name}' renamed to '{new_name}'.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Copy {
+            name,
+            new_name,
+            volumes,
+        } => {
+            let repo = open_repo()?;
+            let w = repo.write(lock_wait())?;
+            let e = w.entry(&name)?;
+            let mut props = e.properties.clone();
+            props.volumes = match volumes {
+                Some(v) => parse_volumes(&v, false)?,
+                None => Vec::new(),
+            };
+            keyops::check_volumes_free(&w, &new_name, &props.volumes)?;
+            props.creation_time = Some(zkey::properties::Timestamp::now());
+            w.copy_key(&name, &new_name, &props)?;
+            println!("Key '{name}' copied to '{new_name}'.");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Crypttab(f) => {
+            for p in volume_plans(&f)? {
+                println!("{}", p.crypttab_line());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cryptsetup {
+            filter,
+            run,
+            open,
+            format,
+        } => cryptsetup(&filter, run, !open, !format),
+    }
+}
+
+fn lock_wait() -> Duration {
+    let secs = std::env::var("ZKEY_LOCK_WAIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+fn repo_path() -> PathBuf {
+    repository::default_path()
+}
+
+fn open_repo() -> Result<Repository> {
+    Ok(Repository::open(repo_path())?)
+}
+
+/// Commands that add keys create a missing repository (mode 2770, group zkeyadm if it exists).
+fn open_or_create_repo() -> Result<Repository> {
+    let p = repo_path();
+    if p.exists() {
+        return open_repo();
+    }
+    let r = Repository::create(&p)?;
+    eprintln!("zkey: created the repository {}", p.display());
+    Ok(r)
+}
+
+fn adapters() -> Result<Adapters> {
+    Ok(Adapters::from_env()?)
+}
+
+fn parse_volumes(s: &str, check: bool) -> Result<Vec<Volume>> {
+    let v = zkey::volume::parse_volume_list(s)?;
+    if check {
+        v.iter().try_for_each(check_volume)?;
+    }
+    Ok(v)
+}
+
+/// A volume must exist as a block device or an image file, unless it is named by UUID.
+fn check_volume(v: &Volume) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if v.device().starts_with("UUID=") {
+        return Ok(());
+    }
+    let md = std::fs::metadata(v.device()).map_err(|e| {
+        anyhow!(
+            "volume device {}: {e} (use --no-volume-check for a device that does not exist yet)",
+            v.device()
+        )
+    })?;
+    if !(md.file_type().is_block_device() || md.is_file()) {
+        bail!("volume device {} is neither a block device nor an image file (use --no-volume-check to associate it anyway)", v.device());
+    }
+    Ok(())
+}
+
+fn read_secret_file(p: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    Ok(Zeroizing::new(
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+    ))
+}
+
+fn new_key_spec(meta: &Meta, key_type: KeyType, bits: u32, xts: bool) -> Result<NewKey> {
+    let volumes = match &meta.volumes {
+        Some(v) => parse_volumes(v, !meta.no_volume_check)?,
+        None => Vec::new(),
+    };
+    let volume_type = meta.volume_type.unwrap_or(VolumeType::DEFAULT_FOR_NEW_KEYS);
+    if (meta.gen_dummy_passphrase || meta.set_dummy_passphrase.is_some())
+        && volume_type != VolumeType::Luks2
+    {
+        bail!("a dummy passphrase is only for LUKS2 volumes: add --volume-type luks2");
+    }
+    Ok(NewKey {
+        key_type,
+        bits,
+        xts,
+        description: meta.description.clone(),
+        apqns: meta
+            .apqns
+            .clone()
+            .map(ApqnList::into_vec)
+            .unwrap_or_default(),
+        volumes,
+        volume_type,
+        sector_size: meta.sector_size.unwrap_or(SectorSize::DEFAULT),
+        apqn_check: !meta.no_apqn_check,
+    })
+}
+
+fn dummy_pass(meta: &Meta) -> Result<Option<DummyPassphrase>> {
+    Ok(if meta.gen_dummy_passphrase {
+        Some(DummyPassphrase::Generate)
+    } else if let Some(f) = &meta.set_dummy_passphrase {
+        Some(DummyPassphrase::Given(read_secret_file(f)?))
+    } else {
+        None
+    })
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let ad = adapters()?;
+    let spec = new_key_spec(&a.meta, a.key_type, a.keybits, a.xts)?;
+    let clear = a.clearkey.as_deref().map(read_secret_file).transpose()?;
+    match (&a.file, &a.name) {
+        (Some(file), None) => {
+            if a.meta.volumes.is_some()
+                || a.meta.description.is_some()
+                || a.meta.gen_dummy_passphrase
+                || a.meta.set_dummy_passphrase.is_some()
+            {
+                bail!("--volumes, --description and dummy passphrases need a repository key: use --name instead of a file");
+            }
+            if file.exists() {
+                bail!("{} exists: zkey does not overwrite a key file; remove it or choose another name", file.display());
+            }
+            let key = keyops::make_key(&ad, &spec, clear.as_deref().map(|c| &c[..]))?;
+            durable::write_atomic(file, &key.to_bytes(), 0o600)
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "Secure key generated: {} ({}, {} bytes).",
+                file.display(),
+                key.key_type(),
+                key.len()
+            );
+        }
+        (None, Some(name)) => {
+            let repo = open_or_create_repo()?;
+            let w = repo.write(lock_wait())?;
+            let key = keyops::make_key(&ad, &spec, clear.as_deref().map(|c| &c[..]))?;
+            keyops::store_new(&w, &ad, name, &key, &spec, dummy_pass(&a.meta)?)?;
+            println!(
+                "Secure key '{name}' generated in the repository ({}, {} bytes).",
+                key.key_type(),
+                key.len()
+            );
+        }
+        _ => bail!("name the key with --name (repository) or give a FILE"),
+    }
+    Ok(())
+}
+
+fn import(a: ImportArgs) -> Result<()> {
+    let ad = adapters()?;
+    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let key = SecureKey::parse(&bytes).map_err(|e| anyhow!("{}: {e}", a.file.display()))?;
+    let spec = new_key_spec(&a.meta, key.key_type(), key.key_bits(), key.is_xts())?;
+    let v = ad.hsm.verify(&key, spec.apqn_slice())?;
+    if spec.apqn_check && !spec.apqns.is_empty() {
+        keyops::check_binding(&ad, key.key_type(), &spec.apqns, Some(key.mkvp()))?;
+    }
+    if v.register == Register::Old {
+        eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", a.name);
+    }
+    let repo = open_or_create_repo()?;
+    let w = repo.write(lock_wait())?;
+    keyops::store_new(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
+    println!("Secure key '{}' imported into the repository.", a.name);
+    Ok(())
+}
+
+fn apqn_patterns(s: &Option<String>) -> Vec<Pattern> {
+    s.as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(Pattern::new)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn validate(a: ValidateArgs) -> Result<ExitCode> {
+    let ad = adapters()?;
+    let statuses: Vec<KeyStatus> = match &a.file {
+        Some(f) => {
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            vec![keyops::status(
+                &ad,
+                &f.display().to_string(),
+                &bytes,
+                None,
+                None,
+                false,
+            )]
+        }
+        None => {
+            let repo = open_repo()?;
+            let r = repo.read(lock_wait())?;
+            let sel = Selection {
+                names: a.name.clone(),
+                apqns: apqn_patterns(&a.apqns),
+            };
+            let mut out = Vec::new();
+            for e in r.entries()? {
+                match e {
+                    Ok(e) if sel.matches(&e.name, &e.properties.apqns) => {
+                        out.push(keyops::entry_status(&ad, &e, !a.no_apqn_check))
+                    }
+                    Ok(_) => {}
+                    Err(d) if sel.names.as_ref().is_none_or(|p| p.matches_name(&d.name)) => {
+                        out.push(damaged_status(&d))
+                    }
+                    Err(_) => {}
+                }
+            }
+            out
+        }
+    };
+    let valid = statuses.iter().filter(|s| s.valid).count();
+    let at_risk = statuses.iter().filter(|s| s.risk.is_some()).count();
+    let invalid = statuses.len() - valid;
+    if a.json {
+        let v = serde_json::json!({ "keys": statuses, "summary": { "valid": valid, "invalid": invalid, "at_risk": at_risk } });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for s in &statuses {
+            print_status(s);
+        }
+        println!("{valid} keys are valid, {invalid} keys are invalid, {at_risk} keys are at risk");
+        if at_risk > 0 {
+            println!("NOT SAFE TO SET: re-encipher the keys marked AT RISK first.");
+        }
+    }
+    let bad = statuses.iter().any(KeyStatus::at_risk);
+    Ok(if a.all && bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn damaged_status(d: &zkey::DamagedKey) -> KeyStatus {
+    KeyStatus {
+        name: d.name.to_string(),
+        valid: false,
+        error: Some(d.to_string()),
+        key_type: None,
+        secure_key_size: 0,
+        clear_key_bits: None,
+        xts: None,
+        register: None,
+        mkvp: None,
+        verification_pattern: None,
+        vp_mismatch: false,
+        staged: None,
+        risk: None,
+        advice: Some(format!(
+            "restore the key's files from a backup, or remove it with 'zkey remove -N {} --force'",
+            d.name
+        )),
+        apqns: vec![],
+        apqn_check: None,
+    }
+}
+
+fn register_words(r: Option<Register>) -> &'static str {
+    match r {
+        Some(Register::Current) => "CURRENT master key",
+        Some(Register::Old) => "OLD master key",
+        Some(Register::New) => "NEW master key (not set yet)",
+        None => "unknown master key",
+    }
+}
+
+fn print_status(s: &KeyStatus) {
+    println!("Validation of secure key '{}':", s.name);
+    let status = if s.valid { "Valid" } else { "Invalid" };
+    println!("  Status:                {status}");
+    if let Some(e) = &s.error {
+        println!("  Problem:               {e}");
+    }
+    if let Some(t) = s.key_type {
+        println!("  Secure key size:       {} bytes", s.secure_key_size);
+        println!("  Key type:              {t}");
+        println!(
+            "  Clear key size:        {} bits{}",
+            s.clear_key_bits.unwrap_or(0),
+            if s.xts == Some(true) { " (XTS)" } else { "" }
+        );
+    }
+    if let Some(m) = s.mkvp {
+        println!(
+            "  Enciphered with:       {} (MKVP: {m})",
+            register_words(s.register)
+        );
+    }
+    if let Some(vp) = &s.verification_pattern {
+        println!("  Verification pattern:  {vp}");
+    }
+    if !s.apqns.is_empty() {
+        println!(
+            "  Associated APQNs:      {}",
+            ap_sim::apqn::format_list(&s.apqns)
+        );
+    }
+    if let Some(st) = &s.staged {
+        println!(
+            "  Re-enciphering:        pending: staged key enciphered with the {}",
+            register_words(st.register)
+        );
+    }
+    if let Some(r) = &s.risk {
+        let _ = r;
+        println!(
+            "  *** AT RISK ***:       {}",
+            s.advice.as_deref().unwrap_or("")
+        );
+    } else if let Some(a) = s.advice.as_deref().filter(|_| !s.valid) {
+        println!("  What to do:            {a}");
+    }
+    if let Some(cc) = &s.apqn_check {
+        if !cc.findings.is_empty() {
+            for line in cc.report().lines() {
+                println!("  {line}");
+            }
+        }
+    }
+    println!();
+}
+
+fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
+    let way = match (a.from_old, a.to_new) {
+        (true, true) => Some(Way::FromOldToNew),
+        (true, false) => Some(Way::FromOld),
+        (false, true) => Some(Way::ToNew),
+        (false, false) => None,
+    };
+    let mode = if a.complete {
+        Some(Mode::Complete)
+    } else if a.staged {
+        Some(Mode::Staged)
+    } else if a.in_place {
+        Some(Mode::InPlace)
+    } else {
+        None
+    };
+    let ad = adapters()?;
+    if let Some(file) = &a.file {
+        return reencipher_file(&ad, file, a.output.as_deref(), way, mode);
+    }
+    if way == Some(Way::ToNew) && mode == Some(Mode::InPlace) {
+        eprintln!("zkey: WARNING: in-place re-enciphering to NEW makes the keys unusable until the security officer SETs the new master key");
+    }
+    let repo = open_repo()?;
+    let w = repo.write(lock_wait())?;
+    let sel = Selection {
+        names: a.name.clone(),
+        apqns: apqn_patterns(&a.apqns),
+    };
+    if way.is_some_and(|w| w != Way::FromOld) && !sel.apqns.is_empty() {
+        preflight_to_new(&ad, &w, &sel)?;
+    }
+    let tty = std::io::stderr().is_terminal() && !a.json;
+    let mut n = 0;
+    let report = reencipher::reencipher_repository(&w, &ad, &sel, &Options { way, mode }, |r| {
+        n += 1;
+        if tty {
+            eprint!("\r\x1b[2K[{n}] {}", r.name);
+        }
+        if !a.json {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            print_result(r);
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.summary);
+    }
+    Ok(if report.summary.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Before staging to NEW: the APQNs named must all hold the same complete NEW master key.
+fn preflight_to_new(ad: &Adapters, w: &Writer<'_>, sel: &Selection) -> Result<()> {
+    let mut groups: std::collections::BTreeMap<KeyType, Vec<Apqn>> = Default::default();
+    for e in w.entries()?.into_iter().flatten() {
+        if !sel.matches(&e.name, &e.properties.apqns) {
+            continue;
+        }
+        let Ok(t) = e.properties.key_type.parse::<KeyType>() else {
+            continue;
+        };
+        let g = groups.entry(t).or_default();
+        for a in &e.properties.apqns {
+            if !g.contains(a) {
+                g.push(*a);
+            }
+        }
+    }
+    for (t, apqns) in groups {
+        let cc = zkey::crosscheck::cross_check(&ad.sysfs, t, &apqns, None, Purpose::ToNew)?;
+        if !cc.is_proper() {
+            bail!("the APQNs are not ready for re-enciphering to the NEW master key; nothing was changed:\n{}{}", cc.table(), cc.report());
+        }
+    }
+    Ok(())
+}
+
+fn print_result(r: &reencipher::KeyResult) {
+    match &r.outcome {
+        Outcome::Staged { from, to } => println!(
+            "Key '{}': staged re-enciphering from the {} to the {} master key. After the NEW master key is set, run 'zkey reencipher --complete'.",
+            r.name,
+            from.name(),
+            to.name()
+        ),
+        Outcome::InPlace { from, to } => println!("Key '{}': re-enciphered from the {} to the {} master key.", r.name, from.name(), to.name()),
+        Outcome::Completed => println!("Key '{}': re-enciphering completed: the staged key is now the key.", r.name),
+        Outcome::Skipped { reason } => println!("Key '{}': skipped: {reason}.", r.name),
+        Outcome::Failed { error } => println!("Key '{}': FAILED: {error}", r.name),
+    }
+    if !r.luks2_volumes.is_empty() {
+        println!(
+            "  The LUKS2 volumes of this key hold their own copy of it: also run 'zkey-cryptsetup reencipher' for {}",
+            r.luks2_volumes.join(", ")
+        );
+    }
+}
+
+fn reencipher_file(
+    ad: &Adapters,
+    file: &Path,
+    output: Option<&Path>,
+    way: Option<Way>,
+    mode: Option<Mode>,
+) -> Result<ExitCode> {
+    if matches!(mode, Some(Mode::Staged | Mode::Complete)) {
+        bail!("--staged and --complete work on repository keys; a key file is re-enciphered in place (or to --output)");
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let key = SecureKey::parse(&bytes).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let way = match way {
+        Some(w) => w,
+        None if ad.hsm.verify(&key, None)?.register == Register::Old => Way::FromOld,
+        None => Way::ToNew,
+    };
+    let new = match way {
+        Way::ToNew => ad.hsm.reencipher(&key, Direction::ToNew, None)?,
+        Way::FromOld => ad.hsm.reencipher(&key, Direction::FromOld, None)?,
+        Way::FromOldToNew => {
+            let cur = ad.hsm.reencipher(&key, Direction::FromOld, None)?;
+            ad.hsm.reencipher(&cur, Direction::ToNew, None)?
+        }
+    };
+    let out = output.unwrap_or(file);
+    durable::write_atomic(out, &new.to_bytes(), 0o600)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "Secure key {} re-enciphered{}.",
+        file.display(),
+        if output.is_some() {
+            format!(" into {}", out.display())
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(a: ListArgs) -> Result<ExitCode> {
+    let ad = adapters()?;
+    let repo = open_repo()?;
+    let r = repo.read(lock_wait())?;
+    let sel = Selection {
+        names: a.name.clone(),
+        apqns: apqn_patterns(&a.apqns),
+    };
+    let vol_patterns: Vec<Pattern> = a
+        .volumes
+        .as_deref()
+        .map(|s| s.split(',').map(Pattern::new).collect())
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut damaged = Vec::new();
+    for e in r.entries()? {
+        match e {
+            Ok(e) => {
+                if !sel.matches(&e.name, &e.properties.apqns)
+                    || a.volume_type.is_some_and(|t| t != e.properties.volume_type)
+                    || a.key_type
+                        .is_some_and(|t| t.name() != e.properties.key_type)
+                    || (!vol_patterns.is_empty()
+                        && !e
+                            .properties
+                            .volumes
+                            .iter()
+                            .any(|v| vol_patterns.iter().any(|p| p.matches_volume(v))))
+                {
+                    continue;
+                }
+                let st = keyops::entry_status(&ad, &e, false);
+                rows.push((e.properties.clone(), st));
+            }
+            Err(d) if sel.names.as_ref().is_none_or(|p| p.matches_name(&d.name)) => damaged.push(d),
+            Err(_) => {}
+        }
+    }
+    if a.json {
+        let keys: Vec<_> = rows.iter().map(|(p, s)| list_json(p, s)).collect();
+        let dmg: Vec<_> = damaged.iter().map(|d| serde_json::json!({ "name": d.name.to_string(), "damage": d.damage.iter().map(|x| x.to_string()).collect::<Vec<_>>() })).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "keys": keys, "damaged": dmg }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = Table::new([
+        "NAME",
+        "KEY TYPE",
+        "BITS",
+        "XTS",
+        "APQNS",
+        "VOLUMES",
+        "VOLUME TYPE",
+        "STATE",
+    ]);
+    for (p, s) in &rows {
+        t.row([
+            s.name.clone(),
+            p.key_type.clone(),
+            s.clear_key_bits
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+            if s.xts == Some(true) {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+            or_dash(ap_sim::apqn::format_list(&p.apqns)),
+            or_dash(zkey::volume::format_volume_list(&p.volumes)),
+            p.volume_type.to_string(),
+            state_word(s),
+        ]);
+    }
+    for d in &damaged {
+        t.row([
+            d.name.to_string(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "DAMAGED".into(),
+        ]);
+    }
+    if t.is_empty() {
+        println!("No keys.");
+    } else {
+        print!("{}", t.render());
+    }
+    for (_, s) in rows.iter().filter(|(_, s)| s.risk.is_some()) {
+        println!(
+            "*** AT RISK: key '{}': {}",
+            s.name,
+            s.advice.as_deref().unwrap_or("")
+        );
+    }
+    for d in &damaged {
+        println!("*** DAMAGED: {d}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s
+    }
+}
+
+fn state_word(s: &KeyStatus) -> String {
+    let base = match (s.valid, s.register) {
+        (true, Some(Register::Current)) => "valid (CURRENT)",
+        (true, Some(Register::Old)) => "valid (OLD)",
+        (false, Some(Register::New)) => "waiting for SET",
+        _ => "INVALID",
+    };
+    let mut w = base.to_string();
+    if s.staged.is_some() {
+        w.push_str(", re-enciphering pending");
+    }
+    if s.risk.is_some() {
+        w.push_str(", AT RISK");
+    }
+    w
+}
+
+fn list_json(p: &KeyProperties, s: &KeyStatus) -> serde_json::Value {
+    serde_json::json!({
+        "name": s.name,
+        "key_type": p.key_type,
+        "description": p.description,
+        "apqns": p.apqns,
+        "volumes": p.volumes.iter().map(Volume::to_string).collect::<Vec<_>>(),
+        "volume_type": p.volume_type.to_string(),
+        "sector_size": p.sector_size.bytes(),
+        "verification_pattern": p.verification_pattern.map(|v| v.to_string()),
+        "creation_time": p.creation_time.as_ref().map(|t| t.to_string()),
+        "update_time": p.update_time.as_ref().map(|t| t.to_string()),
+        "reencipher_time": p.reencipher_time.as_ref().map(|t| t.to_string()),
+        "kms": p.kms,
+        "status": s,
+    })
+}
+
+fn confirm(question: &str, force: bool) -> Result<bool> {
+    if force {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} — not asking on a non-terminal: add --force to confirm");
+    }
+    eprint!("zkey: {question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut s = String::new();
+    std::io::stdin().lock().read_line(&mut s)?;
+    Ok(matches!(s.trim(), "y" | "Y" | "yes"))
+}
+
+fn remove(name: &KeyName, force: bool) -> Result<()> {
+    let repo = open_repo()?;
+    let w = repo.write(lock_wait())?;
+    let volumes = match w.entry(name) {
+        Ok(e) => e.properties.volumes.clone(),
+        Err(zkey::RepoError::Damaged(_)) if force => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut q = format!("Remove key '{name}'? The key is destroyed: data encrypted with it can no longer be decrypted");
+    if !volumes.is_empty() {
+        q.push_str(&format!(
+            " (volumes: {})",
+            zkey::volume::format_volume_list(&volumes)
+        ));
+    }
+    if !confirm(&q, force)? {
+        bail!("key '{name}' was not removed");
+    }
+    w.remove_key(name)?;
+    println!("Key '{name}' removed.");
+    Ok(())
+}
+
+fn change(a: ChangeArgs) -> Result<()> {
+    let repo = open_repo()?;
+    let w = repo.write(lock_wait())?;
+    let e = w.entry(&a.name)?;
+    let mut p = e.properties.clone();
+    if let Some(d) = a.description {
+        p.description = (!d.is_empty()).then_some(d);
+    }
+    if let Some(v) = &a.volumes {
+        let edit: Edit<Volume> = Edit::parse(v)?;
+        if !a.no_volume_check {
+            edit.items()
+                .iter()
+                .filter(|_| !matches!(edit, Edit::Remove(_)))
+                .try_for_each(check_volume)?;
+        }
+        edit.apply(&mut p.volumes)?;
+        keyops::check_volumes_free(&w, &a.name, &p.volumes)?;
+    }
+    if let Some(s) = &a.apqns {
+        let edit: Edit<Apqn> = Edit::parse(s)?;
+        let before = p.apqns.clone();
+        edit.apply(&mut p.apqns)?;
+        let added: Vec<Apqn> = p
+            .apqns
+            .iter()
+            .filter(|x| !before.contains(x))
+            .copied()
+            .collect();
+        if !a.no_apqn_check && !added.is_empty() {
+            let key = SecureKey::parse(&e.secure_key)?;
+            keyops::check_binding(&adapters()?, key.key_type(), &added, Some(key.mkvp()))?;
+        }
+    }
+    if let Some(s) = a.sector_size {
+        p.sector_size = s;
+    }
+    if let Some(t) = a.volume_type {
+        if t != VolumeType::Luks2
+            && e.has_pass
+            && !a.remove_dummy_passphrase
+            && !confirm(
+                "Leaving LUKS2 removes the key's dummy passphrase. Continue?",
+                a.force,
+            )?
+        {
+            bail!("nothing was changed");
+        }
+        p.volume_type = t;
+    }
+    w.write_info(&a.name, &p)?;
+    if a.gen_dummy_passphrase {
+        w.write_pass(&a.name, DummyPassphrase::Generate)?;
+    } else if let Some(f) = &a.set_dummy_passphrase {
+        w.write_pass(&a.name, DummyPassphrase::Given(read_secret_file(f)?))?;
+    } else if a.remove_dummy_passphrase {
+        if !confirm(&format!("Remove the dummy passphrase of '{}'? Volumes that open only with it can no longer be opened", a.name), a.force)? {
+            bail!("the dummy passphrase was not removed");
+        }
+        w.remove_pass(&a.name)?;
+    }
+    println!("Key '{}' changed.", a.name);
+    Ok(())
+}
+
+fn volume_plans(f: &VolumeFilter) -> Result<Vec<VolumePlan>> {
+    let repo = open_repo()?;
+    let r: Reader<'_> = repo.read(lock_wait())?;
+    let vp: Vec<Pattern> = f
+        .volumes
+        .as_deref()
+        .map(|s| s.split(',').map(Pattern::new).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for e in r.entries()?.into_iter().flatten() {
+        if f.name.as_ref().is_some_and(|p| !p.matches_name(&e.name)) {
+            continue;
+        }
+        let xts = SecureKey::parse(&e.secure_key)
+            .map(|k| k.is_xts())
+            .unwrap_or(false);
+        for plan in VolumePlan::for_entry(repo.path(), &e, xts) {
+            if vp.is_empty() || vp.iter().any(|p| p.matches_volume(&plan.volume)) {
+                out.push(plan);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cryptsetup(f: &VolumeFilter, run: bool, format: bool, open: bool) -> Result<ExitCode> {
+    for plan in volume_plans(f)? {
+        for cmd in plan.commands(format, open) {
+            println!("{}", shell_line(&cmd));
+            if run {
+                let status = std::process::Command::new(&cmd[0])
+                    .args(&cmd[1..])
+                    .status()
+                    .with_context(|| format!("running {}", cmd[0]))?;
+                if !status.success() {
+                    bail!(
+                        "'{}' failed ({status}); the commands after it were not run",
+                        shell_line(&cmd)
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,338 @@
+//! Re-enciphering the keys of a repository around a master key change.
+//!
+//! Before the SET, `--staged` (the default towards NEW) writes the key re-enciphered with the
+//! NEW master key beside the live one (`<name>.renc`), so the live key keeps working. After the
+//! SET, `--complete` proves the staged key valid under the now CURRENT master key and its
+//! verification pattern equal to the key's, and only then makes it the live key. A key under
+//! OLD (the SET happened first) is re-enciphered OLD->CURRENT in place. Each key is handled on
+//! its own: a failure is reported and counted, and the others go on.
+//!
+//! Crash safety comes from the order of durable steps: the staged file is written atomically, and
+//! completing replaces `.skey`, then `.info`, then removes `.renc`, each atomically; a re-run
+//! after a crash at any point finds either the staged file (and completes again, idempotently)
+//! or no staged file and a live key that already verifies.
+
+use serde::Serialize;
+
+use ap_sim::apqn::Apqn;
+use ap_sim::hsm::{Direction, HsmError, Register};
+use ap_sim::token::{KeyType, SecureKey};
+
+use crate::adapters::Adapters;
+use crate::error::ZkeyError;
+use crate::keyname::{KeyName, Pattern};
+use crate::properties::Timestamp;
+use crate::repository::{KeyEntry, Writer};
+use crate::volume::{Volume, VolumeType};
+
+/// Which way to re-encipher; `None` in [`Options`] picks it per key from the registers.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Way {
+    ToNew,
+    FromOld,
+    /// `-o -n`: OLD -> CURRENT, then CURRENT -> NEW.
+    FromOldToNew,
+}
+
+/// How the result is stored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Beside the live key, as `<name>.renc`; completed later.
+    Staged,
+    /// Replacing the live key at once.
+    InPlace,
+    /// Promote a staged key after the SET.
+    Complete,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub way: Option<Way>,
+    /// `None`: staged towards NEW, in place from OLD (the reference's defaults).
+    pub mode: Option<Mode>,
+}
+
+/// Which keys: all patterns must match (a key matches an APQN pattern if any of its APQNs does).
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub names: Option<Pattern>,
+    pub apqns: Vec<Pattern>,
+}
+
+impl Selection {
+    pub fn matches(&self, name: &KeyName, apqns: &[Apqn]) -> bool {
+        self.names.as_ref().is_none_or(|p| p.matches_name(name))
+            && (self.apqns.is_empty()
+                || self
+                    .apqns
+                    .iter()
+                    .any(|p| apqns.iter().any(|a| p.matches_apqn(a))))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum Outcome {
+    /// The re-enciphered key was written beside the live one.
+    Staged {
+        from: Register,
+        to: Register,
+    },
+    /// The live key was replaced.
+    InPlace {
+        from: Register,
+        to: Register,
+    },
+    /// A staged key became the live key.
+    Completed,
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyResult {
+    pub name: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// LUKS2 volumes of the key whose headers hold their own copy of the key: they need
+    /// `zkey-cryptsetup reencipher` as well.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub luks2_volumes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub reenciphered: usize,
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+impl Summary {
+    fn add(&mut self, o: &Outcome) {
+        match o {
+            Outcome::Skipped { .. } => self.skipped += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+            _ => self.reenciphered += 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} re-enciphered, {} skipped, {} failed",
+            self.reenciphered, self.skipped, self.failed
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub keys: Vec<KeyResult>,
+    pub summary: Summary,
+}
+
+/// Re-enciphers every selected key of the repository; `each` sees each result as it is made
+/// (for progress output). The caller holds the repository's exclusive lock.
+pub fn reencipher_repository(
+    repo: &Writer<'_>,
+    adapters: &Adapters,
+    sel: &Selection,
+    opts: &Options,
+    mut each: impl FnMut(&KeyResult),
+) -> Result<Report, ZkeyError> {
+    let mut report = Report::default();
+    for entry in repo.entries()? {
+        let (name, outcome, volumes) = match entry {
+            Err(damaged) => {
+                let name = damaged.name.clone();
+                if !sel.names.as_ref().is_none_or(|p| p.matches_name(&name)) {
+                    continue;
+                }
+                (
+                    name,
+                    Outcome::Skipped {
+                        reason: format!("the key is damaged ({damaged}): it is left as it is"),
+                    },
+                    vec![],
+                )
+            }
+            Ok(e) => {
+                if !sel.matches(&e.name, &e.properties.apqns) {
+                    continue;
+                }
+                let outcome =
+                    one_key(repo, adapters, &e, opts).unwrap_or_else(|err| Outcome::Failed {
+                        error: err.to_string(),
+                    });
+                let volumes = luks2_volumes(&e, &outcome);
+                (e.name.clone(), outcome, volumes)
+            }
+        };
+        report.summary.add(&outcome);
+        let r = KeyResult {
+            name: name.as_str().to_string(),
+            outcome,
+            luks2_volumes: volumes,
+        };
+        each(&r);
+        report.keys.push(r);
+    }
+    Ok(report)
+}
+
+fn luks2_volumes(e: &KeyEntry, o: &Outcome) -> Vec<String> {
+    let changed = matches!(
+        o,
+        Outcome::InPlace { .. } | Outcome::Completed | Outcome::Staged { .. }
+    );
+    if !changed || e.properties.volume_type != VolumeType::Luks2 {
+        return vec![];
+    }
+    e.properties.volumes.iter().map(Volume::to_string).collect()
+}
+
+fn apqns_of(e: &KeyEntry) -> Option<&[Apqn]> {
+    let a = &e.properties.apqns;
+    (!a.is_empty()).then_some(a.as_slice())
+}
+
+fn one_key(
+    repo: &Writer<'_>,
+    ad: &Adapters,
+    e: &KeyEntry,
+    opts: &Options,
+) -> Result<Outcome, ZkeyError> {
+    let key = SecureKey::parse(&e.secure_key)?;
+    if opts.mode == Some(Mode::Complete) {
+        return complete(repo, ad, e, &key);
+    }
+    let apqns = apqns_of(e);
+    let status = ad.hsm.verify(&key, apqns);
+    let way = match (opts.way, &status) {
+        (Some(w), _) => w,
+        (None, Ok(v)) if v.register == Register::Old => Way::FromOld,
+        (None, Ok(_)) if !new_loaded(ad, &key, apqns) => {
+            return Ok(Outcome::Skipped {
+                reason: "the key is enciphered with the CURRENT master key and no NEW master key is loaded: nothing to do".into(),
+            })
+        }
+        (None, Ok(_)) => Way::ToNew,
+        (None, Err(HsmError::OnlyNew { .. })) => {
+            return Ok(Outcome::Skipped { reason: "the key is already enciphered with the NEW master key".into() })
+        }
+        (None, Err(_)) => return Err(status.unwrap_err().into()),
+    };
+    let mode = opts.mode.unwrap_or(if way == Way::FromOld {
+        Mode::InPlace
+    } else {
+        Mode::Staged
+    });
+    let (from, to, new) = match way {
+        Way::ToNew => (
+            Register::Current,
+            Register::New,
+            ad.hsm.reencipher(&key, Direction::ToNew, apqns)?,
+        ),
+        Way::FromOld => {
+            if key.key_type() == KeyType::Ep11Aes {
+                return Err(HsmError::Invalid("EP11 adapters have no OLD register: an EP11 key can only be re-enciphered to NEW, before the SET".into()).into());
+            }
+            if status
+                .as_ref()
+                .is_ok_and(|v| v.register == Register::Current)
+            {
+                return Ok(Outcome::Skipped {
+                    reason: "the key is already enciphered with the CURRENT master key".into(),
+                });
+            }
+            (
+                Register::Old,
+                Register::Current,
+                ad.hsm.reencipher(&key, Direction::FromOld, apqns)?,
+            )
+        }
+        Way::FromOldToNew => {
+            let current = ad.hsm.reencipher(&key, Direction::FromOld, apqns)?;
+            (
+                Register::Old,
+                Register::New,
+                ad.hsm.reencipher(&current, Direction::ToNew, apqns)?,
+            )
+        }
+    };
+    match mode {
+        Mode::Staged => {
+            repo.write_staged(&e.name, &new.to_bytes())?;
+            Ok(Outcome::Staged { from, to })
+        }
+        Mode::InPlace => {
+            // Key first: a crash before the properties are written leaves the new key with the
+            // old time stamp, which the VP still proves to be the same key.
+            repo.write_skey(&e.name, &new.to_bytes())?;
+            let mut props = e.properties.clone();
+            props.reencipher_time = Some(Timestamp::now());
+            repo.write_info(&e.name, &props)?;
+            // A staged copy made before is stale now (it was made from the previous key).
+            repo.remove_staged(&e.name)?;
+            Ok(Outcome::InPlace { from, to })
+        }
+        Mode::Complete => unreachable!("handled above"),
+    }
+}
+
+fn new_loaded(ad: &Adapters, key: &SecureKey, apqns: Option<&[Apqn]>) -> bool {
+    ad.hsm.reencipher(key, Direction::ToNew, apqns).is_ok()
+}
+
+/// Promotes `<name>.renc` once it is valid under CURRENT and names the same effective key.
+fn complete(
+    repo: &Writer<'_>,
+    ad: &Adapters,
+    e: &KeyEntry,
+    live: &SecureKey,
+) -> Result<Outcome, ZkeyError> {
+    let Some(staged) = e.staged.as_deref() else {
+        return Ok(Outcome::Skipped {
+            reason: "no staged re-encipher is pending".into(),
+        });
+    };
+    let apqns = apqns_of(e);
+    let mut staged = SecureKey::parse(staged)?;
+    match ad.hsm.verify(&staged, apqns) {
+        Ok(v) if v.register == Register::Current => {}
+        // The master key moved on twice: bring the staged key from OLD to CURRENT first, and
+        // stage that, so that what gets promoted is what was verified.
+        Ok(_) => {
+            staged = ad.hsm.reencipher(&staged, Direction::FromOld, apqns)?;
+            repo.write_staged(&e.name, &staged.to_bytes())?;
+        }
+        Err(HsmError::OnlyNew { .. }) => {
+            return Err(ZkeyError::NotYetSet(e.name.as_str().to_string()));
+        }
+        Err(err) => return Err(err.into()),
+    }
+    let vp = ad.hsm.verification_pattern(&staged, apqns)?;
+    let expected = match e.properties.verification_pattern {
+        Some(vp) => vp.to_string(),
+        None => ad.hsm.verification_pattern(live, apqns)?,
+    };
+    if vp != expected {
+        return Err(ZkeyError::VpMismatch {
+            name: e.name.as_str().to_string(),
+            staged: vp,
+            expected,
+        });
+    }
+    let mut props = e.properties.clone();
+    props.reencipher_time = Some(Timestamp::now());
+    repo.promote_staged(&e.name, &staged.to_bytes(), &props)?;
+    Ok(Outcome::Completed)
+}
