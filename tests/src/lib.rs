@@ -1,1 +1,263 @@
-//! End-to-end scenarios live in `tests/`; this library only holds shared helpers.
+//! Shared scaffolding for the end-to-end scenarios in `tests/`: a fresh simulator and repository
+//! per scenario, and the suite's real binaries run against them.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` left in the target directory. The
+//! crash scenarios need binaries with the `failpoints` feature; those are built on demand into a
+//! target directory of their own, so that they never replace the normal binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// `target/<profile>`: where the test binary itself lives (`target/<profile>/deps/..`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cargo_build(extra: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "--bins", "-p", "ap-sim", "-p", "zkey"])
+        .args(extra)
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build {extra:?} failed");
+}
+
+/// The normal binaries, built if a plain `cargo test` ran before any `cargo build`.
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = target_dir();
+        if !dir.join("zkey").exists() || !dir.join("ap-sim").exists() {
+            cargo_build(&[]);
+        }
+        dir
+    })
+    .clone()
+}
+
+/// Binaries with crash points armed by `$FAILPOINTS` (feature `failpoints`).
+pub fn failpoint_bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let target = workspace_root().join("target/failpoints");
+        cargo_build(&[
+            "--features",
+            "zkey/failpoints",
+            "--target-dir",
+            target.to_str().expect("utf-8 path"),
+        ]);
+        target.join("debug")
+    })
+    .clone()
+}
+
+/// One scenario's world: a simulator (default layout) and an empty repository.
+pub struct World {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub sim: PathBuf,
+    pub repo: PathBuf,
+    bins: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        Self::with_bins(bin_dir())
+    }
+
+    pub fn with_bins(bins: PathBuf) -> World {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let w = World {
+            sim: root.join("ap-sim"),
+            repo: root.join("repository"),
+            root,
+            _tmp: tmp,
+            bins,
+        };
+        w.ok("ap-sim", &["init"]);
+        w
+    }
+
+    /// Runs the same world's commands with other binaries (e.g. the failpoint build).
+    pub fn use_bins(&mut self, bins: PathBuf) {
+        self.bins = bins;
+    }
+
+    pub fn cmd(&self, bin: &str) -> Command {
+        let mut c = Command::new(self.bins.join(bin));
+        c.env("AP_SIM_DIR", &self.sim)
+            .env("ZKEY_REPOSITORY", &self.repo)
+            .env_remove("SYSFS_ROOT")
+            .env_remove("FAILPOINTS")
+            .env("ZKEY_LOCK_WAIT", "120")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, bin: &str, args: &[&str]) -> Output {
+        self.cmd(bin).args(args).output().expect("spawn")
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    pub fn ok(&self, bin: &str, args: &[&str]) -> String {
+        let o = self.run(bin, args);
+        assert!(
+            o.status.success(),
+            "{bin} {args:?} failed ({}):\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).expect("utf-8 output")
+    }
+
+    /// Runs a command that must fail; its stderr and stdout together.
+    pub fn fails(&self, bin: &str, args: &[&str]) -> String {
+        let o = self.run(bin, args);
+        assert!(
+            !o.status.success(),
+            "{bin} {args:?} succeeded:\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
+        )
+    }
+
+    pub fn json(&self, bin: &str, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(bin, args)).expect("JSON output")
+    }
+
+    /// The TKE: load a random NEW key (committing it for EP11) on a domain group.
+    pub fn load_new(&self, apqns: &str, mktype: &str) {
+        self.ok(
+            "ap-sim",
+            &["tke", "load-new", "-a", apqns, "-t", mktype, "--random"],
+        );
+        if mktype == "ep11" {
+            self.ok("ap-sim", &["tke", "commit", "-a", apqns]);
+        }
+    }
+
+    /// The TKE with key parts, as custodians enter them: FIRST, MIDDLE..., FINAL, each with
+    /// its checksum; the part goes in on stdin, never on the command line.
+    pub fn load_parts(&self, apqns: &str, mktype: &str, parts: &[u8]) {
+        use std::io::Write;
+        for (i, b) in parts.iter().enumerate() {
+            let which = match i {
+                0 => "first",
+                _ if i + 1 == parts.len() => "final",
+                _ => "middle",
+            };
+            let value = ap_sim::MasterKey::from_bytes([*b; 32]);
+            let sum = format!("{:02X}", ap_sim::registers::part_checksum(&value));
+            let mut child = self
+                .cmd("ap-sim")
+                .args([
+                    "tke",
+                    "load-new",
+                    "-a",
+                    apqns,
+                    "-t",
+                    mktype,
+                    "--part",
+                    which,
+                    "--value",
+                    "-",
+                    "--checksum",
+                    &sum,
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            writeln!(
+                child.stdin.take().expect("stdin"),
+                "{}",
+                format!("{b:02x}").repeat(32)
+            )
+            .expect("write part");
+            let o = child.wait_with_output().expect("wait");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        if mktype == "ep11" {
+            self.ok("ap-sim", &["tke", "commit", "-a", apqns]);
+        }
+    }
+
+    pub fn set(&self, apqns: &str, mktype: &str) {
+        self.ok(
+            "ap-sim",
+            &["tke", "set", "-a", apqns, "-t", mktype, "--yes"],
+        );
+    }
+
+    /// `zkey validate --json`, per key name: (valid, register, verification pattern).
+    pub fn key_states(&self) -> Vec<(String, bool, Option<String>, Option<String>)> {
+        let v = self.json("zkey", &["validate", "--json"]);
+        v["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| {
+                (
+                    k["name"].as_str().unwrap_or_default().to_string(),
+                    k["valid"].as_bool().unwrap_or(false),
+                    k["register"].as_str().map(str::to_string),
+                    k["verification_pattern"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
+    }
+
+    /// The files of the repository, sorted, without the lock.
+    pub fn repo_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.repo)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != ".lock")
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Every file of the repository with its content, to prove a refused command changed nothing.
+    pub fn repo_snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        self.repo_files()
+            .into_iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    std::fs::read(self.repo.join(&n)).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
