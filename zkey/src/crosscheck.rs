@@ -356,3 +356,118 @@ fn check_currents_agree(rows: &[&ApqnRegisters], findings: &mut Vec<Finding>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ap_sim::apqn::parse_list;
+    use ap_sim::sim::{Layout, Simulator};
+    use ap_sim::MkType;
+
+    fn sim() -> (tempfile::TempDir, Simulator, SysfsTree) {
+        let t = tempfile::tempdir().unwrap();
+        let s = Simulator::init(t.path().join("s"), &Layout::default(), false).unwrap();
+        let tree = SysfsTree::new(s.sys_root());
+        (t, s, tree)
+    }
+
+    fn cur(s: &Simulator, apqn: &str) -> Mkvp {
+        let st = s.register_status(Some(&parse_list(apqn).unwrap())).unwrap();
+        st[0].registers[0].current.mkvp.unwrap()
+    }
+
+    #[test]
+    fn a_shared_domain_group_is_proper() {
+        let (_t, s, tree) = sim();
+        let g = parse_list("08.002f,09.002f").unwrap();
+        let cc = cross_check(
+            &tree,
+            KeyType::CcaAesData,
+            &g,
+            Some(cur(&s, "08.002f")),
+            Purpose::Use,
+        )
+        .unwrap();
+        assert!(cc.is_proper(), "{}", cc.report());
+        assert!(cc.findings.is_empty());
+        assert!(
+            cc.table()
+                .starts_with("CARD.DOMAIN  NEW MK  CURRENT MK        OLD MK   TYPE\n"),
+            "{}",
+            cc.table()
+        );
+        let cc = cross_check(
+            &tree,
+            KeyType::Ep11Aes,
+            &parse_list("0a.002f").unwrap(),
+            None,
+            Purpose::Use,
+        )
+        .unwrap();
+        assert!(!cc.table().contains("OLD MK"), "EP11 has no OLD register");
+    }
+
+    #[test]
+    fn old_key_warns_and_split_stages_are_errors() {
+        let (_t, s, tree) = sim();
+        let g = parse_list("08.002f,09.002f").unwrap();
+        let key = cur(&s, "08.002f");
+        s.tke_load_random(&g, MkType::Aes).unwrap();
+        let cc = cross_check(&tree, KeyType::CcaAesData, &g, Some(key), Purpose::ToNew).unwrap();
+        assert!(cc.is_proper(), "{}", cc.report());
+        // SET on 08.002f only: the key is OLD there and still CURRENT on 09.002f.
+        s.tke_set(&g[..1], MkType::Aes).unwrap();
+        let cc = cross_check(&tree, KeyType::CcaAesData, &g, Some(key), Purpose::Use).unwrap();
+        assert!(
+            cc.report().contains("OLD master key of 08.002f"),
+            "{}",
+            cc.report()
+        );
+        assert!(
+            cc.report()
+                .contains("NEW master key is loaded on 09.002f but not on 08.002f"),
+            "{}",
+            cc.report()
+        );
+        // A key made under the new CURRENT of 08.002f is NEW on 09.002f: not yet set there.
+        let newkey = cur(&s, "08.002f");
+        let cc = cross_check(&tree, KeyType::CcaAesData, &g, Some(newkey), Purpose::Use).unwrap();
+        assert!(
+            cc.findings
+                .iter()
+                .any(|f| f.severity == Severity::Info && f.message.contains("not set yet")),
+            "{}",
+            cc.report()
+        );
+        let cc = cross_check(&tree, KeyType::CcaAesData, &g, None, Purpose::Use).unwrap();
+        assert!(
+            !cc.is_proper() && cc.report().contains("CURRENT master keys differ"),
+            "{}",
+            cc.report()
+        );
+    }
+
+    #[test]
+    fn missing_offline_and_wrong_type_apqns_are_errors() {
+        let (_t, s, tree) = sim();
+        s.set_online(ap_sim::sim::Target::Card(9), false).unwrap();
+        let cc = cross_check(
+            &tree,
+            KeyType::CcaAesCipher,
+            &parse_list("07.0001,09.002f,0a.002f,0c.002f").unwrap(),
+            None,
+            Purpose::Use,
+        )
+        .unwrap();
+        let r = cc.report();
+        for needle in [
+            "07.0001 does not exist",
+            "09.002f is offline",
+            "0a.002f is a CEX8P adapter",
+            "0c.002f is a CEX8A adapter",
+            "improper",
+        ] {
+            assert!(r.contains(needle), "{needle}: {r}");
+        }
+    }
+}

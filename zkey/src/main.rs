@@ -712,7 +712,7 @@ fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
         names: a.name.clone(),
         apqns: apqn_patterns(&a.apqns),
     };
-    if way.is_some_and(|w| w != Way::FromOld) && !sel.apqns.is_empty() {
+    if way.is_some_and(|w| w != Way::FromOld) && mode != Some(Mode::Complete) {
         preflight_to_new(&ad, &w, &sel)?;
     }
     let tty = std::io::stderr().is_terminal() && !a.json;
