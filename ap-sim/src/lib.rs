@@ -17,10 +17,12 @@
 //! - [`token`]: secure key token layouts and the wrapping of key material.
 //! - [`hsm`]: the operations on secure keys: generate, import, verify, re-encipher, VP.
 //! - [`table`]: aligned text tables for human output.
+//! - [`audit`]: the tamper-evident audit trail, authenticated inside the adapter.
 //! - [`durable`]: atomic file replacement and locks, used by every crate of the suite.
 
 pub mod adapter;
 pub mod apqn;
+pub mod audit;
 pub mod durable;
 pub mod hsm;
 pub mod lszcrypt;

@@ -5,6 +5,7 @@
 //! DIR/.lock            flock: shared for readers, exclusive for changes
 //! DIR/sys/             the sysfs tree, rendered from state.json after every change
 //! DIR/sys.generation   which state generation the tree shows (to repair a tree a crash left stale)
+//! DIR/audit.log        the TKE's audit trail: every load, commit, SET and clear, done or refused
 //! ```
 //!
 //! Every change loads the state under the exclusive lock, applies the operation to a copy, and
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Bus, Card, CardType, Mode, Queue, QueueKeys, Status};
 use crate::apqn::Apqn;
+use crate::audit::{AuditLog, Event};
 use crate::durable::{self, Lock, LockKind};
 use crate::mkvp::{MasterKey, Mkvp};
 use crate::registers::{
@@ -35,6 +37,9 @@ const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = ".lock";
 const SYS_DIR: &str = "sys";
 const GENERATION_FILE: &str = "sys.generation";
+const AUDIT_FILE: &str = "audit.log";
+/// The name of the TKE's audit log in the adapter.
+pub const TKE_AUDIT_ID: &str = "tke";
 const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,26 @@ struct StateFile {
     format: u32,
     generation: u64,
     bus: Bus,
+    /// The adapter-held secrets of the audit trail: its MAC key and each log's last record.
+    #[serde(default)]
+    audit: AuditState,
+}
+
+/// What the adapter keeps for the audit trail, beyond the reach of anyone who can only edit
+/// the log files: the key that authenticates records, and each log's head (last sequence number
+/// and MAC), so that a truncated log is detected.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AuditState {
+    key: Option<MasterKey>,
+    #[serde(default)]
+    heads: std::collections::BTreeMap<String, AuditHead>,
+}
+
+/// The last record the adapter confirmed for one audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub mac: String,
 }
 
 /// The adapters `ap-sim init` creates.
@@ -113,6 +138,14 @@ impl Default for Layout {
             shared_keys: true,
         }
     }
+}
+
+/// What a TKE action records beyond its inputs.
+#[derive(Clone, Debug, Default)]
+struct Note {
+    old: Option<Mkvp>,
+    new: Option<Mkvp>,
+    details: Option<String>,
 }
 
 /// One loaded key part, as a TKE panel reports it.
@@ -226,9 +259,11 @@ impl Simulator {
             return Err(SimError::AlreadyInitialised(sim.dir));
         }
         let bus = build_bus(layout);
-        let generation = match sim.load() {
-            Ok(old) => old.generation + 1,
-            Err(_) => 1,
+        // The audit trail outlives a re-initialised bus: its key and heads carry over, so the logs
+        // written so far stay verifiable.
+        let (generation, audit) = match sim.load() {
+            Ok(old) => (old.generation + 1, old.audit),
+            Err(_) => (1, AuditState::default()),
         };
         let sys = sim.sys_root();
         if sys.exists() {
@@ -238,6 +273,7 @@ impl Simulator {
             format: FORMAT,
             generation,
             bus,
+            audit,
         })?;
         Ok(sim)
     }
@@ -320,12 +356,75 @@ impl Simulator {
         &self,
         op: impl FnOnce(&mut Bus) -> Result<T, SimError>,
     ) -> Result<T, SimError> {
+        self.update_state(|st| op(&mut st.bus))
+    }
+
+    fn update_state<T>(
+        &self,
+        op: impl FnOnce(&mut StateFile) -> Result<T, SimError>,
+    ) -> Result<T, SimError> {
         let _l = self.lock(LockKind::Exclusive)?;
         let mut st = self.load()?;
-        let out = op(&mut st.bus)?;
+        let out = op(&mut st)?;
         st.generation += 1;
         self.store(&st)?;
         Ok(out)
+    }
+
+    // ----- audit trail secrets -----
+
+    /// HMAC-SHA256 of `data` for the audit log `log`, with the adapter's audit key (made on
+    /// first use). The key never leaves the simulator's private state.
+    pub fn audit_mac(&self, log: &str, data: &[u8]) -> Result<[u8; 32], SimError> {
+        Ok(self.audit_macs(log, &[data])?[0])
+    }
+
+    /// [`Simulator::audit_mac`] of many records at once, reading the state once.
+    pub fn audit_macs(&self, log: &str, data: &[&[u8]]) -> Result<Vec<[u8; 32]>, SimError> {
+        let key = {
+            let _l = self.lock(LockKind::Shared)?;
+            self.load()?.audit.key
+        };
+        let key = match key {
+            Some(k) => k,
+            None => self.update_state(|st| {
+                Ok(st.audit.key.get_or_insert_with(MasterKey::random).clone())
+            })?,
+        };
+        use hmac::Mac;
+        let base =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+        Ok(data
+            .iter()
+            .map(|d| {
+                let mut m = base.clone();
+                m.update(log.as_bytes());
+                m.update(&[0]);
+                m.update(d);
+                m.finalize().into_bytes().into()
+            })
+            .collect())
+    }
+
+    /// Records a log's new head; a head never moves backwards.
+    pub fn audit_set_head(&self, log: &str, head: AuditHead) -> Result<(), SimError> {
+        self.update_state(|st| {
+            let cur = st
+                .audit
+                .heads
+                .entry(log.to_string())
+                .or_insert_with(|| head.clone());
+            if head.seq >= cur.seq {
+                *cur = head;
+            }
+            Ok(())
+        })
+    }
+
+    /// The last record of `log` the adapter confirmed, if any.
+    pub fn audit_head(&self, log: &str) -> Result<Option<AuditHead>, SimError> {
+        let _l = self.lock(LockKind::Shared)?;
+        Ok(self.load()?.audit.heads.get(log).cloned())
     }
 
     /// Runs `op` on a copy of the bus and discards it: whether an update would succeed.
@@ -342,13 +441,21 @@ impl Simulator {
     /// Loads one random key into NEW of every APQN given (all share it). Returns its pattern.
     pub fn tke_load_random(&self, apqns: &[Apqn], mktype: MkType) -> Result<Mkvp, SimError> {
         let key = MasterKey::random();
-        self.update(|bus| {
+        let mkvp = pattern(mktype, &key);
+        self.tke_audited("load-new", apqns, mktype, |bus| {
             for_each_register(bus, apqns, mktype, |r| match r {
                 RegMut::Cca(r) => r.load_full(&key),
                 RegMut::Ep11(r) => r.load_full(&key),
-            })
-        })?;
-        Ok(pattern(mktype, &key))
+            })?;
+            Ok((
+                mkvp,
+                Note {
+                    new: Some(mkvp),
+                    details: Some("random key".into()),
+                    ..Note::default()
+                },
+            ))
+        })
     }
 
     /// Loads a key part into NEW of every APQN given, after checking the custodian's checksum.
@@ -360,58 +467,164 @@ impl Simulator {
         value: &MasterKey,
         checksum: u8,
     ) -> Result<PartReport, SimError> {
-        let actual = registers::part_checksum(value);
-        if actual != checksum {
-            return Err(SimError::Checksum {
-                expected: checksum,
-                actual,
-            });
-        }
-        let new_mkvp = self.update(|bus| {
+        let part_vp = registers::part_vp(value);
+        self.tke_audited("load-part", apqns, mktype, |bus| {
+            let actual = registers::part_checksum(value);
+            if actual != checksum {
+                return Err(SimError::Checksum {
+                    expected: checksum,
+                    actual,
+                });
+            }
             for_each_register(bus, apqns, mktype, |r| match r {
                 RegMut::Cca(r) => r.load_part(part, value),
                 RegMut::Ep11(r) => r.load_part(part, value),
             })?;
             // After a FINAL part every APQN holds the same complete key; report its pattern.
             let view = register_views(bus, apqns[0], mktype)?;
-            Ok(view.new.mkvp.filter(|_| part == KeyPart::Final))
-        })?;
-        Ok(PartReport {
-            checksum: format!("{actual:02X}"),
-            part_vp: registers::part_vp(value),
-            new_mkvp,
+            let new_mkvp = view.new.mkvp.filter(|_| part == KeyPart::Final);
+            let details = format!("{part:?} key part, part VP {part_vp}").to_lowercase();
+            let report = PartReport {
+                checksum: format!("{actual:02X}"),
+                part_vp,
+                new_mkvp,
+            };
+            Ok((
+                report,
+                Note {
+                    new: new_mkvp,
+                    details: Some(details),
+                    ..Note::default()
+                },
+            ))
         })
     }
 
     /// EP11: commits an uncommitted NEW wrapping key.
     pub fn tke_commit(&self, apqns: &[Apqn]) -> Result<(), SimError> {
-        self.update(|bus| {
+        self.tke_audited("commit", apqns, MkType::Ep11, |bus| {
             for_each_register(bus, apqns, MkType::Ep11, |r| match r {
                 RegMut::Ep11(r) => r.commit(),
                 RegMut::Cca(_) => unreachable!("mode checked"),
-            })
+            })?;
+            let new = apqns
+                .first()
+                .and_then(|a| register_views(bus, *a, MkType::Ep11).ok())
+                .and_then(|v| v.new.mkvp);
+            Ok((
+                (),
+                Note {
+                    new,
+                    ..Note::default()
+                },
+            ))
         })
     }
 
     /// SET: NEW becomes CURRENT on every APQN given, or on none.
     pub fn tke_set(&self, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
-        self.update(|bus| set_all(bus, apqns, mktype))
+        self.tke_audited("set", apqns, mktype, |bus| {
+            let before = apqns
+                .first()
+                .and_then(|a| register_views(bus, *a, mktype).ok());
+            set_all(bus, apqns, mktype)?;
+            let note = Note {
+                old: before.as_ref().and_then(|v| v.current.mkvp),
+                new: before.as_ref().and_then(|v| v.new.mkvp),
+                details: None,
+            };
+            Ok(((), note))
+        })
     }
 
     /// Whether [`Simulator::tke_set`] would succeed now, so a caller can ask before it acts.
+    /// A refusal is recorded in the TKE audit log like a refused SET.
     pub fn tke_check_set(&self, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
-        self.check(|bus| set_all(bus, apqns, mktype))
+        match self.check(|bus| set_all(bus, apqns, mktype)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.tke_record("set", apqns, mktype, Err(&e), Note::default())?;
+                Err(e)
+            }
+        }
     }
 
     pub fn tke_clear_new(&self, apqns: &[Apqn], mktype: MkType) -> Result<(), SimError> {
-        self.update(|bus| {
+        self.tke_audited("clear-new", apqns, mktype, |bus| {
+            let old = apqns
+                .first()
+                .and_then(|a| register_views(bus, *a, mktype).ok())
+                .and_then(|v| v.new.mkvp);
             for_each_register(bus, apqns, mktype, |r| {
                 match r {
                     RegMut::Cca(r) => r.clear_new(),
                     RegMut::Ep11(r) => r.clear_new(),
                 }
                 Ok(())
-            })
+            })?;
+            Ok((
+                (),
+                Note {
+                    old,
+                    ..Note::default()
+                },
+            ))
+        })
+    }
+
+    /// The TKE's own audit log: every TKE action, done or refused.
+    pub fn tke_audit_log(&self) -> AuditLog {
+        AuditLog::new(self.dir.join(AUDIT_FILE), TKE_AUDIT_ID, self.clone())
+    }
+
+    /// Runs a TKE action as one update and records it, done or refused, in the TKE audit log.
+    fn tke_audited<T>(
+        &self,
+        action: &str,
+        apqns: &[Apqn],
+        mktype: MkType,
+        op: impl FnOnce(&mut Bus) -> Result<(T, Note), SimError>,
+    ) -> Result<T, SimError> {
+        let res = self.update(op);
+        match &res {
+            Ok((_, n)) => self.tke_record(action, apqns, mktype, Ok(()), n.clone())?,
+            Err(e) => self.tke_record(action, apqns, mktype, Err(e), Note::default())?,
+        }
+        res.map(|(t, _)| t)
+    }
+
+    fn tke_record(
+        &self,
+        action: &str,
+        apqns: &[Apqn],
+        mktype: MkType,
+        outcome: Result<(), &SimError>,
+        note: Note,
+    ) -> Result<(), SimError> {
+        let result = match outcome {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("failed: {e}"),
+        };
+        let event = Event {
+            event: format!("tke-{action}"),
+            command: format!("ap-sim tke {action}"),
+            apqns: apqns.to_vec(),
+            mktype: Some(mktype),
+            old_mkvp: note.old,
+            new_mkvp: note.new,
+            keys: Vec::new(),
+            result,
+            details: note.details,
+        };
+        self.tke_audit_log().append(event).map(drop).map_err(|e| {
+            let done = if outcome.is_ok() {
+                "was done"
+            } else {
+                "was refused"
+            };
+            SimError::Invalid(format!(
+                "the TKE action {done}, but it could not be recorded in the audit log: {e}"
+            ))
         })
     }
 

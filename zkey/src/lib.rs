@@ -13,9 +13,11 @@
 //! - [`keyops`]: making keys, and where each key stands (valid, at risk from the next SET).
 //! - [`reencipher`]: staged, in-place and complete re-encipher of repository keys.
 //! - [`crypttab`]: crypttab lines and the commands that format and open the volumes.
+//! - [`audit`]: the repository's audit log beside the TKE's, verified and queried.
 //! - [`error`]: the errors of the operations above.
 
 pub mod adapters;
+pub mod audit;
 pub mod crosscheck;
 pub mod crypttab;
 pub mod error;

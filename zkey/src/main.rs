@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use ap_sim::apqn::{Apqn, ApqnList};
+use ap_sim::audit::Event;
 use ap_sim::durable;
 use ap_sim::hsm::{Direction, Register};
 use ap_sim::table::Table;
@@ -96,6 +97,9 @@ enum Cmd {
     },
     /// Print /etc/crypttab lines for the keys' volumes
     Crypttab(VolumeFilter),
+    /// Verify or show the audit trail (the repository's log and the TKE's)
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Print (or --run) the commands that format and open the keys' volumes
     Cryptsetup {
         #[command(flatten)]
@@ -272,6 +276,40 @@ struct ChangeArgs {
     force: bool,
 }
 
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Prove both logs intact, or name the first bad record (exit 1)
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show records of both logs, oldest first
+    Show {
+        /// Event names, e.g. tke-set, generate, reencipher-* (wildcards allowed)
+        #[arg(long)]
+        event: Option<Pattern>,
+        /// Key names (wildcards allowed)
+        #[arg(short = 'N', long = "name")]
+        key: Option<Pattern>,
+        #[arg(short = 'a', long)]
+        apqn: Option<Pattern>,
+        /// aes, apka or ep11
+        #[arg(short = 't', long)]
+        mktype: Option<ap_sim::MkType>,
+        /// Records at or after this UTC time (e.g. 2026-11-01 or 2026-11-01T10:00)
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the TKE's log, or only the repository's
+        #[arg(long, value_parser = ["zkey", "tke"])]
+        source: Option<String>,
+        /// Only the last N records
+        #[arg(long)]
+        last: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 struct VolumeFilter {
     #[arg(short = 'N', long)]
@@ -320,9 +358,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Remove { name, force } => remove(&name, force).map(|_| ExitCode::SUCCESS),
         Cmd::Change(a) => change(a).map(|_| ExitCode::SUCCESS),
         Cmd::Rename { name, new_name } => {
+            let ad = adapters()?;
             let repo = open_repo()?;
             let w = repo.write(lock_wait())?;
             w.rename_key(&name, &new_name)?;
+            record(
+                &repo,
+                &ad,
+                Event {
+                    details: Some(format!("renamed to '{new_name}'")),
+                    ..event("rename", &[&name, &new_name], &[])
+                },
+            )?;
             println!("Key '{name}' renamed to '{new_name}'.");
             Ok(ExitCode::SUCCESS)
         }
@@ -331,6 +378,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             new_name,
             volumes,
         } => {
+            let ad = adapters()?;
             let repo = open_repo()?;
             let w = repo.write(lock_wait())?;
             let e = w.entry(&name)?;
@@ -342,6 +390,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             keyops::check_volumes_free(&w, &new_name, &props.volumes)?;
             props.creation_time = Some(zkey::properties::Timestamp::now());
             w.copy_key(&name, &new_name, &props)?;
+            record(
+                &repo,
+                &ad,
+                Event {
+                    details: Some(format!("copied to '{new_name}'")),
+                    ..event("copy", &[&name, &new_name], &props.apqns)
+                },
+            )?;
             println!("Key '{name}' copied to '{new_name}'.");
             Ok(ExitCode::SUCCESS)
         }
@@ -357,6 +413,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             open,
             format,
         } => cryptsetup(&filter, run, !open, !format),
+        Cmd::Audit(a) => audit_cmd(a),
     }
 }
 
@@ -492,6 +549,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             let w = repo.write(lock_wait())?;
             let key = keyops::make_key(&ad, &spec, clear.as_deref().map(|c| &c[..]))?;
             keyops::store_new(&w, &ad, name, &key, &spec, dummy_pass(&a.meta)?)?;
+            record(&repo, &ad, key_event("generate", name, &key, &spec.apqns))?;
             println!(
                 "Secure key '{name}' generated in the repository ({}, {} bytes).",
                 key.key_type(),
@@ -518,6 +576,7 @@ fn import(a: ImportArgs) -> Result<()> {
     let repo = open_or_create_repo()?;
     let w = repo.write(lock_wait())?;
     keyops::store_new(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
+    record(&repo, &ad, key_event("import", &a.name, &key, &spec.apqns))?;
     println!("Secure key '{}' imported into the repository.", a.name);
     Ok(())
 }
@@ -729,6 +788,7 @@ fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
             print_result(r);
         }
     })?;
+    record_reencipher(&repo, &ad, &report)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -769,14 +829,14 @@ fn preflight_to_new(ad: &Adapters, w: &Writer<'_>, sel: &Selection) -> Result<()
 
 fn print_result(r: &reencipher::KeyResult) {
     match &r.outcome {
-        Outcome::Staged { from, to } => println!(
+        Outcome::Staged { from, to, .. } => println!(
             "Key '{}': staged re-enciphering from the {} to the {} master key. After the NEW master key is set, run 'zkey reencipher --complete'.",
             r.name,
             from.name(),
             to.name()
         ),
-        Outcome::InPlace { from, to } => println!("Key '{}': re-enciphered from the {} to the {} master key.", r.name, from.name(), to.name()),
-        Outcome::Completed => println!("Key '{}': re-enciphering completed: the staged key is now the key.", r.name),
+        Outcome::InPlace { from, to, .. } => println!("Key '{}': re-enciphered from the {} to the {} master key.", r.name, from.name(), to.name()),
+        Outcome::Completed { .. } => println!("Key '{}': re-enciphering completed: the staged key is now the key.", r.name),
         Outcome::Skipped { reason } => println!("Key '{}': skipped: {reason}.", r.name),
         Outcome::Failed { error } => println!("Key '{}': FAILED: {error}", r.name),
     }
@@ -991,6 +1051,7 @@ fn confirm(question: &str, force: bool) -> Result<bool> {
 }
 
 fn remove(name: &KeyName, force: bool) -> Result<()> {
+    let ad = adapters()?;
     let repo = open_repo()?;
     let w = repo.write(lock_wait())?;
     let volumes = match w.entry(name) {
@@ -1009,11 +1070,13 @@ fn remove(name: &KeyName, force: bool) -> Result<()> {
         bail!("key '{name}' was not removed");
     }
     w.remove_key(name)?;
+    record(&repo, &ad, event("remove", &[name], &[]))?;
     println!("Key '{name}' removed.");
     Ok(())
 }
 
 fn change(a: ChangeArgs) -> Result<()> {
+    let ad = adapters()?;
     let repo = open_repo()?;
     let w = repo.write(lock_wait())?;
     let e = w.entry(&a.name)?;
@@ -1044,7 +1107,7 @@ fn change(a: ChangeArgs) -> Result<()> {
             .collect();
         if !a.no_apqn_check && !added.is_empty() {
             let key = SecureKey::parse(&e.secure_key)?;
-            keyops::check_binding(&adapters()?, key.key_type(), &added, Some(key.mkvp()))?;
+            keyops::check_binding(&ad, key.key_type(), &added, Some(key.mkvp()))?;
         }
     }
     if let Some(s) = a.sector_size {
@@ -1074,6 +1137,14 @@ fn change(a: ChangeArgs) -> Result<()> {
         }
         w.remove_pass(&a.name)?;
     }
+    record(
+        &repo,
+        &ad,
+        Event {
+            details: Some("properties changed".into()),
+            ..event("change", &[&a.name], &p.apqns)
+        },
+    )?;
     println!("Key '{}' changed.", a.name);
     Ok(())
 }
@@ -1122,4 +1193,199 @@ fn cryptsetup(f: &VolumeFilter, run: bool, format: bool, open: bool) -> Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn event(name: &str, keys: &[&KeyName], apqns: &[Apqn]) -> Event {
+    Event {
+        event: name.to_string(),
+        command: format!("zkey {}", name.split('-').next().unwrap_or(name)),
+        apqns: apqns.to_vec(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        result: "ok".into(),
+        ..Event::default()
+    }
+}
+
+/// Records a key lifecycle event after the action was done.
+fn record(repo: &Repository, ad: &Adapters, ev: Event) -> Result<()> {
+    zkey::audit::record(repo, ad.hsm.simulator(), ev)
+        .context("the action was done, but recording it in the audit log failed")
+}
+
+fn key_event(name: &str, key_name: &KeyName, key: &SecureKey, apqns: &[Apqn]) -> Event {
+    Event {
+        mktype: Some(key.key_type().mk_type()),
+        new_mkvp: Some(key.mkvp()),
+        details: Some(format!(
+            "{}, {} bits{}",
+            key.key_type(),
+            key.key_bits() * if key.is_xts() { 2 } else { 1 },
+            if key.is_xts() { " (XTS)" } else { "" }
+        )),
+        ..event(name, &[key_name], apqns)
+    }
+}
+
+/// One record per kind of result: which keys were staged, re-enciphered in place, completed,
+/// or failed, with the master key patterns where all keys of the kind share them.
+fn record_reencipher(repo: &Repository, ad: &Adapters, report: &reencipher::Report) -> Result<()> {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<&str, Vec<&reencipher::KeyResult>> = BTreeMap::new();
+    for r in &report.keys {
+        let kind = match r.outcome {
+            Outcome::Staged { .. } => "reencipher-staged",
+            Outcome::InPlace { .. } => "reencipher-in-place",
+            Outcome::Completed { .. } => "reencipher-complete",
+            Outcome::Failed { .. } => "reencipher-failed",
+            Outcome::Skipped { .. } => continue,
+        };
+        groups.entry(kind).or_default().push(r);
+    }
+    for (kind, rs) in groups {
+        let same = |f: &dyn Fn(&reencipher::KeyResult) -> Option<ap_sim::Mkvp>| {
+            let first = f(rs[0]);
+            rs.iter().all(|r| f(r) == first).then_some(first).flatten()
+        };
+        let new = |r: &reencipher::KeyResult| match r.outcome {
+            Outcome::Staged { mkvp, .. }
+            | Outcome::InPlace { mkvp, .. }
+            | Outcome::Completed { mkvp } => Some(mkvp),
+            _ => None,
+        };
+        let errors: Vec<String> = rs
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Failed { error } => Some(format!("{}: {error}", r.name)),
+                _ => None,
+            })
+            .collect();
+        let ev = Event {
+            event: kind.to_string(),
+            command: "zkey reencipher".into(),
+            keys: rs.iter().map(|r| r.name.clone()).collect(),
+            old_mkvp: same(&|r| r.old_mkvp),
+            new_mkvp: same(&new),
+            result: if errors.is_empty() {
+                "ok".into()
+            } else {
+                format!("failed: {}", errors.join("; "))
+            },
+            ..Event::default()
+        };
+        record(repo, ad, ev)?;
+    }
+    Ok(())
+}
+
+fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
+    let ad = adapters()?;
+    let repo = open_repo()?;
+    let sim = ad.hsm.simulator();
+    match a {
+        AuditCmd::Verify { json } => {
+            let vs = zkey::audit::verify_all(&repo, sim)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "logs": vs }))?
+                );
+            } else {
+                for v in &vs {
+                    match &v.first_break {
+                        None => println!(
+                            "{} ({}): intact, {} records{}",
+                            v.log,
+                            v.path.display(),
+                            v.records,
+                            if v.unconfirmed_tail {
+                                "; the last one was written but not yet confirmed by the adapter (a crash while it was appended)"
+                            } else {
+                                ", the last one confirmed by the adapter"
+                            }
+                        ),
+                        Some(b) => println!(
+                            "{} ({}): BROKEN at record {} (line {}): {}",
+                            v.log,
+                            v.path.display(),
+                            b.line,
+                            b.line,
+                            b.why
+                        ),
+                    }
+                }
+            }
+            Ok(if vs.iter().all(|v| v.intact) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        AuditCmd::Show {
+            event,
+            key,
+            apqn,
+            mktype,
+            since,
+            source,
+            last,
+            json,
+        } => {
+            let f = zkey::audit::Filter {
+                event,
+                key,
+                apqn,
+                mktype,
+                since,
+                source: source.map(|s| {
+                    if s == "tke" {
+                        zkey::audit::Source::Tke
+                    } else {
+                        zkey::audit::Source::Zkey
+                    }
+                }),
+            };
+            let mut entries = zkey::audit::show(&repo, sim, &f)?;
+            if let Some(n) = last {
+                entries.drain(..entries.len().saturating_sub(n));
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "records": entries }))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = Table::new([
+                "TIME", "SOURCE", "USER", "EVENT", "APQNS", "MK", "OLD MKVP", "NEW MKVP", "KEYS",
+                "RESULT",
+            ]);
+            for e in &entries {
+                let r = &e.record.event;
+                t.row([
+                    e.record.time.clone(),
+                    format!("{:?}", e.source).to_lowercase(),
+                    e.record.user.clone(),
+                    r.event.clone(),
+                    or_dash(ap_sim::apqn::format_list(&r.apqns)),
+                    r.mktype
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.old_mkvp
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    r.new_mkvp
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    or_dash(r.keys.join(",")),
+                    r.result.clone(),
+                ]);
+            }
+            if t.is_empty() {
+                println!("No records.");
+            } else {
+                print!("{}", t.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

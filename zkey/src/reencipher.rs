@@ -17,6 +17,7 @@ use serde::Serialize;
 use ap_sim::apqn::Apqn;
 use ap_sim::hsm::{Direction, HsmError, Register};
 use ap_sim::token::{KeyType, SecureKey};
+use ap_sim::Mkvp;
 
 use crate::adapters::Adapters;
 use crate::error::ZkeyError;
@@ -75,18 +76,22 @@ impl Selection {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "result")]
 pub enum Outcome {
-    /// The re-enciphered key was written beside the live one.
+    /// The re-enciphered key (its master key pattern `mkvp`) was written beside the live one.
     Staged {
         from: Register,
         to: Register,
+        mkvp: Mkvp,
     },
     /// The live key was replaced.
     InPlace {
         from: Register,
         to: Register,
+        mkvp: Mkvp,
     },
     /// A staged key became the live key.
-    Completed,
+    Completed {
+        mkvp: Mkvp,
+    },
     Skipped {
         reason: String,
     },
@@ -100,6 +105,9 @@ pub struct KeyResult {
     pub name: String,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The master key pattern of the key before the operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_mkvp: Option<Mkvp>,
     /// LUKS2 volumes of the key whose headers hold their own copy of the key: they need
     /// `zkey-cryptsetup reencipher` as well.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -150,7 +158,7 @@ pub fn reencipher_repository(
 ) -> Result<Report, ZkeyError> {
     let mut report = Report::default();
     for entry in repo.entries()? {
-        let (name, outcome, volumes) = match entry {
+        let (name, outcome, volumes, old_mkvp) = match entry {
             Err(damaged) => {
                 let name = damaged.name.clone();
                 if !sel.names.as_ref().is_none_or(|p| p.matches_name(&name)) {
@@ -162,6 +170,7 @@ pub fn reencipher_repository(
                         reason: format!("the key is damaged ({damaged}): it is left as it is"),
                     },
                     vec![],
+                    None,
                 )
             }
             Ok(e) => {
@@ -173,13 +182,15 @@ pub fn reencipher_repository(
                         error: err.to_string(),
                     });
                 let volumes = luks2_volumes(&e, &outcome);
-                (e.name.clone(), outcome, volumes)
+                let old = SecureKey::parse(&e.secure_key).ok().map(|k| k.mkvp());
+                (e.name.clone(), outcome, volumes, old)
             }
         };
         report.summary.add(&outcome);
         let r = KeyResult {
             name: name.as_str().to_string(),
             outcome,
+            old_mkvp,
             luks2_volumes: volumes,
         };
         each(&r);
@@ -191,7 +202,7 @@ pub fn reencipher_repository(
 fn luks2_volumes(e: &KeyEntry, o: &Outcome) -> Vec<String> {
     let changed = matches!(
         o,
-        Outcome::InPlace { .. } | Outcome::Completed | Outcome::Staged { .. }
+        Outcome::InPlace { .. } | Outcome::Completed { .. } | Outcome::Staged { .. }
     );
     if !changed || e.properties.volume_type != VolumeType::Luks2 {
         return vec![];
@@ -271,7 +282,11 @@ fn one_key(
     match mode {
         Mode::Staged => {
             repo.write_staged(&e.name, &new.to_bytes())?;
-            Ok(Outcome::Staged { from, to })
+            Ok(Outcome::Staged {
+                from,
+                to,
+                mkvp: new.mkvp(),
+            })
         }
         Mode::InPlace => {
             // Key first: a crash before the properties are written leaves the new key with the
@@ -282,7 +297,11 @@ fn one_key(
             repo.write_info(&e.name, &props)?;
             // A staged copy made before is stale now (it was made from the previous key).
             repo.remove_staged(&e.name)?;
-            Ok(Outcome::InPlace { from, to })
+            Ok(Outcome::InPlace {
+                from,
+                to,
+                mkvp: new.mkvp(),
+            })
         }
         Mode::Complete => unreachable!("handled above"),
     }
@@ -334,5 +353,7 @@ fn complete(
     let mut props = e.properties.clone();
     props.reencipher_time = Some(Timestamp::now());
     repo.promote_staged(&e.name, &staged.to_bytes(), &props)?;
-    Ok(Outcome::Completed)
+    Ok(Outcome::Completed {
+        mkvp: staged.mkvp(),
+    })
 }

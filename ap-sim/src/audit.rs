@@ -1,0 +1,494 @@
+//! A tamper-evident audit trail of key and master key events.
+//!
+//! Each record is one JSON line: what happened (event, command, APQNs, master key type, old and
+//! new MKVPs, key names, result), when, by whom and where, chained to the previous record by its
+//! MAC (`prev`) and authenticated by its own `mac`, an HMAC-SHA256 computed inside the adapter
+//! with a key that never leaves the simulator's private state. The adapter also keeps each log's
+//! head (last sequence number and MAC). So someone who can edit the log files but not the
+//! adapter cannot forge a record (no key), change one (MAC), remove or reorder records (sequence
+//! and chain), or cut the tail off (head).
+//!
+//! A record is appended (and fsynced) before the adapter confirms it as the new head, so a crash
+//! between the two leaves one valid, unconfirmed record at the end, which [`AuditLog::verify`]
+//! accepts and reports. A torn last line (a crash in the middle of the write) was never confirmed
+//! and is cut off by the next append.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::apqn::Apqn;
+use crate::mkvp::Mkvp;
+use crate::registers::MkType;
+use crate::sim::{AuditHead, SimError, Simulator};
+
+/// The MAC a first record chains to.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// How far from the end a last record is looked for on append.
+const TAIL: u64 = 64 * 1024;
+
+/// What a caller records. Never put key material or passphrases in any field.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// e.g. `tke-set`, `generate`, `reencipher-staged`, `mkchange-finalize`.
+    pub event: String,
+    /// The command, without secrets: its name and subcommand, and options that are not secret.
+    pub command: String,
+    #[serde(default)]
+    pub apqns: Vec<Apqn>,
+    pub mktype: Option<MkType>,
+    pub old_mkvp: Option<Mkvp>,
+    pub new_mkvp: Option<Mkvp>,
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// `ok`, or `failed: why`.
+    pub result: String,
+    pub details: Option<String>,
+}
+
+/// One line of the log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub seq: u64,
+    /// UTC, RFC 3339.
+    pub time: String,
+    pub user: String,
+    pub host: String,
+    #[serde(flatten)]
+    pub event: Event,
+    pub prev: String,
+    pub mac: String,
+}
+
+impl Record {
+    /// The bytes the MAC covers: the record as JSON with an empty `mac`.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut r = self.clone();
+        r.mac.clear();
+        serde_json::to_vec(&r).expect("a record serialises")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Sim(#[from] SimError),
+}
+
+/// Where verification found the log broken.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Break {
+    /// The 1-based line of the first bad record (or the line after the last one, for a cut tail).
+    pub line: usize,
+    pub why: String,
+}
+
+/// The outcome of [`AuditLog::verify`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    pub log: String,
+    pub path: PathBuf,
+    pub records: usize,
+    pub intact: bool,
+    pub first_break: Option<Break>,
+    /// The last record was written but not yet confirmed by the adapter (a crash in between).
+    pub unconfirmed_tail: bool,
+}
+
+/// One audit log file and the adapter that authenticates it.
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    id: String,
+    sim: Simulator,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl AuditLog {
+    /// `id` names the log in the adapter (e.g. `tke`, or `zkey:<repository>`).
+    pub fn new(path: impl Into<PathBuf>, id: impl Into<String>, sim: Simulator) -> Self {
+        AuditLog {
+            path: path.into(),
+            id: id.into(),
+            sim,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Appends an event; returns the record as written.
+    pub fn append(&self, event: Event) -> Result<Record, AuditError> {
+        let p = &self.path;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(p)
+            .map_err(io_err(p))?;
+        f.lock().map_err(io_err(p))?;
+        let last = cut_torn_tail_and_read_last(&mut f).map_err(io_err(p))?;
+        let mut rec = Record {
+            seq: last.as_ref().map_or(1, |r| r.seq + 1),
+            time: utc_now(),
+            user: current_user(),
+            host: hostname(),
+            event,
+            prev: last.map_or_else(|| GENESIS.to_string(), |r| r.mac),
+            mac: String::new(),
+        };
+        rec.mac = hex::encode(self.sim.audit_mac(&self.id, &rec.signed_bytes())?);
+        let mut line = serde_json::to_vec(&rec).expect("a record serialises");
+        line.push(b'\n');
+        f.write_all(&line).map_err(io_err(p))?;
+        f.sync_all().map_err(io_err(p))?;
+        self.sim.audit_set_head(
+            &self.id,
+            AuditHead {
+                seq: rec.seq,
+                mac: rec.mac.clone(),
+            },
+        )?;
+        Ok(rec)
+    }
+
+    /// Every record that parses, in file order (for `show`; `verify` is the proof).
+    pub fn records(&self) -> Result<Vec<Record>, AuditError> {
+        Ok(self
+            .lines()?
+            .into_iter()
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect())
+    }
+
+    fn lines(&self) -> Result<Vec<String>, AuditError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(&self.path)(e)),
+        };
+        Ok(text.lines().map(str::to_string).collect())
+    }
+
+    /// Proves the log intact, or names the first bad record.
+    pub fn verify(&self) -> Result<Verification, AuditError> {
+        let lines = self.lines()?;
+        let parsed: Vec<Result<Record, String>> = lines
+            .iter()
+            .map(|l| serde_json::from_str::<Record>(l).map_err(|e| e.to_string()))
+            .collect();
+        let signed: Vec<Vec<u8>> = parsed
+            .iter()
+            .map(|r| r.as_ref().map(Record::signed_bytes).unwrap_or_default())
+            .collect();
+        let refs: Vec<&[u8]> = signed.iter().map(Vec::as_slice).collect();
+        let macs = self.sim.audit_macs(&self.id, &refs)?;
+        let mut out = Verification {
+            log: self.id.clone(),
+            path: self.path.clone(),
+            records: lines.len(),
+            intact: true,
+            first_break: None,
+            unconfirmed_tail: false,
+        };
+        let mut prev = GENESIS.to_string();
+        for (i, (rec, mac)) in parsed.iter().zip(&macs).enumerate() {
+            let line = i + 1;
+            let why = match rec {
+                Err(e) => Some(format!("not a record ({e})")),
+                Ok(r) if r.seq != line as u64 => Some(format!("sequence number {} where {line} was expected: records were removed or reordered", r.seq)),
+                Ok(r) if r.prev != prev => Some("it does not chain to the record before it: records were removed, inserted or reordered".into()),
+                Ok(r) if r.mac != hex::encode(mac) => Some("its MAC does not match: the record was altered or forged".into()),
+                Ok(r) => {
+                    prev = r.mac.clone();
+                    None
+                }
+            };
+            if let Some(why) = why {
+                out.intact = false;
+                out.first_break = Some(Break { line, why });
+                return Ok(out);
+            }
+        }
+        let last = parsed.last().and_then(|r| r.as_ref().ok());
+        let head = self.sim.audit_head(&self.id)?;
+        let broken = |why: String| Break {
+            line: lines.len() + 1,
+            why,
+        };
+        out.first_break = match (head, last) {
+            (None, None) => None,
+            (None, Some(_)) => Some(Break { line: 1, why: "the adapter has no record of this log: it was not written on this system".into() }),
+            (Some(h), None) => Some(broken(format!("the log is empty, but the adapter confirmed {} records: it was truncated or replaced", h.seq))),
+            (Some(h), Some(r)) if r.seq < h.seq => Some(broken(format!("the log ends at record {}, but the adapter confirmed {} records: its tail was cut off", r.seq, h.seq))),
+            (Some(h), Some(r)) if r.seq == h.seq && r.mac != h.mac => Some(broken("the last record is not the one the adapter confirmed: the log was replaced".into())),
+            (Some(h), Some(r)) if r.seq == h.seq + 1 => {
+                out.unconfirmed_tail = true;
+                None
+            }
+            (Some(h), Some(r)) if r.seq > h.seq + 1 => Some(broken(format!("the log has records beyond the {} the adapter confirmed", h.seq))),
+            _ => None,
+        };
+        out.intact = out.first_break.is_none();
+        Ok(out)
+    }
+}
+
+/// Drops a partial last line (a torn write that was never confirmed) and returns the last record.
+fn cut_torn_tail_and_read_last(f: &mut File) -> io::Result<Option<Record>> {
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(TAIL);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    let complete = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(i) => i + 1,
+        None if start == 0 => 0,
+        None => {
+            return Err(io::Error::other(
+                "the last audit record is longer than 64 KiB",
+            ))
+        }
+    };
+    if complete < tail.len() {
+        f.set_len(start + complete as u64)?;
+        f.sync_all()?;
+    }
+    let body = &tail[..complete];
+    let last_line = body
+        .strip_suffix(b"\n")
+        .unwrap_or(body)
+        .rsplit(|b| *b == b'\n')
+        .next()
+        .unwrap_or_default();
+    if last_line.is_empty() {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice(last_line).ok())
+}
+
+fn current_user() -> String {
+    if let Ok(u) = std::env::var("SUDO_USER") {
+        if !u.is_empty() {
+            return u;
+        }
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy the name at once.
+    unsafe {
+        let uid = libc::geteuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid {uid}");
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The current time in UTC as RFC 3339 with milliseconds, without a date library. The
+/// milliseconds keep records of the two logs in order when they are merged.
+pub fn utc_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let s = format_utc(d.as_secs());
+    format!("{}.{:03}Z", &s[..s.len() - 1], d.subsec_millis())
+}
+
+fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::Layout;
+
+    fn setup() -> (tempfile::TempDir, AuditLog) {
+        let t = tempfile::tempdir().unwrap();
+        let sim = Simulator::init(t.path().join("sim"), &Layout::default(), false).unwrap();
+        let log = AuditLog::new(t.path().join("audit.log"), "test", sim);
+        (t, log)
+    }
+
+    fn ev(n: usize) -> Event {
+        Event {
+            event: "generate".into(),
+            command: "zkey generate".into(),
+            keys: vec![format!("k{n}")],
+            result: "ok".into(),
+            ..Event::default()
+        }
+    }
+
+    fn lines(log: &AuditLog) -> Vec<String> {
+        std::fs::read_to_string(log.path())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn write(log: &AuditLog, lines: &[String]) {
+        let mut t = lines.join("\n");
+        if !lines.is_empty() {
+            t.push('\n');
+        }
+        std::fs::write(log.path(), t).unwrap();
+    }
+
+    #[test]
+    fn dates_format_as_rfc3339() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn an_untouched_log_verifies() {
+        let (_t, log) = setup();
+        assert!(
+            log.verify().unwrap().intact,
+            "an empty log of a fresh adapter"
+        );
+        for i in 0..5 {
+            log.append(ev(i)).unwrap();
+        }
+        let v = log.verify().unwrap();
+        assert!(v.intact && v.records == 5 && !v.unconfirmed_tail, "{v:?}");
+        assert_eq!(log.records().unwrap()[4].event.keys, ["k4"]);
+    }
+
+    #[test]
+    fn edits_removals_reorders_forgeries_and_truncation_are_detected() {
+        let (_t, log) = setup();
+        for i in 0..5 {
+            log.append(ev(i)).unwrap();
+        }
+        let orig = lines(&log);
+        let check = |mutated: Vec<String>, line: usize, needle: &str| {
+            write(&log, &mutated);
+            let v = log.verify().unwrap();
+            assert!(!v.intact, "undetected: {needle}");
+            let b = v.first_break.unwrap();
+            assert_eq!(b.line, line, "{b:?}");
+            assert!(b.why.contains(needle), "{b:?}");
+        };
+        check(
+            {
+                let mut l = orig.clone();
+                l[2] = l[2].replace("\"k2\"", "\"evil\"");
+                l
+            },
+            3,
+            "MAC",
+        );
+        check(
+            {
+                let mut l = orig.clone();
+                l.remove(1);
+                l
+            },
+            2,
+            "sequence",
+        );
+        check(
+            {
+                let mut l = orig.clone();
+                l.swap(1, 2);
+                l
+            },
+            2,
+            "sequence",
+        );
+        check(orig[..3].to_vec(), 4, "cut off");
+        check(Vec::new(), 1, "truncated");
+        // A forged record with a valid-looking chain but no key to make its MAC.
+        let mut forged: Record = serde_json::from_str(&orig[4]).unwrap();
+        forged.seq = 6;
+        forged.prev = forged.mac.clone();
+        forged.event.keys = vec!["forged".into()];
+        let mut l = orig.clone();
+        l.push(serde_json::to_string(&forged).unwrap());
+        check(l, 6, "MAC");
+        // Renumbered after removing a record: the chain gives it away.
+        let mut l = orig.clone();
+        l.remove(1);
+        for (i, x) in l.iter_mut().enumerate() {
+            let mut r: Record = serde_json::from_str(x).unwrap();
+            r.seq = i as u64 + 1;
+            *x = serde_json::to_string(&r).unwrap();
+        }
+        check(l, 2, "chain");
+        write(&log, &orig);
+        assert!(log.verify().unwrap().intact);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_an_unconfirmed_record_accepted() {
+        let (_t, log) = setup();
+        log.append(ev(0)).unwrap();
+        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
+        f.write_all(b"{\"seq\":2,\"ti").unwrap();
+        drop(f);
+        log.append(ev(1)).unwrap();
+        let v = log.verify().unwrap();
+        assert!(v.intact && v.records == 2, "{v:?}");
+        // A record written whose head update never happened (a crash in between).
+        let last: Record = serde_json::from_str(lines(&log).last().unwrap()).unwrap();
+        let mut r = Record {
+            seq: 3,
+            prev: last.mac.clone(),
+            mac: String::new(),
+            ..last
+        };
+        r.mac = hex::encode(log.sim.audit_mac("test", &r.signed_bytes()).unwrap());
+        let mut l = lines(&log);
+        l.push(serde_json::to_string(&r).unwrap());
+        write(&log, &l);
+        let v = log.verify().unwrap();
+        assert!(v.intact && v.unconfirmed_tail, "{v:?}");
+    }
+}

@@ -1,0 +1,110 @@
+//! The audit trail as an auditor uses it: "when was the master key last changed, and can you
+//! prove it?" — and what an intruder who can edit files cannot hide.
+
+use std::fs;
+
+use tests::World;
+
+const CCA: &str = "08.002f,09.002f";
+
+fn rotated_world() -> World {
+    let w = World::new();
+    w.ok("zkey", &["generate", "-N", "disk1", "-a", CCA, "--xts"]);
+    w.load_new(CCA, "aes");
+    w.ok("zkey", &["reencipher", "-a", CCA, "--to-new", "--staged"]);
+    w.set(CCA, "aes");
+    w.ok("zkey", &["reencipher", "-a", CCA, "--complete"]);
+    w
+}
+
+#[test]
+fn the_last_master_key_change_is_shown_and_proven() {
+    let w = rotated_world();
+    // A refused SET is on record too.
+    let _ = w.fails("ap-sim", &["tke", "set", "-a", CCA, "-t", "aes", "--yes"]);
+    let v = w.json("zkey", &["audit", "show", "--event", "tke-set", "--json"]);
+    let recs = v["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 2, "{v}");
+    assert_eq!(recs[0]["result"], "ok");
+    assert!(recs[0]["old_mkvp"].is_string() && recs[0]["new_mkvp"].is_string());
+    assert!(recs[1]["result"].as_str().unwrap().starts_with("failed:"));
+    let status = w.json("ap-sim", &["tke", "status", "--json", "-a", "08.002f"]);
+    let cur = status["apqns"][0]["registers"][0]["current"]["mkvp"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        recs[0]["new_mkvp"],
+        cur.as_str(),
+        "the recorded SET made today's CURRENT key"
+    );
+    let all = w.json("zkey", &["audit", "show", "--json"]);
+    let events: Vec<&str> = all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "generate",
+            "tke-load-new",
+            "reencipher-staged",
+            "tke-set",
+            "reencipher-complete",
+            "tke-set"
+        ]
+    );
+    let out = w.ok("zkey", &["audit", "verify"]);
+    assert_eq!(out.matches("intact").count(), 2, "{out}");
+    // Nothing secret is in the logs: no master key of the adapter's state appears.
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(w.sim.join("state.json")).unwrap()).unwrap();
+    let secrets = state["bus"].to_string() + state["audit"]["key"].as_str().unwrap();
+    let logs = fs::read_to_string(w.sim.join("audit.log")).unwrap()
+        + &fs::read_to_string(w.repo.join("audit.log")).unwrap();
+    let mut n = 0;
+    for word in secrets
+        .split('"')
+        .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        n += 1;
+        assert!(!logs.contains(word), "a master key reached the audit log");
+    }
+    assert!(n >= 8, "only {n} secrets found in the state");
+}
+
+fn tamper(w: &World, log: &std::path::Path, f: impl FnOnce(&mut Vec<String>)) -> String {
+    let orig = fs::read_to_string(log).unwrap();
+    let mut lines: Vec<String> = orig.lines().map(str::to_string).collect();
+    f(&mut lines);
+    fs::write(log, lines.join("\n") + "\n").unwrap();
+    let o = w.run("zkey", &["audit", "verify"]);
+    fs::write(log, orig).unwrap();
+    assert!(!o.status.success(), "tampering went unnoticed");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn edits_truncation_and_reordering_are_detected() {
+    let w = rotated_world();
+    let tke = w.sim.join("audit.log");
+    let repo = w.repo.join("audit.log");
+    let out = tamper(&w, &tke, |l| {
+        l[1] = l[1].replace("\"result\":\"ok\"", "\"result\":\"failed: no\"")
+    });
+    assert!(
+        out.contains("BROKEN at record 2") && out.contains("MAC"),
+        "{out}"
+    );
+    let out = tamper(&w, &tke, |l| l.truncate(1));
+    assert!(out.contains("cut off"), "{out}");
+    let out = tamper(&w, &repo, |l| l.swap(0, 1));
+    assert!(out.contains("BROKEN at record 1"), "{out}");
+    let out = tamper(&w, &repo, |l| {
+        l.remove(0);
+    });
+    assert!(out.contains("BROKEN at record 1"), "{out}");
+    w.ok("zkey", &["audit", "verify"]);
+}
