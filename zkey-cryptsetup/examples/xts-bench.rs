@@ -32,7 +32,16 @@ fn best_of<F: FnMut()>(runs: usize, bytes: usize, mut f: F) -> f64 {
 /// `openssl speed -mr` prints `+F:<n>:AES-256-XTS:<bytes per second>` for the one block size.
 fn openssl_speed(decrypt: bool) -> Option<f64> {
     let mut cmd = Command::new("openssl");
-    cmd.args(["speed", "-mr", "-evp", "aes-256-xts", "-bytes", "4096", "-seconds", "2"]);
+    cmd.args([
+        "speed",
+        "-mr",
+        "-evp",
+        "aes-256-xts",
+        "-bytes",
+        "4096",
+        "-seconds",
+        "2",
+    ]);
     if decrypt {
         cmd.arg("-decrypt");
     }
@@ -63,13 +72,21 @@ fn main() {
     rand::rngs::OsRng.fill_bytes(&mut buf);
 
     let runs = 3;
-    let enc1 = best_of(runs, bytes, || engine.encrypt_sectors(&mut buf, 0, SECTOR).unwrap());
-    let dec1 = best_of(runs, bytes, || engine.decrypt_sectors(&mut buf, 0, SECTOR).unwrap());
+    let enc1 = best_of(runs, bytes, || {
+        engine.encrypt_sectors(&mut buf, 0, SECTOR).unwrap()
+    });
+    let dec1 = best_of(runs, bytes, || {
+        engine.decrypt_sectors(&mut buf, 0, SECTOR).unwrap()
+    });
     let encn = best_of(runs, bytes, || {
-        engine.encrypt_sectors_parallel(&mut buf, 0, SECTOR).unwrap()
+        engine
+            .encrypt_sectors_parallel(&mut buf, 0, SECTOR)
+            .unwrap()
     });
     let decn = best_of(runs, bytes, || {
-        engine.decrypt_sectors_parallel(&mut buf, 0, SECTOR).unwrap()
+        engine
+            .decrypt_sectors_parallel(&mut buf, 0, SECTOR)
+            .unwrap()
     });
 
     let xm = xts_mode::Xts128::new(
@@ -110,16 +127,34 @@ fn main() {
     println!("AES-256-XTS, {mib} MiB in {SECTOR}-byte sectors, best of {runs}, GB/s (10^9 B/s)");
     println!("{:<34} {:>8} {:>8}", "", "encrypt", "decrypt");
     println!("{:<34} {:>8.2} {:>8.2}", "engine, 1 thread", enc1, dec1);
-    println!("{:<34} {:>8.2} {:>8.2}", format!("engine, all cores ({threads})"), encn, decn);
-    println!("{:<34} {:>8.2} {:>8.2}", "xts-mode crate, 1 thread", xm_enc, xm_dec);
-    println!("{:<34} {:>8} {:>8}", "openssl speed, 1 thread", f(ossl_enc), f(ossl_dec));
+    println!(
+        "{:<34} {:>8.2} {:>8.2}",
+        format!("engine, all cores ({threads})"),
+        encn,
+        decn
+    );
+    println!(
+        "{:<34} {:>8.2} {:>8.2}",
+        "xts-mode crate, 1 thread", xm_enc, xm_dec
+    );
+    println!(
+        "{:<34} {:>8} {:>8}",
+        "openssl speed, 1 thread",
+        f(ossl_enc),
+        f(ossl_dec)
+    );
     println!(
         "{:<34} {:>8} {:>8}",
         "ratio engine(1) / openssl",
         f(ratio(enc1, ossl_enc)),
         f(ratio(dec1, ossl_dec))
     );
-    println!("{:<34} {:>8.2} {:>8.2}", "ratio engine(1) / xts-mode", enc1 / xm_enc, dec1 / xm_dec);
+    println!(
+        "{:<34} {:>8.2} {:>8.2}",
+        "ratio engine(1) / xts-mode",
+        enc1 / xm_enc,
+        dec1 / xm_dec
+    );
     println!(
         "{:<34} {:>8} {:>8}",
         format!("ratio engine({threads}) / openssl(1)"),

@@ -4,4 +4,5 @@
 //! `aes-xts-plain64`, and [`fuse`], which serves an unlocked volume's decrypted payload as a
 //! file because the machines this suite targets may have no dm-crypt.
 
+pub mod fuse;
 pub mod xts;
