@@ -926,8 +926,8 @@ fn server_main(
         let _ = r.write_all(b"OK\n");
         // Dropping closes our end, so the parent sees EOF.
     });
+    // The lock stays held (by `lock`) until this process exits: `close` waits for that.
     let result = serve(mapping, file, Some(ready));
-    // Close the last copy of the report pipe so that a parent still waiting gets EOF.
     drop(lock);
     result
 }
