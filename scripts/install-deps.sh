@@ -3,7 +3,7 @@
 # there already. Safe to run again. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(pkg-config)
+packages=(pkg-config cryptsetup-bin fuse3 e2fsprogs)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -20,4 +20,10 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed: install a Rust toolchain (1.89 or newer), e.g. with rustup, then run this again." >&2
   exit 1
+fi
+
+# The XTS engine is cross-checked against OpenSSL's libcrypto through Python's cryptography.
+if ! python3 -c 'import cryptography' 2>/dev/null; then
+  echo "Installing the Python package cryptography"
+  python3 -m pip install --quiet cryptography
 fi

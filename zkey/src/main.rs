@@ -276,6 +276,8 @@ struct ChangeArgs {
     force: bool,
 }
 
+// Parsed once per run: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Prove both logs intact, or name the first bad record (exit 1)
