@@ -177,10 +177,11 @@ pub fn reencipher_repository(
                 if !sel.matches(&e.name, &e.properties.apqns) {
                     continue;
                 }
-                let outcome =
-                    one_key(repo, adapters, &e, opts).unwrap_or_else(|err| Outcome::Failed {
+                let outcome = reencipher_key(repo, adapters, &e, opts).unwrap_or_else(|err| {
+                    Outcome::Failed {
                         error: err.to_string(),
-                    });
+                    }
+                });
                 let volumes = luks2_volumes(&e, &outcome);
                 let old = SecureKey::parse(&e.secure_key).ok().map(|k| k.mkvp());
                 (e.name.clone(), outcome, volumes, old)
@@ -215,7 +216,9 @@ fn apqns_of(e: &KeyEntry) -> Option<&[Apqn]> {
     (!a.is_empty()).then_some(a.as_slice())
 }
 
-fn one_key(
+/// Re-enciphers one healthy key as `opts` say (the per-key step of [`reencipher_repository`]).
+/// The caller holds the repository's exclusive lock.
+pub fn reencipher_key(
     repo: &Writer<'_>,
     ad: &Adapters,
     e: &KeyEntry,
