@@ -54,7 +54,7 @@ pub enum Error {
     Adapter {
         device: String,
         what: String,
-        source: HsmError,
+        source: Box<HsmError>,
     },
     #[error("the secure volume key of '{device}' is enciphered with the master key {mkvp}, which no adapter holds as CURRENT or OLD any more (the master key changed at least twice since it was last re-enciphered): it cannot be re-enciphered. Restore the volume key from a backup, or set it with 'zkey-cryptsetup setkey' from a secure key of the same AES key under the CURRENT master key")]
     KeyDead { device: String, mkvp: String },

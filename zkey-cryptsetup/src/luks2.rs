@@ -394,7 +394,7 @@ impl Volume {
             return Err(Error::NotLuks2 {
                 device: dev_name,
                 why: match errno(&e) {
-                    Some(libc_einval) if libc_einval == 22 => "no LUKS2 header found".to_string(),
+                    Some(22) => "no LUKS2 header found".to_string(),
                     _ => e.to_string(),
                 },
             });
@@ -673,6 +673,12 @@ impl Volume {
             return Err(bad(format!(
                 "it is assigned to keyslots {:?}, not to its unbound-keyslot {}",
                 token.keyslots, token.unbound_keyslot
+            )));
+        }
+        if token.unbound_keyslot == token.original_keyslot {
+            return Err(bad(format!(
+                "its unbound-keyslot and original-keyslot are both {}",
+                token.unbound_keyslot
             )));
         }
         if self.slot_state(token.unbound_keyslot).is_none() {

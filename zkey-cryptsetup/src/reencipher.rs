@@ -198,7 +198,7 @@ fn prepare(
         .map_err(|source| Error::Adapter {
             device: name.clone(),
             what: "the secure volume key".into(),
-            source,
+            source: Box::new(source),
         })?;
     let unbound = add_or_adopt(hsm, vol, u, &new_key, &vp)?;
     let token = ReencipherToken::new(vp, u.slot, unbound);
@@ -286,7 +286,7 @@ fn complete(
                 return Err(Error::Adapter {
                     device: name,
                     what,
-                    source,
+                    source: Box::new(source),
                 })
             }
             Ok(v) if v.register == Register::Old => {
@@ -309,7 +309,7 @@ fn complete(
                     .map_err(|source| Error::Adapter {
                         device: name.clone(),
                         what: what.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 // C1-C3: new keyslot, token to it, old unbound keyslot away.
                 let new_slot = add_or_adopt(hsm, vol, u, &again, &token.verification_pattern)?;

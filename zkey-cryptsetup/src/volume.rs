@@ -69,7 +69,7 @@ pub(crate) fn verify(
         source => Error::Adapter {
             device: device.into(),
             what: what.into(),
-            source,
+            source: Box::new(source),
         },
     })
 }
@@ -80,7 +80,7 @@ pub(crate) fn vp_of(hsm: &Hsm, device: &str, what: &str, key: &SecureKey) -> Res
         .map_err(|source| Error::Adapter {
             device: device.into(),
             what: what.into(),
-            source,
+            source: Box::new(source),
         })?;
     Vp::try_from(s).map_err(Error::Invalid)
 }
