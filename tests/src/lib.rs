@@ -29,7 +29,17 @@ fn cargo_build(extra: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--bins", "-p", "ap-sim", "-p", "zkey"])
+        .args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "ap-sim",
+            "-p",
+            "zkey",
+            "-p",
+            "zkey-cryptsetup",
+        ])
         .args(extra)
         .status()
         .expect("running cargo build");
@@ -41,7 +51,10 @@ pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = target_dir();
-        if !dir.join("zkey").exists() || !dir.join("ap-sim").exists() {
+        if ["zkey", "ap-sim", "zkey-cryptsetup"]
+            .iter()
+            .any(|b| !dir.join(b).exists())
+        {
             cargo_build(&[]);
         }
         dir

@@ -1,8 +1,138 @@
-//! LUKS2 volumes whose volume key is a secure key (see DESIGN.md in the shared folder).
+//! zkey-cryptsetup: LUKS2 volumes whose volume key is an IBM Z secure key.
 //!
-//! The data path lives here: [`xts`], an AES-XTS engine bit-compatible with dm-crypt's
-//! `aes-xts-plain64`, and [`fuse`], which serves an unlocked volume's decrypted payload as a
-//! file because the machines this suite targets may have no dm-crypt.
+//! A secure key is an AES key wrapped ("enciphered") by the master key of a crypto adapter; the
+//! kernel's `paes` cipher unwraps it inside the adapter, so the clear key never sits in the
+//! LUKS2 header. When the security officer changes the master key, the secure volume key must be
+//! re-enciphered in the header (staged before the SET, completed after it), or the volume is lost
+//! once the old master key is gone. This crate does that, as IBM's `zkey-cryptsetup` does, against
+//! the simulated AP bus of `ap-sim`. It knows nothing of zkey's key repository: it takes secure
+//! keys as bytes and volumes as paths.
+//!
+//! Modules, one concept each:
+//! - [`luks2`]: header operations through libcryptsetup: format, keyslots, the VP and re-encipher
+//!   tokens, the `luks2` crash point.
+//! - [`passphrase`]: reading the passphrase from the terminal or a key file, as cryptsetup does.
+//! - [`volume`]: the volume operations that need the adapters: format, validate, setvp, setkey.
+//! - [`reencipher`]: staged, in-place and complete re-encipher of the secure volume key.
+//! - [`xts`]: an AES-XTS engine bit-compatible with dm-crypt's `aes-xts-plain64`.
+//! - [`fuse`]: the data path: an unlocked volume's decrypted payload served as a file, because
+//!   the kernel has no dm-crypt for the simulator's `paes` (and this machine none at all).
 
 pub mod fuse;
+pub mod luks2;
+pub mod passphrase;
+pub mod reencipher;
+pub mod volume;
 pub mod xts;
+
+use ap_sim::hsm::HsmError;
+use libcryptsetup_rs::LibcryptErr;
+
+/// Everything that can go wrong, each naming the device and the way out. No variant ever holds
+/// key material or a passphrase.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open '{device}': {source}")]
+    Open { device: String, source: LibcryptErr },
+    #[error("'{device}' is not a LUKS2 volume ({why}): zkey-cryptsetup works on LUKS2 volumes formatted with a secure key (zkey-cryptsetup format, or zkey cryptsetup)")]
+    NotLuks2 { device: String, why: String },
+    #[error("the cipher of '{device}' is '{cipher}', not 'paes': its volume key is not a secure key, so there is nothing to validate or re-encipher (a clear-key volume must be converted first)")]
+    NotPaes { device: String, cipher: String },
+    #[error("no key available with this passphrase for '{device}'{}", slot.map(|s| format!(" in keyslot {s}")).unwrap_or_default())]
+    WrongPassphrase { device: String, slot: Option<u32> },
+    #[error("token {id} ({kind}) of '{device}' is malformed: {why}. Inspect it with 'cryptsetup token export --token-id {id} {device}' and remove it with 'cryptsetup token remove --token-id {id} {device}' if it is stale")]
+    BadToken {
+        device: String,
+        id: u32,
+        kind: &'static str,
+        why: String,
+    },
+    #[error("{what} of '{device}' is not a secure key: {why}")]
+    NotSecureKey {
+        device: String,
+        what: String,
+        why: String,
+    },
+    #[error("{what} of '{device}' is rejected by the crypto adapters: {source}")]
+    Adapter {
+        device: String,
+        what: String,
+        source: Box<HsmError>,
+    },
+    #[error("the secure volume key of '{device}' is enciphered with the master key {mkvp}, which no adapter holds as CURRENT or OLD any more (the master key changed at least twice since it was last re-enciphered): it cannot be re-enciphered. Restore the volume key from a backup, or set it with 'zkey-cryptsetup setkey' from a secure key of the same AES key under the CURRENT master key")]
+    KeyDead { device: String, mkvp: String },
+    #[error("the verification pattern of {what} of '{device}' is {found}, but {expected_from} says {expected}: it is a different AES key; nothing was changed")]
+    VpMismatch {
+        device: String,
+        what: String,
+        found: String,
+        expected: String,
+        expected_from: String,
+    },
+    #[error("the re-enciphered secure volume key in keyslot {slot} of '{device}' is enciphered with the NEW master key, which is not set yet: run 'zkey-cryptsetup reencipher --complete' after the NEW master key has been set to become the CURRENT master key")]
+    NotYetSet { device: String, slot: u32 },
+    #[error("no staged re-encipher is pending for '{device}': run 'zkey-cryptsetup reencipher --staged' first")]
+    NoPending { device: String },
+    #[error("'{device}': {op} failed: {source}")]
+    Header {
+        device: String,
+        op: &'static str,
+        source: LibcryptErr,
+    },
+    #[error("operation cancelled: {0}")]
+    Declined(String),
+    #[error(transparent)]
+    Passphrase(#[from] passphrase::Error),
+    #[error("cannot read {what} '{path}': {source}")]
+    Read {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotAvailable(String),
+}
+
+/// The conversation with the user: messages and yes/no questions. The CLI answers questions on
+/// the terminal (or "yes" in batch mode); tests script the answers.
+pub trait Ui {
+    /// A message for the user (one paragraph, unwrapped).
+    fn info(&mut self, msg: &str);
+    /// A warning (one paragraph, unwrapped).
+    fn warn(&mut self, msg: &str);
+    /// Asks a yes/no question; `Ok(false)` is "no".
+    fn confirm(&mut self, question: &str) -> Result<bool, Error>;
+}
+
+/// A [`Ui`] that records messages and answers every question with `answer` (batch mode in tests,
+/// or a library caller that has already decided).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    pub answer: bool,
+    pub messages: Vec<String>,
+    pub questions: Vec<String>,
+}
+
+impl Recorder {
+    pub fn answering(answer: bool) -> Self {
+        Recorder {
+            answer,
+            ..Default::default()
+        }
+    }
+}
+
+impl Ui for Recorder {
+    fn info(&mut self, msg: &str) {
+        self.messages.push(msg.to_string());
+    }
+    fn warn(&mut self, msg: &str) {
+        self.messages.push(format!("WARNING: {msg}"));
+    }
+    fn confirm(&mut self, question: &str) -> Result<bool, Error> {
+        self.questions.push(question.to_string());
+        Ok(self.answer)
+    }
+}

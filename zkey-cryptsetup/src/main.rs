@@ -1,0 +1,511 @@
+//! `zkey-cryptsetup`: the command line of the crate. A thin layer: it parses options (clap),
+//! talks to the user (prompts, 80-column messages, yes/no questions) and calls the library.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use ap_sim::hsm::{Direction, Hsm};
+use ap_sim::sim::Simulator;
+use clap::{Args, Parser, Subcommand};
+use zkey_cryptsetup::luks2::{FormatOptions, Pbkdf, PbkdfKind};
+use zkey_cryptsetup::passphrase::{self, Passphrase, Source, Supplier};
+use zkey_cryptsetup::reencipher::{self, Mode, Outcome};
+use zkey_cryptsetup::volume::{self, KeyState, ValidateReport};
+use zkey_cryptsetup::Ui;
+
+/// Manages LUKS2 volumes whose volume key is an IBM Z secure key (cipher paes).
+#[derive(Parser, Debug)]
+#[command(name = "zkey-cryptsetup")]
+struct Cli {
+    /// Answer yes to every question (batch mode).
+    #[arg(short = 'q', long = "batch-mode", global = true)]
+    batch: bool,
+    /// More messages.
+    #[arg(short = 'V', long, global = true)]
+    verbose: bool,
+    /// libcryptsetup debug messages on stderr (never key material).
+    #[arg(short = 'D', long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How the passphrase is read (as cryptsetup reads it).
+#[derive(Args, Debug)]
+struct KeyOpts {
+    /// Read the passphrase from file F ('-' = stdin) instead of the terminal.
+    #[arg(short = 'd', long = "key-file", value_name = "F")]
+    key_file: Option<PathBuf>,
+    /// Skip N bytes of the key file.
+    #[arg(
+        short = 'o',
+        long = "keyfile-offset",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    keyfile_offset: u64,
+    /// Read N bytes of the key file (default: all of it, up to 8 MiB).
+    #[arg(short = 'l', long = "keyfile-size", value_name = "N")]
+    keyfile_size: Option<u64>,
+    /// How often to ask for the passphrase on the terminal.
+    #[arg(short = 'T', long, value_name = "N", default_value_t = 3)]
+    tries: u32,
+}
+
+impl KeyOpts {
+    fn supplier(&self) -> Supplier {
+        Supplier::new(match &self.key_file {
+            Some(path) => Source::KeyFile {
+                path: path.clone(),
+                offset: self.keyfile_offset,
+                size: self.keyfile_size,
+            },
+            None => Source::Prompt { tries: self.tries },
+        })
+    }
+}
+
+/// The PBKDF of the new keyslot. Defaults to libcryptsetup's (argon2id, benchmarked). Tests
+/// force a cheap one: `--pbkdf pbkdf2 --pbkdf-force-iterations 1000`, or the environment
+/// variables ZKEY_CRYPTSETUP_PBKDF / ZKEY_CRYPTSETUP_PBKDF_FORCE_ITERATIONS.
+#[derive(Args, Debug)]
+struct PbkdfOpts {
+    /// PBKDF: pbkdf2, argon2i or argon2id.
+    #[arg(long, value_name = "TYPE", env = "ZKEY_CRYPTSETUP_PBKDF")]
+    pbkdf: Option<PbkdfKind>,
+    /// Fixed iterations (time cost) instead of a benchmark.
+    #[arg(long, value_name = "N", env = "ZKEY_CRYPTSETUP_PBKDF_FORCE_ITERATIONS")]
+    pbkdf_force_iterations: Option<u32>,
+    /// argon2 memory cost in KiB.
+    #[arg(long, value_name = "KB")]
+    pbkdf_memory: Option<u32>,
+    /// argon2 threads.
+    #[arg(long, value_name = "N")]
+    pbkdf_parallel: Option<u32>,
+    /// pbkdf2 hash.
+    #[arg(long, value_name = "HASH")]
+    hash: Option<String>,
+}
+
+impl PbkdfOpts {
+    fn pbkdf(&self) -> Result<Pbkdf> {
+        Ok(match (self.pbkdf, self.pbkdf_force_iterations) {
+            (None, None) => Pbkdf::Default,
+            (kind, Some(iterations)) => Pbkdf::Forced {
+                kind: kind.unwrap_or(PbkdfKind::Argon2id),
+                iterations,
+                memory_kb: self.pbkdf_memory,
+                parallel: self.pbkdf_parallel,
+                hash: self.hash.clone(),
+            },
+            (Some(_), None) => anyhow::bail!(
+                "--pbkdf needs --pbkdf-force-iterations here (a benchmarked PBKDF other than the default is not offered)"
+            ),
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Re-enciphers the secure volume key after a master key change: staged (--staged, then
+    /// --complete after the SET) or in-place.
+    Reencipher {
+        device: PathBuf,
+        /// Prepare a staged re-encipher (complete it after the SET with --complete).
+        #[arg(short = 's', long, conflicts_with_all = ["in_place", "complete"])]
+        staged: bool,
+        /// Re-encipher and make the result the volume key now.
+        #[arg(short = 'i', long, conflicts_with = "complete")]
+        in_place: bool,
+        /// Complete a staged re-encipher.
+        #[arg(short = 'c', long)]
+        complete: bool,
+        /// Re-encipher from the CURRENT to the NEW master key (before the SET).
+        #[arg(short = 'N', long, conflicts_with = "from_old")]
+        to_new: bool,
+        /// Re-encipher from the OLD to the CURRENT master key (after the SET).
+        #[arg(short = 'O', long)]
+        from_old: bool,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Shows the state of the secure volume key.
+    Validate {
+        device: PathBuf,
+        /// JSON output (stable schema).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Writes the verification pattern token from the volume key.
+    Setvp {
+        device: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Sets a secure key file as the volume key (it must be the same AES key).
+    Setkey {
+        device: PathBuf,
+        /// The secure key file.
+        #[arg(short = 'm', long = "volume-key-file", value_name = "F")]
+        volume_key_file: PathBuf,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Formats a device or image file as a LUKS2 paes volume with the secure key of a key file.
+    Format {
+        device: PathBuf,
+        /// The secure key file (one token, or an XTS pair).
+        #[arg(short = 'm', long = "volume-key-file", value_name = "F")]
+        volume_key_file: PathBuf,
+        /// Encryption sector size in bytes.
+        #[arg(long, default_value_t = 4096)]
+        sector_size: u32,
+        /// LUKS2 label.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        pbkdf: PbkdfOpts,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Opens the volume through the FUSE data path.
+    Open {
+        device: PathBuf,
+        name: String,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Closes a volume opened with `open`.
+    Close { name: String },
+}
+
+/// The terminal conversation: messages wrapped at 80 columns on stdout (warnings on stderr),
+/// questions on the terminal, or "yes" in batch mode.
+struct Term {
+    batch: bool,
+}
+
+impl Ui for Term {
+    fn info(&mut self, msg: &str) {
+        println!("{}", wrap(msg, 80));
+    }
+    fn warn(&mut self, msg: &str) {
+        eprintln!("{}", wrap(msg, 80));
+    }
+    fn confirm(&mut self, question: &str) -> Result<bool, zkey_cryptsetup::Error> {
+        if self.batch {
+            return Ok(true);
+        }
+        if !io::stdin().is_terminal() {
+            return Err(zkey_cryptsetup::Error::Declined(format!(
+                "{question} (no terminal to ask on: answer with -q/--batch-mode)"
+            )));
+        }
+        print!("{} [y/N] ", wrap(question, 80));
+        io::stdout().flush().ok();
+        let mut line = String::new();
+        io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| zkey_cryptsetup::Error::Declined(e.to_string()))?;
+        Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
+    }
+}
+
+/// Word-wraps `text` at `width` columns, as IBM's tool prints its messages.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut col = 0;
+    for word in text.split_whitespace() {
+        if col > 0 && col + 1 + word.len() > width {
+            out.push('\n');
+            col = 0;
+        } else if col > 0 {
+            out.push(' ');
+            col += 1;
+        }
+        out.push_str(word);
+        col += word.len();
+    }
+    out
+}
+
+fn hsm() -> Result<Hsm> {
+    let dir = Simulator::locate(None);
+    let sim = Simulator::open(&dir).with_context(|| {
+        format!(
+            "cannot reach the crypto adapters (simulator directory '{}', set AP_SIM_DIR)",
+            dir.display()
+        )
+    })?;
+    Ok(Hsm::new(sim))
+}
+
+fn read_key_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    std::fs::read(path)
+        .map(zeroize::Zeroizing::new)
+        .with_context(|| format!("cannot read the secure key file '{}'", path.display()))
+}
+
+/// A new passphrase for format: twice on the terminal, else once from the key file or stdin.
+fn new_passphrase(key: &KeyOpts, device: &str) -> Result<Passphrase> {
+    if key.key_file.is_none() && io::stdin().is_terminal() {
+        let a = zeroize::Zeroizing::new(rpassword::prompt_password(format!(
+            "Enter passphrase for '{device}': "
+        ))?);
+        let b = zeroize::Zeroizing::new(rpassword::prompt_password("Verify passphrase: ")?);
+        anyhow::ensure!(*a == *b, "the passphrases do not match");
+        anyhow::ensure!(!a.is_empty(), "the passphrase is empty");
+        return Ok(Passphrase::new(a.as_bytes().to_vec()));
+    }
+    key.supplier()
+        .next(device)?
+        .ok_or_else(|| passphrase::Error::NoMoreTries.into())
+}
+
+fn print_validate(r: &ValidateReport) {
+    let k = &r.volume_key;
+    let state = match k.state {
+        KeyState::Current => "CURRENT master key",
+        KeyState::Old => "OLD master key",
+        KeyState::New => "NEW master key (not set yet)",
+        KeyState::Unusable => "a master key no adapter holds (unusable)",
+    };
+    println!("Validation of secure volume key of device '{}':", r.device);
+    println!(
+        "  Status:                {}",
+        if r.valid { "Valid" } else { "Invalid" }
+    );
+    println!(
+        "  Cipher:                {} ({} bits, sector size {})",
+        r.cipher, r.key_size_bits, r.sector_size
+    );
+    println!("  Key type:              {}", k.key_type);
+    println!(
+        "  Secure key size:       {} bits{}",
+        k.key_bits,
+        if k.xts { " (XTS pair)" } else { "" }
+    );
+    println!("  Enciphered with:       {state}");
+    println!("  Master key VP (MKVP):  {}", k.mkvp);
+    println!(
+        "  Verification pattern:  {}",
+        k.verification_pattern
+            .as_deref()
+            .unwrap_or("(not available)")
+    );
+    println!(
+        "  VP token:              {}",
+        match (&r.vp_token, r.vp_token_matches) {
+            (None, _) => "none (run 'zkey-cryptsetup setvp')".to_string(),
+            (Some(_), Some(false)) => "DOES NOT MATCH the volume key".to_string(),
+            (Some(t), _) => t.clone(),
+        }
+    );
+    println!("  Keyslot:               {}", k.keyslot);
+    match &r.reencipher_pending {
+        None => println!("  Re-encipher pending:   no"),
+        Some(p) => println!(
+            "  Re-encipher pending:   yes: unbound keyslot {} ({})",
+            p.unbound_keyslot,
+            p.key
+                .as_ref()
+                .map(|k| format!("{:?} master key", k.state).to_uppercase())
+                .unwrap_or_else(|| "not readable with this passphrase".into())
+        ),
+    }
+    if let Some(p) = &k.problem {
+        println!("  Problem:               {p}");
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let mut ui = Term { batch: cli.batch };
+    if cli.debug {
+        libcryptsetup_debug();
+    }
+    match cli.command {
+        Command::Reencipher {
+            device,
+            staged,
+            in_place,
+            complete,
+            to_new,
+            from_old,
+            key,
+        } => {
+            let mode = match (staged, in_place, complete) {
+                (true, _, _) => Mode::Staged,
+                (_, true, _) => Mode::InPlace,
+                (_, _, true) => Mode::Complete,
+                _ => Mode::Auto,
+            };
+            let direction = match (to_new, from_old) {
+                (true, _) => Some(Direction::ToNew),
+                (_, true) => Some(Direction::FromOld),
+                _ => None,
+            };
+            let out = reencipher::reencipher(
+                &hsm()?,
+                &device,
+                reencipher::Options { mode, direction },
+                &mut key.supplier(),
+                &mut ui,
+            )
+            .with_context(|| {
+                format!(
+                    "re-enciphering the volume key of '{}' failed",
+                    device.display()
+                )
+            })?;
+            if cli.verbose {
+                match out {
+                    Outcome::Staged { unbound_keyslot } => {
+                        println!("The re-enciphered key is in unbound keyslot {unbound_keyslot}.")
+                    }
+                    Outcome::Completed {
+                        keyslot,
+                        destroyed_keyslot,
+                    } => println!(
+                        "The volume key is in keyslot {keyslot}{}.",
+                        destroyed_keyslot
+                            .map(|s| format!("; keyslot {s} was destroyed"))
+                            .unwrap_or_default()
+                    ),
+                }
+            }
+        }
+        Command::Validate { device, json, key } => {
+            let r = volume::validate(&hsm()?, &device, &mut key.supplier(), &mut ui).with_context(
+                || format!("validating the volume key of '{}' failed", device.display()),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print_validate(&r);
+            }
+            if !r.valid {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Setvp { device, key } => {
+            let vp = volume::setvp(&hsm()?, &device, &mut key.supplier(), &mut ui).with_context(
+                || {
+                    format!(
+                        "setting the verification pattern of '{}' failed",
+                        device.display()
+                    )
+                },
+            )?;
+            if cli.verbose {
+                println!(
+                    "Verification pattern {vp} is set for device '{}'.",
+                    device.display()
+                );
+            }
+        }
+        Command::Setkey {
+            device,
+            volume_key_file,
+            key,
+        } => {
+            let new_key = read_key_file(&volume_key_file)?;
+            let slot = volume::setkey(&hsm()?, &device, &new_key, &mut key.supplier(), &mut ui)
+                .with_context(|| {
+                    format!("setting the volume key of '{}' failed", device.display())
+                })?;
+            if cli.verbose {
+                println!(
+                    "The volume key of device '{}' is in keyslot {slot}.",
+                    device.display()
+                );
+            }
+        }
+        Command::Format {
+            device,
+            volume_key_file,
+            sector_size,
+            label,
+            pbkdf,
+            key,
+        } => {
+            let name = device.display().to_string();
+            let secure_key = read_key_file(&volume_key_file)?;
+            let opts = FormatOptions {
+                sector_size,
+                pbkdf: pbkdf.pbkdf()?,
+                label,
+            };
+            if !ui.confirm(&format!(
+                "This will overwrite data on '{name}' irrevocably. Are you sure?"
+            ))? {
+                anyhow::bail!("formatting '{name}' cancelled");
+            }
+            let pass = new_passphrase(&key, &name)?;
+            let f = volume::format(
+                &hsm()?,
+                &device,
+                &secure_key,
+                &opts,
+                pass.as_bytes(),
+                &mut ui,
+            )
+            .with_context(|| format!("formatting '{name}' failed"))?;
+            if cli.verbose {
+                println!("Device '{name}' is formatted: {} ({} bits), keyslot {}, verification pattern {}.", f.cipher, f.key_size_bits, f.keyslot, f.verification_pattern);
+            }
+        }
+        Command::Open { device, name, key } => {
+            let file = volume::open(&hsm()?, &device, &name, &mut key.supplier(), &mut ui)?;
+            if cli.verbose {
+                println!(
+                    "Device '{}' is open as {}.",
+                    device.display(),
+                    file.display()
+                );
+            }
+        }
+        Command::Close { name } => volume::close(&name)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn libcryptsetup_debug() {
+    libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
+}
+
+fn main() -> ExitCode {
+    ap_sim::durable::arm_crash_points();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("zkey-cryptsetup: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn wraps_at_80_columns_like_the_seed() {
+        let s = "Staged re-enciphering is initiated for device '/dev/mapper/disk1'. After the NEW master key has been set to become the CURRENT master key, run 'zkey-cryptsetup reencipher' with option '--complete' to complete the re-enciphering process.";
+        assert_eq!(
+            wrap(s, 80),
+            "Staged re-enciphering is initiated for device '/dev/mapper/disk1'. After the NEW\nmaster key has been set to become the CURRENT master key, run 'zkey-cryptsetup\nreencipher' with option '--complete' to complete the re-enciphering process."
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! The passphrase that opens a keyslot, read the way cryptsetup reads it.
+//!
+//! - From the terminal: a prompt without echo, asked up to `--tries` times (default 3) when the
+//!   passphrase is wrong. When stdin is not a terminal, one line is read from it (without its
+//!   newline) and there is one try, as cryptsetup does.
+//! - From a key file (`-d/--key-file F`, `-` = stdin): the bytes of the file as they are, newlines
+//!   included, after skipping `-o/--keyfile-offset` bytes and up to `-l/--keyfile-size` bytes
+//!   (exactly that many: a shorter file is an error). One try.
+//!
+//! The passphrase lives only in zeroizing buffers and is never shown: its `Debug` is redacted
+//! and no error carries it.
+
+use std::fs::File;
+use std::io::{self, BufRead, IsTerminal, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use zeroize::Zeroizing;
+
+/// cryptsetup's default limit on a key file read without `--keyfile-size`: 8 MiB.
+pub const KEYFILE_MAX: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the key file '{path}': {source}")]
+    KeyFile { path: String, source: io::Error },
+    #[error("the key file '{path}' has {found} bytes after offset {offset}, fewer than the {wanted} requested by --keyfile-size")]
+    ShortKeyFile {
+        path: String,
+        offset: u64,
+        wanted: u64,
+        found: u64,
+    },
+    #[error("the key file '{path}' is larger than {KEYFILE_MAX} bytes: use --keyfile-size")]
+    LargeKeyFile { path: String },
+    #[error("the passphrase read from {from} is empty")]
+    Empty { from: String },
+    #[error("cannot read the passphrase from the terminal: {0}")]
+    Terminal(io::Error),
+    #[error("no passphrase given")]
+    NoMoreTries,
+}
+
+/// A passphrase. Zeroed on drop; never printed.
+pub struct Passphrase(Zeroizing<Vec<u8>>);
+
+impl Passphrase {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Passphrase(Zeroizing::new(bytes))
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}
+
+/// Where passphrases come from.
+#[derive(Debug)]
+pub enum Source {
+    /// The terminal (or one line of stdin when it is not a terminal).
+    Prompt { tries: u32 },
+    /// A key file; `-` is stdin.
+    KeyFile {
+        path: PathBuf,
+        offset: u64,
+        size: Option<u64>,
+    },
+    /// A passphrase the caller already holds (library use, e.g. `zkey cryptsetup --run`).
+    Given(Passphrase),
+}
+
+/// Hands out passphrases for one device: as many as the source allows tries.
+#[derive(Debug)]
+pub struct Supplier {
+    source: Source,
+    given: u32,
+}
+
+impl Supplier {
+    pub fn new(source: Source) -> Self {
+        Supplier { source, given: 0 }
+    }
+
+    /// The next passphrase to try for `device`, or `None` when the tries are used up.
+    pub fn next(&mut self, device: &str) -> Result<Option<Passphrase>, Error> {
+        self.given += 1;
+        match &mut self.source {
+            Source::Prompt { tries } => {
+                let interactive = io::stdin().is_terminal();
+                let limit = if interactive { (*tries).max(1) } else { 1 };
+                if self.given > limit {
+                    return Ok(None);
+                }
+                if interactive {
+                    let s = Zeroizing::new(
+                        rpassword::prompt_password(format!("Enter passphrase for '{device}': "))
+                            .map_err(Error::Terminal)?,
+                    );
+                    non_empty(s.as_bytes().to_vec(), "the terminal").map(Some)
+                } else {
+                    let mut line = Zeroizing::new(Vec::new());
+                    io::stdin()
+                        .lock()
+                        .read_until(b'\n', &mut line)
+                        .map_err(Error::Terminal)?;
+                    if line.last() == Some(&b'\n') {
+                        line.pop();
+                    }
+                    non_empty(line.to_vec(), "stdin").map(Some)
+                }
+            }
+            Source::KeyFile { path, offset, size } => {
+                if self.given > 1 {
+                    return Ok(None);
+                }
+                read_key_file(path, *offset, *size).map(Some)
+            }
+            Source::Given(p) => {
+                if self.given > 1 {
+                    return Ok(None);
+                }
+                Ok(Some(Passphrase::new(p.as_bytes().to_vec())))
+            }
+        }
+    }
+}
+
+fn non_empty(bytes: Vec<u8>, from: &str) -> Result<Passphrase, Error> {
+    let p = Passphrase::new(bytes);
+    if p.as_bytes().is_empty() {
+        return Err(Error::Empty { from: from.into() });
+    }
+    Ok(p)
+}
+
+/// Reads a key file as cryptsetup does: skip `offset` bytes, then read `size` bytes exactly, or
+/// everything up to [`KEYFILE_MAX`] when `size` is `None`. `-` is stdin.
+pub fn read_key_file(
+    path: &std::path::Path,
+    offset: u64,
+    size: Option<u64>,
+) -> Result<Passphrase, Error> {
+    let shown = path.display().to_string();
+    let err = |source| Error::KeyFile {
+        path: shown.clone(),
+        source,
+    };
+    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+        let mut stdin = io::stdin().lock();
+        // stdin cannot seek: read and drop the offset.
+        io::copy(&mut (&mut stdin).take(offset), &mut io::sink()).map_err(err)?;
+        Box::new(stdin)
+    } else {
+        let mut f = File::open(path).map_err(err)?;
+        f.seek(SeekFrom::Start(offset)).map_err(err)?;
+        Box::new(f)
+    };
+    let limit = size.unwrap_or(KEYFILE_MAX);
+    let mut buf = Zeroizing::new(Vec::new());
+    reader.take(limit + 1).read_to_end(&mut buf).map_err(err)?;
+    match size {
+        Some(wanted) if (buf.len() as u64) < wanted => {
+            return Err(Error::ShortKeyFile {
+                path: shown,
+                offset,
+                wanted,
+                found: buf.len() as u64,
+            })
+        }
+        Some(wanted) => buf.truncate(wanted as usize),
+        None if buf.len() as u64 > KEYFILE_MAX => return Err(Error::LargeKeyFile { path: shown }),
+        None => {}
+    }
+    non_empty(buf.to_vec(), &format!("the key file '{}'", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_offset_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, b"xxsecret\nmore").unwrap();
+        assert_eq!(
+            read_key_file(&p, 0, None).unwrap().as_bytes(),
+            b"xxsecret\nmore"
+        );
+        assert_eq!(read_key_file(&p, 2, Some(6)).unwrap().as_bytes(), b"secret");
+        assert!(matches!(
+            read_key_file(&p, 10, Some(6)),
+            Err(Error::ShortKeyFile { found: 3, .. })
+        ));
+        assert!(matches!(
+            read_key_file(&p, 13, None),
+            Err(Error::Empty { .. })
+        ));
+        let e = read_key_file(&dir.path().join("missing"), 0, None).unwrap_err();
+        assert!(e.to_string().contains("missing"));
+    }
+
+    #[test]
+    fn given_is_one_try_and_redacted() {
+        let mut s = Supplier::new(Source::Given(Passphrase::new(b"pw".to_vec())));
+        let p = s.next("d").unwrap().unwrap();
+        assert_eq!(format!("{p:?}"), "Passphrase(<redacted>)");
+        assert!(s.next("d").unwrap().is_none());
+    }
+}

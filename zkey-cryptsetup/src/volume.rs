@@ -1,0 +1,392 @@
+//! The volume operations that need the adapters as well as the header: format a volume with a
+//! secure key, validate its key, write its VP token (setvp), and replace its key by another
+//! secure key of the same AES key (setkey). Also the shared steps: unlocking a keyslot with the
+//! passphrase tries the user has, and checking a secure key with the adapters.
+
+use std::path::Path;
+
+use ap_sim::hsm::{Hsm, HsmError, Register, Verification};
+use ap_sim::token::SecureKey;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::luks2::{self, FormatOptions, SlotState, Volume, Vp, VpToken};
+use crate::passphrase::{Passphrase, Supplier};
+use crate::{Error, Ui};
+
+/// A keyslot opened with the passphrase: its number, the volume key and the passphrase that
+/// opened it (needed again for new keyslots under the same passphrase).
+pub struct Unlocked {
+    pub slot: u32,
+    pub volume_key: Zeroizing<Vec<u8>>,
+    pub passphrase: Passphrase,
+}
+
+/// Opens a keyslot bound to the volume key, asking for the passphrase as often as `pass` allows.
+pub fn unlock(vol: &mut Volume, pass: &mut Supplier, ui: &mut dyn Ui) -> Result<Unlocked, Error> {
+    let device = vol.name();
+    let mut last = None;
+    while let Some(p) = pass.next(&device)? {
+        match vol.volume_key(p.as_bytes()) {
+            Ok((slot, volume_key)) => {
+                return Ok(Unlocked {
+                    slot,
+                    volume_key,
+                    passphrase: p,
+                })
+            }
+            Err(e @ Error::WrongPassphrase { .. }) => {
+                ui.warn("No key available with this passphrase.");
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(Error::Passphrase(crate::passphrase::Error::NoMoreTries)))
+}
+
+/// Parses header key bytes as a secure key.
+pub(crate) fn parse_key(device: &str, what: &str, bytes: &[u8]) -> Result<SecureKey, Error> {
+    SecureKey::parse(bytes).map_err(|e| Error::NotSecureKey {
+        device: device.into(),
+        what: what.into(),
+        why: e.to_string(),
+    })
+}
+
+/// Checks `key` with the adapters. A key whose master key is gone is [`Error::KeyDead`].
+pub(crate) fn verify(
+    hsm: &Hsm,
+    device: &str,
+    what: &str,
+    key: &SecureKey,
+) -> Result<Verification, Error> {
+    hsm.verify(key, None).map_err(|e| match e {
+        HsmError::Unusable { mkvp, .. } => Error::KeyDead {
+            device: device.into(),
+            mkvp: mkvp.to_string(),
+        },
+        source => Error::Adapter {
+            device: device.into(),
+            what: what.into(),
+            source: Box::new(source),
+        },
+    })
+}
+
+pub(crate) fn vp_of(hsm: &Hsm, device: &str, what: &str, key: &SecureKey) -> Result<Vp, Error> {
+    let s = hsm
+        .verification_pattern(key, None)
+        .map_err(|source| Error::Adapter {
+            device: device.into(),
+            what: what.into(),
+            source: Box::new(source),
+        })?;
+    Vp::try_from(s).map_err(Error::Invalid)
+}
+
+/// What [`format`] made.
+#[derive(Clone, Debug, Serialize)]
+pub struct Formatted {
+    pub keyslot: u32,
+    pub verification_pattern: String,
+    pub cipher: String,
+    pub key_size_bits: usize,
+}
+
+/// Formats `device` as a LUKS2 `paes` volume whose volume key is `secure_key` (a secure key
+/// file's bytes: one token, or an XTS pair), with one keyslot under `passphrase` and the VP
+/// token. The key must be usable by the adapters (under CURRENT; OLD is accepted with a
+/// warning, since it will stop working at the next master key change). This is the call
+/// `zkey cryptsetup --run` makes.
+pub fn format(
+    hsm: &Hsm,
+    device: &Path,
+    secure_key: &[u8],
+    opts: &FormatOptions,
+    passphrase: &[u8],
+    ui: &mut dyn Ui,
+) -> Result<Formatted, Error> {
+    let name = luks2::name(device);
+    let key = parse_key(&name, "the volume key file", secure_key)?;
+    let v = verify(hsm, &name, "the volume key", &key)?;
+    if v.register == Register::Old {
+        ui.warn(&format!(
+            "The secure volume key for device '{name}' is enciphered with the OLD master key: re-encipher it (zkey reencipher, or zkey-cryptsetup reencipher after formatting) before the master key changes again."
+        ));
+    }
+    let vp = vp_of(hsm, &name, "the volume key", &key)?;
+    let keyslot = luks2::format(device, secure_key, key.is_xts(), &vp, opts, passphrase)?;
+    Ok(Formatted {
+        keyslot,
+        verification_pattern: vp.to_string(),
+        cipher: format!(
+            "paes-{}",
+            if key.is_xts() {
+                "xts-plain64"
+            } else {
+                "cbc-plain64"
+            }
+        ),
+        key_size_bits: secure_key.len() * 8,
+    })
+}
+
+/// Where a secure key stands with the adapters, for reports.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Current,
+    Old,
+    /// Under a NEW master key that is not set yet.
+    New,
+    Unusable,
+}
+
+/// One secure key as validate reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyReport {
+    pub keyslot: u32,
+    pub key_type: String,
+    pub key_bits: u32,
+    pub xts: bool,
+    pub state: KeyState,
+    pub mkvp: String,
+    /// The VP of the key, when the adapters can compute it (CURRENT or OLD).
+    pub verification_pattern: Option<String>,
+    /// Why the key is not usable, when it is not.
+    pub problem: Option<String>,
+}
+
+/// A staged re-encipher as validate reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PendingReport {
+    pub token_id: u32,
+    pub original_keyslot: u32,
+    pub unbound_keyslot: u32,
+    pub verification_pattern: String,
+    /// The re-enciphered key, when the passphrase opens its keyslot.
+    pub key: Option<KeyReport>,
+}
+
+/// The report of `validate`. Stable JSON schema (`--json`): field names and the lowercase state
+/// words do not change; new fields may be added.
+#[derive(Clone, Debug, Serialize)]
+pub struct ValidateReport {
+    pub device: String,
+    pub cipher: String,
+    pub key_size_bits: usize,
+    pub sector_size: u32,
+    pub volume_key: KeyReport,
+    /// The VP in the VP token, if there is one.
+    pub vp_token: Option<String>,
+    /// Whether the token's VP is the key's (None when either is unknown).
+    pub vp_token_matches: Option<bool>,
+    pub reencipher_pending: Option<PendingReport>,
+    /// True when the volume key is usable (CURRENT or OLD) and agrees with its VP token.
+    pub valid: bool,
+}
+
+fn key_report(hsm: &Hsm, device: &str, slot: u32, key: &SecureKey) -> KeyReport {
+    let (state, problem) = match hsm.verify(key, None) {
+        Ok(v) if v.register == Register::Old => (KeyState::Old, None),
+        Ok(_) => (KeyState::Current, None),
+        Err(HsmError::OnlyNew { .. }) => (KeyState::New, None),
+        Err(e) => (KeyState::Unusable, Some(e.to_string())),
+    };
+    let vp = matches!(state, KeyState::Current | KeyState::Old)
+        .then(|| vp_of(hsm, device, "the key", key).ok())
+        .flatten();
+    KeyReport {
+        keyslot: slot,
+        key_type: key.key_type().name().to_string(),
+        key_bits: key.key_bits(),
+        xts: key.is_xts(),
+        state,
+        mkvp: key.mkvp().to_string(),
+        verification_pattern: vp.map(|v| v.to_string()),
+        problem,
+    }
+}
+
+/// Validates the secure volume key of `device`: which master key register holds its master key,
+/// its MKVP and VP, whether the VP token agrees, and whether a re-encipher is pending. Changes
+/// nothing.
+pub fn validate(
+    hsm: &Hsm,
+    device: &Path,
+    pass: &mut Supplier,
+    ui: &mut dyn Ui,
+) -> Result<ValidateReport, Error> {
+    let mut vol = Volume::open(device)?;
+    let name = vol.name();
+    let u = unlock(&mut vol, pass, ui)?;
+    let key = parse_key(&name, "the volume key", &u.volume_key)?;
+    let volume_key = key_report(hsm, &name, u.slot, &key);
+    let vp_token = vol
+        .vp_token()?
+        .map(|t| t.token.verification_pattern.to_string());
+    let vp_token_matches = match (&vp_token, &volume_key.verification_pattern) {
+        (Some(t), Some(k)) => Some(t == k),
+        _ => None,
+    };
+    let reencipher_pending = match vol.reencipher_token()? {
+        None => None,
+        Some(t) => {
+            let slot = t.token.unbound_keyslot;
+            let key = vol
+                .slot_key(slot, u.passphrase.as_bytes())
+                .ok()
+                .and_then(|b| SecureKey::parse(&b).ok())
+                .map(|k| key_report(hsm, &name, slot, &k));
+            Some(PendingReport {
+                token_id: t.id,
+                original_keyslot: t.token.original_keyslot,
+                unbound_keyslot: slot,
+                verification_pattern: t.token.verification_pattern.to_string(),
+                key,
+            })
+        }
+    };
+    let valid = matches!(volume_key.state, KeyState::Current | KeyState::Old)
+        && vp_token_matches != Some(false);
+    Ok(ValidateReport {
+        device: name,
+        cipher: format!("{}-{}", vol.cipher(), vol.cipher_mode()),
+        key_size_bits: vol.volume_key_size() * 8,
+        sector_size: vol.sector_size(),
+        volume_key,
+        vp_token,
+        vp_token_matches,
+        reencipher_pending,
+        valid,
+    })
+}
+
+/// Writes (or rewrites) the VP token of `device` from its volume key. Returns the VP.
+pub fn setvp(hsm: &Hsm, device: &Path, pass: &mut Supplier, ui: &mut dyn Ui) -> Result<Vp, Error> {
+    let mut vol = Volume::open(device)?;
+    let name = vol.name();
+    let u = unlock(&mut vol, pass, ui)?;
+    let key = parse_key(&name, "the volume key", &u.volume_key)?;
+    verify(hsm, &name, "the volume key", &key)?;
+    let vp = vp_of(hsm, &name, "the volume key", &key)?;
+    vol.set_vp_token(&VpToken::new(vp.clone()))?;
+    Ok(vp)
+}
+
+/// Makes `new_key` (a secure key file's bytes) the volume key of `device`, as IBM's setkey does:
+/// the key must be usable (under OLD only if the user confirms) and its VP must equal the VP
+/// token's (no token: the user must confirm, since nothing then proves it is the same AES key).
+/// It is added as an unbound keyslot under the passphrase, made the volume key, the VP token is
+/// rewritten, and the user is asked whether to destroy the previous keyslot.
+pub fn setkey(
+    hsm: &Hsm,
+    device: &Path,
+    new_key: &[u8],
+    pass: &mut Supplier,
+    ui: &mut dyn Ui,
+) -> Result<u32, Error> {
+    let mut vol = Volume::open(device)?;
+    let name = vol.name();
+    if let Some(t) = vol.reencipher_token()? {
+        return Err(Error::Invalid(format!(
+            "a re-encipher is pending for device '{name}' (token {}): complete it with 'zkey-cryptsetup reencipher --complete' first",
+            t.id
+        )));
+    }
+    let key = parse_key(&name, "the new secure key", new_key)?;
+    if new_key.len() != vol.volume_key_size() {
+        return Err(Error::Invalid(format!(
+            "the new secure key has {} bytes, but the volume key of '{name}' has {}: it is not the same kind of key",
+            new_key.len(),
+            vol.volume_key_size()
+        )));
+    }
+    let v = verify(hsm, &name, "the new secure key", &key)?;
+    if v.register == Register::Old
+        && !ui.confirm(&format!(
+            "The new secure key is enciphered with the OLD master key and will stop working at the next master key change. Set it for device '{name}' anyway?"
+        ))?
+    {
+        return Err(Error::Declined("the new key is under the OLD master key".into()));
+    }
+    let vp = vp_of(hsm, &name, "the new secure key", &key)?;
+    match vol.vp_token()? {
+        Some(t) if t.token.verification_pattern != vp => {
+            return Err(Error::VpMismatch {
+                device: name,
+                what: "the new secure key".into(),
+                found: vp.to_string(),
+                expected: t.token.verification_pattern.to_string(),
+                expected_from: format!("the verification pattern token {}", t.id),
+            })
+        }
+        Some(_) => {}
+        None => {
+            if !ui.confirm(&format!(
+                "Device '{name}' has no verification pattern token, so it cannot be proven that the new secure key is the AES key the data is encrypted with. A wrong key makes the data unreadable. Set it anyway?"
+            ))? {
+                return Err(Error::Declined("no verification pattern token".into()));
+            }
+        }
+    }
+    let u = unlock(&mut vol, pass, ui)?;
+    vol.reuse_pbkdf_of(u.slot)?;
+    let slot = vol.add_unbound(new_key, u.passphrase.as_bytes())?;
+    vol.activate_unbound(slot, u.passphrase.as_bytes())?;
+    vol.set_vp_token(&VpToken::new(vp))?;
+    crate::reencipher::offer_destroy(&mut vol, u.slot, slot, u.passphrase.as_bytes(), ui)?;
+    Ok(slot)
+}
+
+/// Whether `slot` still exists and is unbound.
+pub(crate) fn is_unbound(vol: &mut Volume, slot: u32) -> bool {
+    vol.slot_state(slot) == Some(SlotState::Unbound)
+}
+
+/// `zkey-cryptsetup open`: unlocks the secure volume key, turns it into the effective key inside
+/// the adapter, and serves the decrypted payload through FUSE as `RUN/NAME` (the analogue of
+/// `/dev/mapper/NAME`). A key under OLD still opens, with a warning.
+pub fn open(
+    hsm: &Hsm,
+    device: &Path,
+    name: &str,
+    pass: &mut Supplier,
+    ui: &mut dyn Ui,
+) -> Result<std::path::PathBuf, Error> {
+    let mut vol = Volume::open(device)?;
+    let dev = vol.name();
+    let what = "the secure volume key";
+    let unlocked = unlock(&mut vol, pass, ui)?;
+    let key = parse_key(&dev, what, &unlocked.volume_key)?;
+    if verify(hsm, &dev, what, &key)?.register == Register::Old {
+        ui.warn(&format!(
+            "The secure volume key of device '{dev}' is enciphered with the OLD master key: the next SET makes the volume unusable. Re-encipher it now with 'zkey-cryptsetup reencipher {dev}'."
+        ));
+    }
+    let effective = hsm
+        .effective_key(&key, None)
+        .map_err(|source| Error::Adapter {
+            device: dev.clone(),
+            what: what.into(),
+            source: Box::new(source),
+        })?;
+    let mapping = crate::fuse::Mapping::from_effective_key(
+        device,
+        vol.data_offset_bytes(),
+        None,
+        vol.sector_size(),
+        effective,
+    )
+    .map_err(|e| Error::Invalid(format!("'{dev}': {e}")))?;
+    drop(vol);
+    crate::fuse::open(mapping, name, &crate::fuse::run_dir())
+        .map_err(|e| Error::Invalid(format!("opening '{dev}' as '{name}' failed: {e}")))
+}
+
+/// `zkey-cryptsetup close`: unmounts the mapping and waits for its server to exit.
+pub fn close(name: &str) -> Result<(), Error> {
+    crate::fuse::close(name, &crate::fuse::run_dir())
+        .map_err(|e| Error::Invalid(format!("closing '{name}' failed: {e}")))
+}
