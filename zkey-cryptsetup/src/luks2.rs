@@ -208,7 +208,37 @@ impl std::str::FromStr for PbkdfKind {
     }
 }
 
+/// The environment variables that force a PBKDF, for tests and scripts that format many volumes.
+pub const PBKDF_ENV: &str = "ZKEY_CRYPTSETUP_PBKDF";
+pub const PBKDF_ITERATIONS_ENV: &str = "ZKEY_CRYPTSETUP_PBKDF_FORCE_ITERATIONS";
+
 impl Pbkdf {
+    /// What `$ZKEY_CRYPTSETUP_PBKDF` and `$ZKEY_CRYPTSETUP_PBKDF_FORCE_ITERATIONS` ask for, else
+    /// the strong default (libcryptsetup's benchmarked argon2id).
+    pub fn from_env() -> Result<Pbkdf, String> {
+        let kind = std::env::var(PBKDF_ENV).ok().filter(|v| !v.is_empty());
+        let iterations = std::env::var(PBKDF_ITERATIONS_ENV)
+            .ok()
+            .filter(|v| !v.is_empty());
+        match (kind, iterations) {
+            (None, None) => Ok(Pbkdf::Default),
+            (kind, Some(n)) => Ok(Pbkdf::Forced {
+                kind: kind
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()?
+                    .unwrap_or(PbkdfKind::Argon2id),
+                iterations: n
+                    .parse()
+                    .map_err(|_| format!("{PBKDF_ITERATIONS_ENV}='{n}' is not a number"))?,
+                memory_kb: None,
+                parallel: None,
+                hash: None,
+            }),
+            (Some(_), None) => Err(format!("{PBKDF_ENV} needs {PBKDF_ITERATIONS_ENV} as well")),
+        }
+    }
+
     fn to_crypt(&self) -> Result<Option<CryptPbkdfType>, LibcryptErr> {
         let Pbkdf::Forced {
             kind,

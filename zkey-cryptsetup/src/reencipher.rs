@@ -397,9 +397,15 @@ pub(crate) fn offer_destroy(
     if vol.slot_state(opened) != Some(SlotState::Bound) {
         return Ok(None);
     }
-    if !ui.confirm(&format!(
+    // Keeping the slot is the safe answer, so without a terminal to ask on it is kept.
+    let destroy = match ui.confirm(&format!(
         "Keyslot {old_slot} of device '{name}' holds the previous secure volume key and no longer opens the volume. Destroy it?"
-    ))? {
+    )) {
+        Ok(yes) => yes,
+        Err(Error::Declined(_)) => false,
+        Err(e) => return Err(e),
+    };
+    if !destroy {
         ui.info(&format!(
             "Keyslot {old_slot} of device '{name}' is kept as an unbound keyslot; remove it later with 'cryptsetup luksKillSlot {name} {old_slot}'."
         ));

@@ -28,6 +28,17 @@ pub fn device_path(device: &str) -> PathBuf {
     }
 }
 
+/// What a printed command does, so that `--run` can do it through the library.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `zkey-cryptsetup format`: a LUKS2 header with the secure key as volume key.
+    Format,
+    /// `zkey-cryptsetup open`: the FUSE data path.
+    Open,
+    /// `cryptsetup plainOpen`: the kernel's dm-crypt with `paes` (real hardware only).
+    PlainOpen,
+}
+
 /// What a key's volumes need, for one volume.
 #[derive(Clone, Debug)]
 pub struct VolumePlan {
@@ -84,8 +95,8 @@ impl VolumePlan {
         }
     }
 
-    /// The commands that format the volume (LUKS2 only) and open it.
-    pub fn commands(&self, format: bool, open: bool) -> Vec<Vec<String>> {
+    /// The commands that format the volume (LUKS2 only) and open it, each with what it does.
+    pub fn commands(&self, format: bool, open: bool) -> Vec<(Action, Vec<String>)> {
         let dev = device_path(self.volume.device()).display().to_string();
         let dm = self.volume.dm_name().to_string();
         let pass: Vec<String> = self
@@ -113,7 +124,7 @@ impl VolumePlan {
                         c.extend(["--sector-size".into(), self.sector_size.to_string()]);
                     }
                     c.extend([dev, dm]);
-                    out.push(c);
+                    out.push((Action::PlainOpen, c));
                 }
             }
             VolumeType::Luks2 => {
@@ -129,12 +140,12 @@ impl VolumePlan {
                         c.extend(["--sector-size".into(), self.sector_size.to_string()]);
                     }
                     c.extend(pass.clone());
-                    out.push(c);
+                    out.push((Action::Format, c));
                 }
                 if open {
                     let mut c = vec!["zkey-cryptsetup".into(), "open".into(), dev, dm];
                     c.extend(pass);
-                    out.push(c);
+                    out.push((Action::Open, c));
                 }
             }
         }

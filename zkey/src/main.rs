@@ -19,7 +19,7 @@ use ap_sim::token::{KeyType, SecureKey};
 
 use zkey::adapters::Adapters;
 use zkey::crosscheck::Purpose;
-use zkey::crypttab::{shell_line, VolumePlan};
+use zkey::crypttab::{shell_line, Action, VolumePlan};
 use zkey::keyops::{self, KeyStatus, NewKey};
 use zkey::reencipher::{self, Mode, Options, Outcome, Selection, Way};
 use zkey::repository::{self, DummyPassphrase, Reader, Repository, Writer};
@@ -1177,24 +1177,110 @@ fn volume_plans(f: &VolumeFilter) -> Result<Vec<VolumePlan>> {
 }
 
 fn cryptsetup(f: &VolumeFilter, run: bool, format: bool, open: bool) -> Result<ExitCode> {
+    let ad = if run { Some(adapters()?) } else { None };
     for plan in volume_plans(f)? {
-        for cmd in plan.commands(format, open) {
+        for (action, cmd) in plan.commands(format, open) {
             println!("{}", shell_line(&cmd));
-            if run {
-                let status = std::process::Command::new(&cmd[0])
-                    .args(&cmd[1..])
-                    .status()
-                    .with_context(|| format!("running {}", cmd[0]))?;
-                if !status.success() {
-                    bail!(
-                        "'{}' failed ({status}); the commands after it were not run",
+            if let Some(ad) = &ad {
+                run_action(ad, &plan, action, &cmd).with_context(|| {
+                    format!(
+                        "'{}' failed; the commands after it were not run",
                         shell_line(&cmd)
-                    );
-                }
+                    )
+                })?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `zkey cryptsetup --run`: LUKS2 volumes are formatted and opened through the zkey-cryptsetup
+/// library; a plain volume's `cryptsetup plainOpen` runs the real cryptsetup.
+fn run_action(ad: &Adapters, plan: &VolumePlan, action: Action, cmd: &[String]) -> Result<()> {
+    use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
+    let device = zkey::crypttab::device_path(plan.volume.device());
+    let mut ui = TermUi;
+    match action {
+        Action::Format => {
+            let secure_key = std::fs::read(&plan.skey)
+                .with_context(|| format!("reading {}", plan.skey.display()))?;
+            let pass = match &plan.passphrase_file {
+                Some(p) => read_secret_file(p)?,
+                None => new_passphrase(&device)?,
+            };
+            let opts = zkey_cryptsetup::luks2::FormatOptions {
+                sector_size: if plan.sector_size == 0 {
+                    4096
+                } else {
+                    plan.sector_size
+                },
+                pbkdf: zkey_cryptsetup::luks2::Pbkdf::from_env().map_err(|e| anyhow!(e))?,
+                label: None,
+            };
+            zkey_cryptsetup::volume::format(&ad.hsm, &device, &secure_key, &opts, &pass, &mut ui)?;
+        }
+        Action::Open => {
+            let source = match &plan.passphrase_file {
+                Some(p) => Source::Given(Passphrase::new(read_secret_file(p)?.to_vec())),
+                None => Source::Prompt { tries: 3 },
+            };
+            let file = zkey_cryptsetup::volume::open(
+                &ad.hsm,
+                &device,
+                plan.volume.dm_name(),
+                &mut Supplier::new(source),
+                &mut ui,
+            )?;
+            println!("Volume {} is open as {}.", plan.volume, file.display());
+        }
+        Action::PlainOpen => {
+            let status = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .status()
+                .with_context(|| format!("running {}", cmd[0]))?;
+            if !status.success() {
+                bail!("{} exited with {status}", cmd[0]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new passphrase for a volume: asked twice on a terminal, one line of stdin otherwise.
+fn new_passphrase(device: &Path) -> Result<Zeroizing<Vec<u8>>> {
+    if !std::io::stdin().is_terminal() {
+        let mut s = Zeroizing::new(String::new());
+        std::io::stdin().lock().read_line(&mut s)?;
+        let t = s.trim_end_matches(['\n', '\r']);
+        if t.is_empty() {
+            bail!("no passphrase on stdin for {}: give the key a dummy passphrase (zkey change --gen-dummy-passphrase) or type one", device.display());
+        }
+        return Ok(Zeroizing::new(t.as_bytes().to_vec()));
+    }
+    let a = Zeroizing::new(rpassword::prompt_password(format!(
+        "Enter a passphrase for {}: ",
+        device.display()
+    ))?);
+    let b = Zeroizing::new(rpassword::prompt_password("Verify the passphrase: ")?);
+    if a != b || a.is_empty() {
+        bail!("the passphrases differ or are empty; nothing was formatted");
+    }
+    Ok(Zeroizing::new(a.as_bytes().to_vec()))
+}
+
+/// zkey-cryptsetup's questions and messages, on the terminal.
+struct TermUi;
+
+impl zkey_cryptsetup::Ui for TermUi {
+    fn info(&mut self, msg: &str) {
+        println!("{msg}");
+    }
+    fn warn(&mut self, msg: &str) {
+        eprintln!("zkey: WARNING: {msg}");
+    }
+    fn confirm(&mut self, question: &str) -> std::result::Result<bool, zkey_cryptsetup::Error> {
+        confirm(question, false).map_err(|e| zkey_cryptsetup::Error::Declined(e.to_string()))
+    }
 }
 
 fn event(name: &str, keys: &[&KeyName], apqns: &[Apqn]) -> Event {
