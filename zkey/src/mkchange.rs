@@ -143,7 +143,7 @@ pub struct Check {
 }
 
 /// What `plan` reports.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Plan {
     pub apqns: Vec<Apqn>,
     pub types: Vec<TypeChange>,
@@ -578,17 +578,6 @@ pub fn start(
     Ok((op, p))
 }
 
-impl Default for Plan {
-    fn default() -> Self {
-        Plan {
-            apqns: Vec::new(),
-            types: Vec::new(),
-            keys: Vec::new(),
-            checks: Vec::new(),
-            plugin_keys: Vec::new(),
-        }
-    }
-}
 
 fn stage_item(w: &Writer<'_>, ad: &Adapters, item: &mut KeyItem) {
     let res = crate::KeyName::new(&item.name)
