@@ -104,6 +104,11 @@ pub trait Ui {
     fn warn(&mut self, msg: &str);
     /// Asks a yes/no question; `Ok(false)` is "no".
     fn confirm(&mut self, question: &str) -> Result<bool, Error>;
+    /// Asks whether to destroy the keyslot of a previous secure key after a complete. Callers
+    /// that keep previous keys as a backup (a master key change operation) answer no.
+    fn confirm_destroy(&mut self, question: &str) -> Result<bool, Error> {
+        self.confirm(question)
+    }
 }
 
 /// A [`Ui`] that records messages and answers every question with `answer` (batch mode in tests,

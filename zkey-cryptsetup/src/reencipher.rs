@@ -398,7 +398,7 @@ pub(crate) fn offer_destroy(
         return Ok(None);
     }
     // Keeping the slot is the safe answer, so without a terminal to ask on it is kept.
-    let destroy = match ui.confirm(&format!(
+    let destroy = match ui.confirm_destroy(&format!(
         "Keyslot {old_slot} of device '{name}' holds the previous secure volume key and no longer opens the volume. Destroy it?"
     )) {
         Ok(yes) => yes,

@@ -91,6 +91,20 @@ pub struct KeyItem {
     pub luks2_volumes: Vec<String>,
 }
 
+/// A LUKS2 volume of an affected key: its header holds its own copy of the secure key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VolumeItem {
+    pub key: String,
+    /// `device:dm-name`.
+    pub volume: String,
+    pub state: ItemState,
+    /// zkey has the key's dummy passphrase and can open the header itself; otherwise the
+    /// administrator runs `zkey-cryptsetup reencipher` (the item stays `pending`).
+    pub passphrase_known: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// A persisted operation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Operation {
@@ -101,6 +115,8 @@ pub struct Operation {
     pub apqns: Vec<Apqn>,
     pub types: Vec<TypeChange>,
     pub keys: Vec<KeyItem>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeItem>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -542,9 +558,21 @@ pub fn start(
         apqns: req.apqns.clone(),
         types: p.types.clone(),
         keys: Vec::new(),
+        volumes: Vec::new(),
         error: None,
     });
     for k in &p.keys {
+        for v in &k.luks2_volumes {
+            if !op.volumes.iter().any(|i| i.volume == v.volume) {
+                op.volumes.push(VolumeItem {
+                    key: k.name.clone(),
+                    volume: v.volume.clone(),
+                    state: ItemState::Pending,
+                    passphrase_known: v.passphrase_known,
+                    error: None,
+                });
+            }
+        }
         if !op.keys.iter().any(|i| i.name == k.name) {
             op.keys.push(KeyItem {
                 name: k.name.clone(),
@@ -577,7 +605,6 @@ pub fn start(
     save(w, &mut op)?;
     Ok((op, p))
 }
-
 
 fn stage_item(w: &Writer<'_>, ad: &Adapters, item: &mut KeyItem) {
     let res = crate::KeyName::new(&item.name)
@@ -642,6 +669,22 @@ pub fn stage_new_key(
         stage_item(w, ad, &mut item);
         op.keys.retain(|k| k.name != item.name);
         op.keys.push(item);
+        if e.properties.volume_type == VolumeType::Luks2 {
+            for v in &e.properties.volumes {
+                let mut vi = VolumeItem {
+                    key: e.name.to_string(),
+                    volume: v.to_string(),
+                    state: ItemState::Pending,
+                    passphrase_known: e.has_pass,
+                    error: None,
+                };
+                if vi.passphrase_known {
+                    volume_step(w, ad, &mut vi, zkey_cryptsetup::reencipher::Mode::Staged);
+                }
+                op.volumes.retain(|x| x.volume != vi.volume);
+                op.volumes.push(vi);
+            }
+        }
         save(w, &mut op)?;
         return Ok(Some(op.id));
     }
@@ -882,4 +925,69 @@ pub fn cancel(
     };
     save(w, &mut op)?;
     Ok(op)
+}
+
+fn device_of(volume: &str) -> String {
+    let dev = volume.rsplit_once(':').map_or(volume, |(d, _)| d);
+    crate::crypttab::device_path(dev).display().to_string()
+}
+
+/// Answers a master key change's questions about a volume: yes to re-enciphering again, no to
+/// destroying the previous key's keyslot, which stays as the backup until the next change.
+struct OperationUi;
+
+impl zkey_cryptsetup::Ui for OperationUi {
+    fn info(&mut self, _msg: &str) {}
+    fn warn(&mut self, _msg: &str) {}
+    fn confirm(&mut self, _question: &str) -> Result<bool, zkey_cryptsetup::Error> {
+        Ok(true)
+    }
+    fn confirm_destroy(&mut self, _question: &str) -> Result<bool, zkey_cryptsetup::Error> {
+        Ok(false)
+    }
+}
+
+/// Stages or completes a volume's header copy of the key, opening it with the key's dummy
+/// passphrase.
+fn volume_step(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    item: &mut VolumeItem,
+    mode: zkey_cryptsetup::reencipher::Mode,
+) {
+    use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
+    let res = (|| -> Result<(), ZkeyError> {
+        let name = crate::KeyName::new(&item.key).map_err(|e| ZkeyError::Invalid(e.to_string()))?;
+        let pass = w.read_pass(&name)?;
+        let mut supplier = Supplier::new(Source::Given(Passphrase::new(pass.to_vec())));
+        let device = device_of(&item.volume);
+        let opts = zkey_cryptsetup::reencipher::Options {
+            mode,
+            direction: (mode == zkey_cryptsetup::reencipher::Mode::Staged)
+                .then_some(ap_sim::hsm::Direction::ToNew),
+        };
+        zkey_cryptsetup::reencipher::reencipher(
+            &ad.hsm,
+            std::path::Path::new(&device),
+            opts,
+            &mut supplier,
+            &mut OperationUi,
+        )
+        .map_err(|e| ZkeyError::Invalid(e.to_string()))?;
+        Ok(())
+    })();
+    match res {
+        Ok(()) => {
+            item.state = if mode == zkey_cryptsetup::reencipher::Mode::Complete {
+                ItemState::Completed
+            } else {
+                ItemState::Staged
+            };
+            item.error = None;
+        }
+        Err(e) => {
+            item.state = ItemState::Failed;
+            item.error = Some(e.to_string());
+        }
+    }
 }
