@@ -3,7 +3,7 @@
 # there already. Safe to run again. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(pkg-config)
+packages=(pkg-config python3 python3-venv openssl)
 
 missing=()
 for p in "${packages[@]}"; do
