@@ -137,13 +137,15 @@ stop() {
   [ -f "$dir/server.pid" ] || return 0
   local pid
   pid="$(cat "$dir/server.pid")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
+  # The server forks helper processes (its policy monitor); they share its process group
+  # (setsid at start), so signal the group, and only it.
+  if kill -0 -- "-$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
+      kill -0 -- "-$pid" 2>/dev/null || break
       sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    kill -KILL -- "-$pid" 2>/dev/null || true
   fi
   rm -f "$dir/server.pid"
 }

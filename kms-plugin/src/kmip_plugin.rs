@@ -323,6 +323,27 @@ impl KmipPlugin {
         Ok(self.client.as_mut().expect("set above"))
     }
 
+    /// Runs a read-only request; when the session's connection broke (the server went away
+    /// since the last request), reconnects once, which fails over to the next server, and
+    /// retries. Only for requests that change nothing, so a retry cannot do anything twice.
+    fn read_only<T>(
+        &mut self,
+        notices: &mut Vec<String>,
+        f: impl Fn(&mut Client) -> Result<T, KmipError>,
+    ) -> Result<T, WireError> {
+        let first = f(self.client(notices)?);
+        match first {
+            Err(KmipError::Io { server, why }) => {
+                notices.push(format!(
+                    "the connection to KMIP server {server} was lost ({why}): reconnecting"
+                ));
+                self.client = None;
+                Ok(f(self.client(notices)?)?)
+            }
+            r => Ok(r?),
+        }
+    }
+
     /// Registers a fresh wrapping key, stores its secure copy, and revokes the previous one.
     fn register_wrapping_key(&mut self, notices: &mut Vec<String>) -> Result<(), WireError> {
         let mut conf = self.load_conf()?;
@@ -335,7 +356,7 @@ impl KmipPlugin {
             .map_err(|e| hsm_err("cannot make the wrapping key", e))?;
         let label = format!(
             "zkey-wrapping-key-{}",
-            hex::encode(&rand::random::<[u8; 6]>())
+            hex::encode(rand::random::<[u8; 6]>())
         );
         let id = self.client(notices)?.register_aes_key(
             &clear[..],
@@ -371,9 +392,7 @@ impl KmipPlugin {
         key_type: KeyType,
         notices: &mut Vec<String>,
     ) -> Result<SecureKey, WireError> {
-        let attrs = self
-            .client(notices)?
-            .get_attributes(id, &["State", "Name"])?;
+        let attrs = self.read_only(notices, |c| c.get_attributes(id, &["State", "Name"]))?;
         if let Some(state) = attrs.state {
             if state.is_revoked() {
                 return Err(KmipError::KeyRevoked {
@@ -410,7 +429,7 @@ impl KmipPlugin {
                 }
                 return Err(hsm_err("the wrapping key is unusable", e));
             }
-            let wrapped = self.client(notices)?.get_wrapped(id, &kek_id)?;
+            let wrapped = self.read_only(notices, |c| c.get_wrapped(id, &kek_id))?;
             // The adapter unwraps with the CCA APQNs (the wrapping key is CCA) and makes the
             // secure key on the APQNs of the requested type.
             return self.unwrap(
@@ -690,14 +709,17 @@ impl KmipPlugin {
         filter: BTreeMap<String, String>,
         notices: &mut Vec<String>,
     ) -> Result<Vec<KmsKey>, WireError> {
-        let c = self.client(notices)?;
-        let ids = c.locate(vec![kmip::attribute(
-            "Object Group",
-            Value::TextString(VOLUME_KEY_GROUP.into()),
-        )])?;
+        let ids = self.read_only(notices, |c| {
+            c.locate(vec![kmip::attribute(
+                "Object Group",
+                Value::TextString(VOLUME_KEY_GROUP.into()),
+            )])
+        })?;
         let mut out = Vec::new();
-        for id in ids {
-            let a = match c.get_attributes(&id, &[]) {
+        // One request message for all keys (a batch item each).
+        let all = self.read_only(notices, |c| c.get_attributes_batch(&ids, &[]))?;
+        for (id, a) in ids.into_iter().zip(all) {
+            let a = match a {
                 Ok(a) => a,
                 Err(KmipError::KeyNotFound(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -1104,9 +1126,9 @@ impl Plugin for KmipPlugin {
                 Ok(serde_json::Value::Null)
             }
             Request::GetKeyProperties { key_id } => {
-                let a = self
-                    .client(notices)?
-                    .get_attributes(&key_id, &["Application Specific Information"])?;
+                let a = self.read_only(notices, |c| {
+                    c.get_attributes(&key_id, &["Application Specific Information"])
+                })?;
                 to_value(&Self::properties_of(&a).unwrap_or_default())
             }
             Request::RemoveKey { key_id, options } => {

@@ -483,7 +483,19 @@ impl PluginClient {
         config_dir: Option<&Path>,
         timeout: Duration,
     ) -> Result<PluginClient, ClientError> {
+        Self::spawn_with_env(exe, config_dir, timeout, &[])
+    }
+
+    /// Like [`Self::spawn`], with extra environment variables for the plug-in (e.g.
+    /// `AP_SIM_DIR` when zkey was pointed at another simulator). Never pass secrets here.
+    pub fn spawn_with_env(
+        exe: &Path,
+        config_dir: Option<&Path>,
+        timeout: Duration,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<PluginClient, ClientError> {
         let mut child = Command::new(exe)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -262,14 +262,26 @@ impl Client {
             conn,
             version: (1, 2),
         };
-        if let Ok(versions) = c.discover_versions() {
-            if let Some(v) = versions
-                .into_iter()
-                .filter(|(maj, min)| *maj == 1 && *min <= 4)
-                .max()
-            {
-                c.version = v;
+        match c.discover_versions() {
+            Ok(versions) => {
+                if let Some(v) = versions
+                    .into_iter()
+                    .filter(|(maj, min)| *maj == 1 && *min <= 4)
+                    .max()
+                {
+                    c.version = v;
+                }
             }
+            // A TLS 1.2 server checks the client certificate after our side of the handshake
+            // is done, and PyKMIP then just closes the connection: the first request fails.
+            Err(KmipError::Io { server, why }) => {
+                return Err(KmipError::Tls {
+                    server,
+                    why: format!("the server closed the connection right after the handshake ({why}): it may not trust the client certificate; have the server's CA sign the plug-in's CSR ('zkey kms configure --gen-csr FILE') and configure the result with --client-cert"),
+                })
+            }
+            // A server without DiscoverVersions (KMIP 1.0): keep 1.2, which most speak.
+            Err(_) => {}
         }
         Ok(c)
     }
@@ -387,8 +399,9 @@ impl Client {
         Ok((ops, vendor))
     }
 
-    /// Creates an AES key of `bits` with `attributes` (Name, usage mask, ...) and activates it
-    /// in the same request (two batch items; Activate uses the ID placeholder). Returns its ID.
+    /// Creates an AES key of `bits` with `extra` attributes (Name, Object Group, ...) and
+    /// activates it. Two requests: PyKMIP does not accept an Activate without a Unique
+    /// Identifier, so the ID placeholder of a Create+Activate batch is not an option.
     pub fn create_active_aes_key(
         &mut self,
         bits: u32,
@@ -404,27 +417,16 @@ impl Client {
             attribute("Cryptographic Usage Mask", Value::Integer(usage_mask)),
         ];
         attrs.extend(extra);
-        let create = BatchItem {
-            operation: Operation::Create,
-            payload: vec![
+        let created = self.call(
+            Operation::Create,
+            vec![
                 Item::enumeration(tag::OBJECT_TYPE, enums::OBJECT_TYPE_SYMMETRIC_KEY),
                 Item::structure(tag::TEMPLATE_ATTRIBUTE, attrs),
             ],
-        };
-        let activate = BatchItem {
-            operation: Operation::Activate,
-            payload: vec![],
-        };
-        let mut res = self.batch(vec![create, activate])?.into_iter();
-        let created = res
-            .next()
-            .ok_or_else(|| KmipError::Protocol("no Create response".into()))??;
+        )?;
         let id = unique_id(&created)?;
-        match res.next() {
-            Some(Ok(_)) => Ok(id),
-            // The key exists but is not active: activate it on its own before giving up.
-            _ => self.activate(&id).map(|_| id),
-        }
+        self.activate(&id)?;
+        Ok(id)
     }
 
     /// Registers a clear AES key (the plug-in's wrapping key) and activates it. The clear
@@ -535,43 +537,40 @@ impl Client {
 
     /// GetAttributes for `names` (all attributes when empty).
     pub fn get_attributes(&mut self, id: &str, names: &[&str]) -> Result<KeyAttributes, KmipError> {
-        let mut payload = vec![uid(id)];
-        payload.extend(names.iter().map(|n| Item::text(tag::ATTRIBUTE_NAME, *n)));
-        let p = self
-            .call(Operation::GetAttributes, payload)
-            .map_err(|e| not_found_as(e, id))?;
-        let mut a = KeyAttributes::default();
-        for attr in p.all(tag::ATTRIBUTE) {
-            let (Some(name), Some(v)) = (
-                attr.child(tag::ATTRIBUTE_NAME).and_then(Item::as_text),
-                attr.child(tag::ATTRIBUTE_VALUE),
-            ) else {
-                continue;
-            };
-            match name {
-                "Name" => {
-                    if let Some(s) = v.child(tag::NAME_VALUE).and_then(Item::as_text) {
-                        a.names.push(s.to_string());
-                    }
-                }
-                "State" => a.state = v.as_enum().map(State::from_enum),
-                "Cryptographic Length" => a.length = v.as_int(),
-                "Object Group" => {
-                    if let Some(s) = v.as_text() {
-                        a.object_groups.push(s.to_string());
-                    }
-                }
-                "Application Specific Information" => {
-                    let ns = v.child(tag::APPLICATION_NAMESPACE).and_then(Item::as_text);
-                    let data = v.child(tag::APPLICATION_DATA).and_then(Item::as_text);
-                    if let (Some(ns), Some(data)) = (ns, data) {
-                        a.app_info.push((ns.to_string(), data.to_string()));
-                    }
-                }
-                _ => {}
-            }
+        self.get_attributes_batch(&[id.to_string()], names)?
+            .pop()
+            .unwrap_or_else(|| Err(KmipError::Protocol("empty response".into())))
+    }
+
+    /// GetAttributes of several objects in one request message (one batch item each).
+    pub fn get_attributes_batch(
+        &mut self,
+        ids: &[String],
+        names: &[&str],
+    ) -> Result<Vec<Result<KeyAttributes, KmipError>>, KmipError> {
+        if ids.is_empty() {
+            return Ok(vec![]);
         }
-        Ok(a)
+        let batch = ids
+            .iter()
+            .map(|id| {
+                let mut payload = vec![uid(id)];
+                payload.extend(names.iter().map(|n| Item::text(tag::ATTRIBUTE_NAME, *n)));
+                BatchItem {
+                    operation: Operation::GetAttributes,
+                    payload,
+                }
+            })
+            .collect();
+        Ok(self
+            .batch(batch)?
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| {
+                r.map(|p| parse_attributes(&p))
+                    .map_err(|e| not_found_as(e, id))
+            })
+            .collect())
     }
 
     /// AddAttribute (KMIP 1.x form). Not implemented by PyKMIP 0.11.
@@ -665,6 +664,41 @@ impl Client {
     pub fn set_timeout(&mut self, t: Duration) {
         self.conn.set_timeout(t);
     }
+}
+
+fn parse_attributes(p: &Item) -> KeyAttributes {
+    let mut a = KeyAttributes::default();
+    for attr in p.all(tag::ATTRIBUTE) {
+        let (Some(name), Some(v)) = (
+            attr.child(tag::ATTRIBUTE_NAME).and_then(Item::as_text),
+            attr.child(tag::ATTRIBUTE_VALUE),
+        ) else {
+            continue;
+        };
+        match name {
+            "Name" => {
+                if let Some(s) = v.child(tag::NAME_VALUE).and_then(Item::as_text) {
+                    a.names.push(s.to_string());
+                }
+            }
+            "State" => a.state = v.as_enum().map(State::from_enum),
+            "Cryptographic Length" => a.length = v.as_int(),
+            "Object Group" => {
+                if let Some(s) = v.as_text() {
+                    a.object_groups.push(s.to_string());
+                }
+            }
+            "Application Specific Information" => {
+                let ns = v.child(tag::APPLICATION_NAMESPACE).and_then(Item::as_text);
+                let data = v.child(tag::APPLICATION_DATA).and_then(Item::as_text);
+                if let (Some(ns), Some(data)) = (ns, data) {
+                    a.app_info.push((ns.to_string(), data.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    a
 }
 
 fn uid(id: &str) -> Item {
