@@ -444,6 +444,49 @@ impl Hsm {
         Ok(vp_of_effective(k.as_bytes(), key.is_xts()))
     }
 
+    /// Unwraps a key that a KMS wrapped with AES key wrap (RFC 3394, NIST SP 800-38F KW) under
+    /// `kek`, and returns it as a secure key of `key_type` under the CURRENT master key, in one
+    /// step inside the adapter: the clear key exists only in this function's zeroized buffers.
+    ///
+    /// This is how the KMS plug-in turns a key fetched with KMIP `Get` (wrapped with its
+    /// registered wrapping key, whose local copy is the secure key `kek`) into a volume key
+    /// without ever holding it in the clear. `kek` may be enciphered with CURRENT or OLD.
+    /// A wrong `kek` or a damaged blob fails the RFC 3394 integrity check and is reported as
+    /// such; no partial key is ever returned.
+    pub fn unwrap_into_secure_key(
+        &self,
+        kek: &SecureKey,
+        wrapped: &[u8],
+        key_type: KeyType,
+        apqns: Option<&[Apqn]>,
+    ) -> Result<SecureKey, HsmError> {
+        if kek.is_xts() {
+            return Err(HsmError::Invalid(
+                "an XTS key cannot be a key-encrypting key: use a single AES key".into(),
+            ));
+        }
+        // A wrapped AES key is its length plus the 8-byte integrity block.
+        if !matches!(wrapped.len(), 24 | 32 | 40) {
+            return Err(HsmError::Invalid(format!(
+                "a wrapped AES key is 24, 32 or 40 bytes (RFC 3394), not {}: the KMS returned something else",
+                wrapped.len()
+            )));
+        }
+        let k = self.effective_key(kek, apqns)?;
+        let mut clear = Zeroizing::new(vec![0u8; wrapped.len() - 8]);
+        let unwrapped = match k.as_bytes().len() {
+            16 => aes_kw::KekAes128::new(k.as_bytes().into()).unwrap(wrapped, &mut clear),
+            24 => aes_kw::KekAes192::new(k.as_bytes().into()).unwrap(wrapped, &mut clear),
+            _ => aes_kw::KekAes256::new(k.as_bytes().into()).unwrap(wrapped, &mut clear),
+        };
+        unwrapped.map_err(|_| {
+            HsmError::Invalid(
+                "the wrapped key failed the AES key wrap integrity check: it was not wrapped with this key-encrypting key, or it is damaged".into(),
+            )
+        })?;
+        self.import_clear(key_type, &clear, false, apqns)
+    }
+
     // ----- APKA: ECC private keys -----
 
     /// Generates a P-256 private key enciphered with the APKA master key.
@@ -719,5 +762,47 @@ mod tests {
         let vp = vp_of_effective(&[0u8; 16], false);
         assert!(vp.starts_with("66e94bd4ef8a2c3b884cfa59ca342b2e"));
         assert_eq!(vp.len(), 64);
+    }
+
+    #[test]
+    fn unwrap_into_secure_key_matches_the_clear_key_and_rejects_a_wrong_kek() {
+        use crate::sim::Layout;
+        let d = tempfile::tempdir().unwrap();
+        let hsm = Hsm::new(Simulator::init(d.path(), &Layout::default(), false).unwrap());
+        let kek_clear = [7u8; 32];
+        let kek = hsm
+            .import_clear(KeyType::CcaAesData, &kek_clear, false, None)
+            .unwrap();
+        for (i, len) in [16usize, 24, 32].into_iter().enumerate() {
+            let volume: Vec<u8> = (0..len as u8).map(|b| b ^ 0x5a).collect();
+            let wrapped = aes_kw::KekAes256::new(&kek_clear.into())
+                .wrap_vec(&volume)
+                .unwrap();
+            let kt = KeyType::ALL[i % 2];
+            let sk = hsm
+                .unwrap_into_secure_key(&kek, &wrapped, kt, None)
+                .unwrap();
+            assert_eq!(sk.key_type(), kt);
+            assert_eq!(
+                hsm.verification_pattern(&sk, None).unwrap(),
+                vp_of_effective(&volume, false)
+            );
+        }
+        let other = hsm.generate(KeyType::CcaAesData, 256, false, None).unwrap();
+        let wrapped = aes_kw::KekAes256::new(&kek_clear.into())
+            .wrap_vec(&[1u8; 32])
+            .unwrap();
+        let e = hsm
+            .unwrap_into_secure_key(&other, &wrapped, KeyType::CcaAesData, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("integrity check"), "{e}");
+        let mut bad = wrapped.clone();
+        bad[5] ^= 1;
+        assert!(hsm
+            .unwrap_into_secure_key(&kek, &bad, KeyType::CcaAesData, None)
+            .is_err());
+        assert!(hsm
+            .unwrap_into_secure_key(&kek, &wrapped[..20], KeyType::CcaAesData, None)
+            .is_err());
     }
 }
