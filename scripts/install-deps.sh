@@ -27,3 +27,6 @@ if ! python3 -c 'import cryptography' 2>/dev/null; then
   echo "Installing the Python package cryptography"
   python3 -m pip install --quiet cryptography
 fi
+
+# The KMS plug-in's tests run a real PyKMIP server from a venv (pip package pykmip).
+"$(dirname "$0")/pykmip-server.sh" venv >/dev/null
