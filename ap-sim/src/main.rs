@@ -162,6 +162,7 @@ enum FaultCmd {
 
 fn main() -> ExitCode {
     ap_sim::durable::arm_crash_points();
+    ap_sim::durable::default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -480,6 +480,7 @@ fn libcryptsetup_debug() {
 
 fn main() -> ExitCode {
     ap_sim::durable::arm_crash_points();
+    ap_sim::durable::default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -100,6 +100,9 @@ enum Cmd {
     /// Verify or show the audit trail (the repository's log and the TKE's)
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Master key change operations: plan, start (stage everything), finalize after the SET, cancel
+    #[command(subcommand)]
+    Mkchange(MkchangeCmd),
     /// Print (or --run) the commands that format and open the keys' volumes
     Cryptsetup {
         #[command(flatten)]
@@ -276,6 +279,89 @@ struct ChangeArgs {
     force: bool,
 }
 
+#[derive(Args, Clone)]
+struct ChangeSpec {
+    /// The APQNs whose master keys change, e.g. 08.002f,09.002f
+    #[arg(short = 'a', long)]
+    apqns: ApqnList,
+    /// The master key types that change: aes, apka, ep11 (comma-separated)
+    #[arg(short = 't', long, value_delimiter = ',', required = true)]
+    mktype: Vec<ap_sim::MkType>,
+    /// The new master key's verification pattern the security officer announced, as TYPE=HEX
+    /// (e.g. aes=1a7dfdeaffeedac4); repeatable. Checked against what is loaded in NEW.
+    #[arg(long = "new-mkvp", value_name = "TYPE=HEX")]
+    new_mkvp: Vec<String>,
+}
+
+impl ChangeSpec {
+    fn request(&self) -> Result<zkey::mkchange::Request> {
+        let announced = self
+            .new_mkvp
+            .iter()
+            .map(|s| {
+                let (t, m) = s.split_once('=').ok_or_else(|| {
+                    anyhow!("--new-mkvp '{s}': write TYPE=HEX, e.g. aes=1a7dfdeaffeedac4")
+                })?;
+                Ok((t.parse::<ap_sim::MkType>()?, m.parse::<ap_sim::Mkvp>()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(zkey::mkchange::Request {
+            apqns: self.apqns.as_slice().to_vec(),
+            types: self.mktype.clone(),
+            announced,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum MkchangeCmd {
+    /// Everything the change touches and the preflight checks, changing nothing
+    Plan {
+        #[command(flatten)]
+        spec: ChangeSpec,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stage every affected key and volume; ends with "safe to SET" or what is not staged
+    Start {
+        #[command(flatten)]
+        spec: ChangeSpec,
+        /// Show what would be staged, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The operations and their state
+    #[command(visible_alias = "list")]
+    Status {
+        /// One operation
+        #[arg(short = 'i', long)]
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// After the SET: complete every key and volume, keep the previous keys as a backup
+    Finalize {
+        #[arg(short = 'i', long)]
+        id: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// While no APQN has the new key set: remove the staged copies
+    Cancel {
+        #[arg(short = 'i', long)]
+        id: String,
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask
+        #[arg(short = 'F', long)]
+        force: bool,
+    },
+}
+
 // Parsed once per run: the size of a variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -322,6 +408,7 @@ struct VolumeFilter {
 
 fn main() -> ExitCode {
     durable::arm_crash_points();
+    durable::default_sigpipe();
     // As the reference: files zkey creates are private to the repository's group at most.
     unsafe_umask();
     let cli = Cli::parse();
@@ -416,6 +503,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             format,
         } => cryptsetup(&filter, run, !open, !format),
         Cmd::Audit(a) => audit_cmd(a),
+        Cmd::Mkchange(m) => mkchange_cmd(m),
     }
 }
 
@@ -552,6 +640,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             let key = keyops::make_key(&ad, &spec, clear.as_deref().map(|c| &c[..]))?;
             keyops::store_new(&w, &ad, name, &key, &spec, dummy_pass(&a.meta)?)?;
             record(&repo, &ad, key_event("generate", name, &key, &spec.apqns))?;
+            stage_if_change_open(&w, &ad, name)?;
             println!(
                 "Secure key '{name}' generated in the repository ({}, {} bytes).",
                 key.key_type(),
@@ -579,6 +668,7 @@ fn import(a: ImportArgs) -> Result<()> {
     let w = repo.write(lock_wait())?;
     keyops::store_new(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
     record(&repo, &ad, key_event("import", &a.name, &key, &spec.apqns))?;
+    stage_if_change_open(&w, &ad, &a.name)?;
     println!("Secure key '{}' imported into the repository.", a.name);
     Ok(())
 }
@@ -1476,4 +1566,350 @@ fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
+    use zkey::mkchange::{self, Operation};
+    let ad = adapters()?;
+    let repo = open_repo()?;
+    let list = ap_sim::apqn::format_list;
+    let print_json = |v: serde_json::Value| -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        Ok(())
+    };
+    let mk_names = |op: &Operation| {
+        op.types
+            .iter()
+            .map(|t| t.mktype.to_string().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    let next_steps = |op: &Operation| {
+        if op.safe_to_set() {
+            println!(
+                "SAFE TO SET: every key{} is staged for the new {} master key.",
+                if op.volumes.is_empty() {
+                    ""
+                } else {
+                    " and volume"
+                },
+                mk_names(op)
+            );
+            println!(
+                "Next: the SECURITY OFFICER sets the new {} master key on {} at the TKE",
+                mk_names(op),
+                list(&op.apqns)
+            );
+            for t in &op.types {
+                println!(
+                    "      (here: ap-sim tke set --apqns {} --mktype {}),",
+                    list(&op.apqns),
+                    t.mktype
+                );
+            }
+            println!(
+                "      then the ADMINISTRATOR runs: zkey mkchange finalize -i {}",
+                op.id
+            );
+        } else {
+            println!("NOT SAFE TO SET: these are not staged; the SET would make them unusable or leave them under OLD:");
+            for k in op.not_staged() {
+                println!(
+                    "  key {}: {}",
+                    k.name,
+                    k.error.as_deref().unwrap_or("not staged")
+                );
+            }
+            for v in op.volumes_not_staged() {
+                match (&v.error, v.passphrase_known) {
+                    (Some(e), _) => println!("  volume {}: {e}", v.volume),
+                    (None, false) => println!("  volume {}: zkey does not hold its passphrase: the ADMINISTRATOR runs 'zkey-cryptsetup reencipher {} --staged'", v.volume, zkey::crypttab::device_path(v.volume.rsplit_once(':').map_or(v.volume.as_str(), |x| x.0)).display()),
+                    (None, true) => println!("  volume {}: not staged", v.volume),
+                }
+            }
+        }
+    };
+    let audit = |op: &Operation, event: &str| -> Result<()> {
+        let t = op.types.first();
+        record(
+            &repo,
+            &ad,
+            Event {
+                event: format!("mkchange-{event}"),
+                command: format!("zkey mkchange {event}"),
+                apqns: op.apqns.clone(),
+                mktype: t.map(|t| t.mktype),
+                old_mkvp: t.and_then(|t| t.old_mkvp),
+                new_mkvp: t.and_then(|t| t.new_mkvp),
+                keys: op.keys.iter().map(|k| k.name.clone()).collect(),
+                result: match op.state {
+                    mkchange::State::Error => format!(
+                        "failed: {}",
+                        op.error.as_deref().unwrap_or("see the operation")
+                    ),
+                    s => format!("ok: {s:?}").to_lowercase(),
+                },
+                details: Some(format!("operation {}", op.id)),
+            },
+        )
+    };
+    match cmd {
+        MkchangeCmd::Plan { spec, json } => {
+            let w = repo.write(lock_wait())?;
+            let p = mkchange::plan(&w, &ad, &spec.request()?)?;
+            if json {
+                print_json(serde_json::json!({ "plan": p, "ready": p.ready() }))?;
+            } else {
+                println!(
+                    "Master key change of {} on {}:",
+                    spec.mktype
+                        .iter()
+                        .map(|t| t.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    list(&p.apqns)
+                );
+                let mut t = Table::new(["CHECK", "VERDICT", "DETAIL"]);
+                for c in &p.checks {
+                    t.row([
+                        c.check.clone(),
+                        if c.ok { "ok".into() } else { "FAILED".into() },
+                        c.detail.clone(),
+                    ]);
+                }
+                print!("{}", t.render());
+                let mut t = Table::new(["KEY", "MK", "ENCIPHERED WITH", "LUKS2 VOLUMES", "NOTE"]);
+                for k in &p.keys {
+                    let vols = k
+                        .luks2_volumes
+                        .iter()
+                        .map(|v| {
+                            format!(
+                                "{}{}{}",
+                                v.volume,
+                                if v.reachable { "" } else { " (unreachable)" },
+                                if v.passphrase_known {
+                                    ""
+                                } else {
+                                    " (passphrase: ask)"
+                                }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    t.row([
+                        k.name.clone(),
+                        k.mktype.to_string(),
+                        register_words(k.register).into(),
+                        or_dash(vols),
+                        k.at_risk.clone().unwrap_or_default(),
+                    ]);
+                }
+                if !t.is_empty() {
+                    print!("\n{}", t.render());
+                }
+                println!(
+                    "\n{}",
+                    if p.ready() {
+                        "Ready: 'zkey mkchange start' with the same options stages everything."
+                    } else {
+                        "NOT READY: fix the FAILED checks first."
+                    }
+                );
+            }
+            Ok(if p.ready() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        MkchangeCmd::Start {
+            spec,
+            dry_run,
+            json,
+        } => {
+            let w = repo.write(lock_wait())?;
+            let (op, _) = mkchange::start(&w, &ad, &spec.request()?, dry_run)?;
+            if !dry_run {
+                audit(&op, "start")?;
+            }
+            if json {
+                print_json(
+                    serde_json::json!({ "operation": op, "dry_run": dry_run, "safe_to_set": op.safe_to_set() }),
+                )?;
+            } else if dry_run {
+                println!(
+                    "Would start a master key change on {} staging {} keys and {} volumes:",
+                    list(&op.apqns),
+                    op.keys.len(),
+                    op.volumes.len()
+                );
+                for k in &op.keys {
+                    println!("  key {} ({})", k.name, k.mktype);
+                }
+                for v in &op.volumes {
+                    println!(
+                        "  volume {}{}",
+                        v.volume,
+                        if v.passphrase_known {
+                            ""
+                        } else {
+                            " (the administrator stages it: passphrase not held)"
+                        }
+                    );
+                }
+            } else {
+                println!("Master key change operation {} is {}.", op.id, op.state);
+                next_steps(&op);
+            }
+            Ok(if dry_run || op.safe_to_set() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        MkchangeCmd::Status { id, json } => {
+            let r = repo.read(lock_wait())?;
+            let ops: Vec<Operation> = match &id {
+                Some(id) => vec![mkchange::load(&r, id)?],
+                None => mkchange::list(&r)?,
+            };
+            let sets: Vec<_> = ops
+                .iter()
+                .map(|o| mkchange::set_status(&ad, o).unwrap_or_default())
+                .collect();
+            if json {
+                let v: Vec<_> = ops.iter().zip(&sets).map(|(o, s)| serde_json::json!({ "operation": o, "set": s, "safe_to_set": o.safe_to_set() })).collect();
+                print_json(serde_json::json!({ "operations": v }))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if ops.is_empty() {
+                println!("No master key change operations.");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = Table::new([
+                "ID",
+                "STATE",
+                "APQNS",
+                "MK",
+                "KEYS",
+                "VOLUMES",
+                "SET DONE ON",
+                "UPDATED",
+            ]);
+            for (o, s) in ops.iter().zip(&sets) {
+                let done = |k: mkchange::ItemState| o.keys.iter().filter(|i| i.state == k).count();
+                t.row([
+                    o.id.clone(),
+                    o.state.to_string(),
+                    list(&o.apqns),
+                    o.types
+                        .iter()
+                        .map(|t| t.mktype.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    format!(
+                        "{} ({} staged, {} completed)",
+                        o.keys.len(),
+                        done(mkchange::ItemState::Staged),
+                        done(mkchange::ItemState::Completed)
+                    ),
+                    o.volumes.len().to_string(),
+                    or_dash(
+                        s.iter()
+                            .map(|x| list(&x.set_on))
+                            .filter(|x| !x.is_empty())
+                            .collect::<Vec<_>>()
+                            .join(";"),
+                    ),
+                    o.updated.clone(),
+                ]);
+            }
+            print!("{}", t.render());
+            if let [o] = ops.as_slice() {
+                if let Some(e) = &o.error {
+                    println!("Error: {e}");
+                }
+                if matches!(
+                    o.state,
+                    mkchange::State::Reenciphered | mkchange::State::Error
+                ) {
+                    next_steps(o);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MkchangeCmd::Finalize { id, dry_run, json } => {
+            let w = repo.write(lock_wait())?;
+            let op = mkchange::finalize(&w, &ad, &id, dry_run)?;
+            if !dry_run {
+                audit(&op, "finalize")?;
+            }
+            if json {
+                print_json(serde_json::json!({ "operation": op, "dry_run": dry_run }))?;
+            } else if dry_run {
+                println!("The SET is done on every APQN: finalize would complete {} keys and {} volumes.", op.keys.len(), op.volumes.iter().filter(|v| v.passphrase_known).count());
+            } else if op.state == mkchange::State::Done {
+                println!("Master key change {} is DONE: {} keys and {} volumes are enciphered with the new {} master key.", op.id, op.keys.len(), op.volumes.iter().filter(|v| v.state == mkchange::ItemState::Completed).count(), mk_names(&op));
+                println!(
+                    "The previous secure keys are kept in {} until the next change is finalized.",
+                    repo.path().join("mkchange").join(&op.id).display()
+                );
+                for v in op.volumes.iter().filter(|v| !v.passphrase_known) {
+                    println!("The ADMINISTRATOR completes volume {}: zkey-cryptsetup reencipher {} --complete", v.volume, zkey::crypttab::device_path(v.volume.rsplit_once(':').map_or(v.volume.as_str(), |x| x.0)).display());
+                }
+            } else {
+                println!(
+                    "Master key change {} is {}: {}",
+                    op.id,
+                    op.state,
+                    op.error.as_deref().unwrap_or("")
+                );
+                for k in op.keys.iter().filter(|k| k.error.is_some()) {
+                    println!("  key {}: {}", k.name, k.error.as_deref().unwrap_or(""));
+                }
+                for v in op.volumes.iter().filter(|v| v.error.is_some()) {
+                    println!(
+                        "  volume {}: {}",
+                        v.volume,
+                        v.error.as_deref().unwrap_or("")
+                    );
+                }
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MkchangeCmd::Cancel { id, dry_run, force } => {
+            let w = repo.write(lock_wait())?;
+            if !dry_run
+                && !confirm(
+                    &format!("Cancel master key change {id}? Its staged keys are removed"),
+                    force,
+                )?
+            {
+                bail!("operation {id} was not cancelled");
+            }
+            let op = mkchange::cancel(&w, &ad, &id, dry_run)?;
+            if dry_run {
+                println!(
+                    "Cancelling {id} would remove the staged keys of {} keys.",
+                    op.keys.len()
+                );
+            } else {
+                audit(&op, "cancel")?;
+                println!("Master key change {} is {}.", op.id, op.state);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A key made while a master key change is open on its APQNs is staged at once (no lost update).
+fn stage_if_change_open(w: &Writer<'_>, ad: &Adapters, name: &KeyName) -> Result<()> {
+    if let Some(id) = zkey::mkchange::stage_new_key(w, ad, &w.entry(name)?)? {
+        println!(
+            "Master key change {id} is open on this key's APQNs: the key was staged for it too."
+        );
+    }
+    Ok(())
 }

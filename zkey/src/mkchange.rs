@@ -51,6 +51,12 @@ pub enum State {
     Canceled,
 }
 
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format!("{self:?}").to_uppercase())
+    }
+}
+
 impl State {
     /// Still holding its APQNs and master key types.
     pub fn is_open(self) -> bool {
@@ -138,6 +144,19 @@ impl Operation {
             .iter()
             .filter(|k| !matches!(k.state, ItemState::Staged | ItemState::Completed))
             .collect()
+    }
+
+    /// Volumes not staged: the administrator must stage them before the SET.
+    pub fn volumes_not_staged(&self) -> Vec<&VolumeItem> {
+        self.volumes
+            .iter()
+            .filter(|v| !matches!(v.state, ItemState::Staged | ItemState::Completed))
+            .collect()
+    }
+
+    /// Everything is staged: the security officer may SET.
+    pub fn safe_to_set(&self) -> bool {
+        self.not_staged().is_empty() && self.volumes_not_staged().is_empty()
     }
 }
 
@@ -305,6 +324,16 @@ fn affected(e: &KeyEntry, req_apqns: &[Apqn], types: &[TypeChange]) -> Option<Mk
 
 /// Reads the registers and checks the adapters and keys for a change, changing nothing.
 pub fn plan(w: &Writer<'_>, ad: &Adapters, req: &Request) -> Result<Plan, ZkeyError> {
+    plan_besides(w, ad, req, None)
+}
+
+/// [`plan`], not counting the operation `resuming` as a conflict.
+fn plan_besides(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    req: &Request,
+    resuming: Option<&str>,
+) -> Result<Plan, ZkeyError> {
     if req.apqns.is_empty() || req.types.is_empty() {
         return Err(ZkeyError::Invalid("name the APQNs (--apqns) and the master key types (--mktype aes,apka,ep11) of the change".into()));
     }
@@ -409,7 +438,7 @@ pub fn plan(w: &Writer<'_>, ad: &Adapters, req: &Request) -> Result<Plan, ZkeyEr
     let ops = list(w)?;
     let conflicting: Vec<&str> = ops
         .iter()
-        .filter(|o| o.conflicts_with(&req.apqns, &req.types))
+        .filter(|o| o.conflicts_with(&req.apqns, &req.types) && Some(o.id.as_str()) != resuming)
         .map(|o| o.id.as_str())
         .collect();
     checks.push(Check {
@@ -510,33 +539,16 @@ pub fn start(
     dry_run: bool,
 ) -> Result<(Operation, Plan), ZkeyError> {
     // An operation for exactly these APQNs and types that did not get to the end is resumed.
+    // An operation for exactly these APQNs and types that is not finalized yet is resumed: a
+    // re-run after a crash (or after fixing a failed key) stages what is not staged yet.
     let resumable = list(w)?.into_iter().find(|o| {
         matches!(
             o.state,
-            State::Initial | State::Reenciphering | State::Error
+            State::Initial | State::Reenciphering | State::Reenciphered | State::Error
         ) && o.apqns == req.apqns
             && o.mktypes().collect::<Vec<_>>() == req.types
     });
-    let mut p = plan(w, ad, req)?;
-    if let Some(op) = &resumable {
-        // The resumed operation itself is no conflict.
-        for c in p
-            .checks
-            .iter_mut()
-            .filter(|c| c.check == "no conflicting operation")
-        {
-            let others: Vec<&str> = c
-                .detail
-                .split("operation ")
-                .nth(1)
-                .map(|s| s.split(" shares").next().unwrap_or(""))
-                .unwrap_or("")
-                .split(", ")
-                .filter(|i| !i.is_empty() && *i != op.id)
-                .collect();
-            c.ok = others.is_empty();
-        }
-    }
+    let mut p = plan_besides(w, ad, req, resumable.as_ref().map(|o| o.id.as_str()))?;
     if !p.ready() {
         let failed: Vec<String> = p
             .checks
@@ -596,12 +608,26 @@ pub fn start(
         stage_item(w, ad, &mut op.keys[i]);
         save(w, &mut op)?;
     }
-    op.state = if op.not_staged().is_empty() {
-        State::Reenciphered
-    } else {
+    for i in 0..op.volumes.len() {
+        if op.volumes[i].state == ItemState::Staged || !op.volumes[i].passphrase_known {
+            continue;
+        }
+        volume_step(
+            w,
+            ad,
+            &mut op.volumes[i],
+            zkey_cryptsetup::reencipher::Mode::Staged,
+        );
+        save(w, &mut op)?;
+    }
+    let failed =
+        !op.not_staged().is_empty() || op.volumes.iter().any(|v| v.state == ItemState::Failed);
+    op.state = if failed {
         State::Error
+    } else {
+        State::Reenciphered
     };
-    op.error = (!op.not_staged().is_empty()).then(|| "some keys could not be staged: see their errors, fix them and run 'zkey mkchange start' again".into());
+    op.error = failed.then(|| "some keys or volumes could not be staged: see their errors, fix them and run 'zkey mkchange start' again".into());
     save(w, &mut op)?;
     Ok((op, p))
 }
@@ -733,12 +759,16 @@ pub fn finalize(
     dry_run: bool,
 ) -> Result<Operation, ZkeyError> {
     let mut op = load(w, id)?;
+    // A re-run after a crash that came after the last step has nothing left to do.
+    if op.state == State::Done {
+        return Ok(op);
+    }
     if !matches!(
         op.state,
         State::Reenciphered | State::Finalizing | State::Error
     ) {
         return Err(ZkeyError::Invalid(format!(
-            "operation {id} is {:?}: only a staged (REENCIPHERED) operation can be finalized",
+            "operation {id} is {}: only a staged (REENCIPHERED) operation can be finalized",
             op.state
         )));
     }
@@ -793,12 +823,30 @@ pub fn finalize(
         }
         save(w, &mut op)?;
     }
-    let failed: Vec<String> = op
+    for i in 0..op.volumes.len() {
+        if op.volumes[i].state == ItemState::Completed || !op.volumes[i].passphrase_known {
+            continue;
+        }
+        volume_step(
+            w,
+            ad,
+            &mut op.volumes[i],
+            zkey_cryptsetup::reencipher::Mode::Complete,
+        );
+        save(w, &mut op)?;
+    }
+    let mut failed: Vec<String> = op
         .keys
         .iter()
         .filter(|k| k.state != ItemState::Completed)
         .map(|k| k.name.clone())
         .collect();
+    failed.extend(
+        op.volumes
+            .iter()
+            .filter(|v| v.passphrase_known && v.state != ItemState::Completed)
+            .map(|v| v.volume.clone()),
+    );
     if failed.is_empty() {
         op.state = State::Done;
         op.error = None;
@@ -889,7 +937,7 @@ pub fn cancel(
     let mut op = load(w, id)?;
     if !op.state.is_open() {
         return Err(ZkeyError::Invalid(format!(
-            "operation {id} is already {:?}",
+            "operation {id} is already {}",
             op.state
         )));
     }
@@ -917,6 +965,16 @@ pub fn cancel(
                 }
             }
         }
+    }
+    for v in op
+        .volumes
+        .iter_mut()
+        .filter(|v| v.state == ItemState::Staged)
+    {
+        // The volume's staged slot is harmless while its token is pending; the next staged
+        // re-encipher of the volume replaces it.
+        v.state = ItemState::Pending;
+        v.error = Some(format!("its staged keyslot is left pending: the next 'zkey-cryptsetup reencipher {} --staged' replaces it", device_of(&v.volume)));
     }
     op.state = if op.keys.iter().all(|k| k.state == ItemState::Pending) {
         State::Canceled
