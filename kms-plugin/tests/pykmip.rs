@@ -6,9 +6,7 @@
 //! unreachable), the test fails with the script's message.
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use ap_sim::hsm::{vp_of_effective, Hsm};
@@ -23,90 +21,7 @@ use kms_plugin::plugin::{
 
 const CCA: &str = "08.002f";
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pykmip-server.sh")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running PyKMIP server; stopped on drop.
-struct Server {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let out = Command::new("bash")
-            .arg(script())
-            .arg("start")
-            .arg(dir.path())
-            .arg(port.to_string())
-            .output()
-            .expect("bash runs");
-        assert!(
-            out.status.success(),
-            "cannot start PyKMIP (needed by this test; see scripts/pykmip-server.sh): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Server { dir, port }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.crt")
-    }
-
-    fn sign(&self, csr: &Path, out: &Path) {
-        let st = Command::new("bash")
-            .arg(script())
-            .args([
-                OsStr::new("sign"),
-                self.dir.path().as_os_str(),
-                csr.as_os_str(),
-                out.as_os_str(),
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-
-    fn stop(&self) {
-        let _ = Command::new("bash")
-            .arg(script())
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // The server's side of a failure, for the test log.
-            let log =
-                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- PyKMIP server.log (last lines) ---");
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        self.stop();
-    }
-}
+use tests::KmipServer as Server;
 
 struct Env {
     sim_dir: tempfile::TempDir,
@@ -392,7 +307,7 @@ fn failover_untrusted_certificate_and_server_down() {
     let srv = Server::start();
     let env = Env::new();
     // The first server's port is closed: the second one is used, with a notice.
-    let closed = free_port();
+    let closed = Server::free_port();
     let servers = format!("127.0.0.1:{closed},{}", srv.addr());
     let mut p = env.configure(&srv, &servers, &srv.ca());
     let notices = p.take_notices();

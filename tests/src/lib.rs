@@ -274,3 +274,89 @@ impl Default for World {
         Self::new()
     }
 }
+
+/// A real PyKMIP server on a free loopback port, started by `scripts/pykmip-server.sh` (which
+/// makes its venv, a test CA and an EC server certificate); stopped when dropped.
+pub struct KmipServer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+fn pykmip_script() -> PathBuf {
+    workspace_root().join("scripts/pykmip-server.sh")
+}
+
+impl KmipServer {
+    pub fn start() -> KmipServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = Self::free_port();
+        let out = Command::new("bash")
+            .arg(pykmip_script())
+            .arg("start")
+            .arg(dir.path())
+            .arg(port.to_string())
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "cannot start PyKMIP (see scripts/pykmip-server.sh): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        KmipServer { dir, port }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The test CA's certificate: the server's certificate chains to it.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// Stops the server (also done when it is dropped).
+    pub fn stop(&self) {
+        let _ = Command::new("bash")
+            .arg(pykmip_script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+
+    /// A loopback port nothing listens on (for "server down" cases).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    /// Signs a client CSR with the test CA, as the KMS administrator would.
+    pub fn sign(&self, csr: &Path, out: &Path) {
+        let st = Command::new("bash")
+            .arg(pykmip_script())
+            .arg("sign")
+            .arg(self.dir.path())
+            .arg(csr)
+            .arg(out)
+            .status()
+            .expect("bash runs");
+        assert!(st.success(), "signing {} failed", csr.display());
+    }
+}
+
+impl Drop for KmipServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            eprintln!("--- PyKMIP server.log (last lines) ---");
+            let lines: Vec<&str> = log.lines().collect();
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+        self.stop();
+    }
+}

@@ -12,6 +12,7 @@
 //! - [`crosscheck`]: whether a set of APQNs agrees on its master keys.
 //! - [`keyops`]: making keys, and where each key stands (valid, at risk from the next SET).
 //! - [`reencipher`]: staged, in-place and complete re-encipher of repository keys.
+//! - [`kms`]: a repository bound to a key management server through a KMS plug-in.
 //! - [`mkchange`]: master key change operations: plan, start, finalize, cancel.
 //! - [`crypttab`]: crypttab lines and the commands that format and open the volumes.
 //! - [`audit`]: the repository's audit log beside the TKE's, verified and queried.
@@ -24,6 +25,7 @@ pub mod crypttab;
 pub mod error;
 pub mod keyname;
 pub mod keyops;
+pub mod kms;
 pub mod mkchange;
 pub mod properties;
 pub mod reencipher;

@@ -103,6 +103,9 @@ enum Cmd {
     /// Master key change operations: plan, start (stage everything), finalize after the SET, cancel
     #[command(subcommand)]
     Mkchange(MkchangeCmd),
+    /// Bind the repository to a key management server through a KMS plug-in, and manage it
+    #[command(subcommand)]
+    Kms(KmsCmd),
     /// Print (or --run) the commands that format and open the keys' volumes
     Cryptsetup {
         #[command(flatten)]
@@ -169,6 +172,9 @@ struct GenerateArgs {
     /// CCA-AESDATA (default), CCA-AESCIPHER or EP11-AES
     #[arg(short = 'K', long, default_value = "CCA-AESDATA")]
     key_type: KeyType,
+    /// In a repository bound to a KMS: a local key, not generated in the KMS
+    #[arg(short = 'L', long)]
+    local: bool,
     #[command(flatten)]
     meta: Meta,
 }
@@ -277,6 +283,93 @@ struct ChangeArgs {
     /// Do not ask before removing the dummy passphrase
     #[arg(short = 'F', long)]
     force: bool,
+}
+
+#[derive(Subcommand)]
+enum KmsCmd {
+    /// The plug-ins of kms-plugins.conf ($ZKEY_KMS_PLUGINS)
+    Plugins,
+    /// Bind the repository to a plug-in
+    Bind { plugin: String },
+    /// Unbind: the keys stay, as local keys
+    Unbind {
+        #[arg(short = 'F', long)]
+        force: bool,
+    },
+    /// The binding and what the plug-in reports
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configure the plug-in: its APQNs, servers and certificates
+    Configure {
+        /// APQNs of the plug-in's keys (CCA and EP11), comma-separated
+        #[arg(short = 'a', long)]
+        apqns: Option<ApqnList>,
+        /// KMS servers, host:port, comma-separated, tried in order
+        #[arg(long)]
+        servers: Option<String>,
+        /// The CA certificate (PEM) that the server's certificate must chain to
+        #[arg(long, value_name = "FILE")]
+        server_ca: Option<PathBuf>,
+        /// Write a CSR for the identity key, for the KMS's CA to sign
+        #[arg(long, value_name = "FILE")]
+        gen_csr: Option<PathBuf>,
+        /// Write a self-signed certificate for the identity key
+        #[arg(long, value_name = "FILE")]
+        gen_self_signed_cert: Option<PathBuf>,
+        /// The signed client certificate (PEM) for the identity key
+        #[arg(long, value_name = "FILE")]
+        client_cert: Option<PathBuf>,
+        /// The subject of the CSR or certificate, e.g. CN=zkey-host1
+        #[arg(long)]
+        cert_subject: Option<String>,
+        /// Any other plug-in option, NAME=VALUE (repeatable)
+        #[arg(short = 'O', long = "plugin-option", value_name = "NAME=VALUE")]
+        plugin_options: Vec<String>,
+    },
+    /// Re-encipher the plug-in's own keys (identity key, wrapping key)
+    Reencipher {
+        #[arg(short = 'o', long)]
+        from_old: bool,
+        #[arg(short = 'n', long)]
+        to_new: bool,
+        #[arg(short = 'i', long, conflicts_with_all = ["staged", "complete"])]
+        in_place: bool,
+        #[arg(short = 's', long, conflicts_with = "complete")]
+        staged: bool,
+        #[arg(short = 'p', short_alias = 'c', long)]
+        complete: bool,
+    },
+    /// The keys in the KMS
+    List {
+        /// KMS labels (wildcards allowed)
+        #[arg(short = 'B', long)]
+        label: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild repository keys from the KMS (names and volumes included)
+    Import {
+        #[arg(short = 'B', long)]
+        label: Option<String>,
+        #[arg(short = 'N', long)]
+        name: Option<Pattern>,
+        #[arg(long)]
+        no_volume_check: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-import bound keys under the CURRENT master key (checked against their VP)
+    Refresh {
+        #[arg(short = 'N', long)]
+        name: Option<Pattern>,
+        /// Also reload the description and volume associations from the KMS
+        #[arg(short = 'P', long)]
+        refresh_properties: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -504,6 +597,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => cryptsetup(&filter, run, !open, !format),
         Cmd::Audit(a) => audit_cmd(a),
         Cmd::Mkchange(m) => mkchange_cmd(m),
+        Cmd::Kms(k) => kms_cmd(k),
     }
 }
 
@@ -637,8 +731,19 @@ fn generate(a: GenerateArgs) -> Result<()> {
         (None, Some(name)) => {
             let repo = open_or_create_repo()?;
             let w = repo.write(lock_wait())?;
-            let key = keyops::make_key(&ad, &spec, clear.as_deref().map(|c| &c[..]))?;
-            keyops::store_new(&w, &ad, name, &key, &spec, dummy_pass(&a.meta)?)?;
+            let bound = zkey::kms::KmsConf::load(&w)?.is_some() && !a.local;
+            let key = if bound {
+                if a.clearkey.is_some() || a.meta.apqns.is_some() {
+                    bail!("a key of a KMS-bound repository is generated in the KMS and uses the plug-in's APQNs: drop --clearkey/--apqns, or add --local for a local key");
+                }
+                let (key, props) = zkey::kms::generate(&w, &ad, name, &spec)?;
+                w.create_key(name, &key.to_bytes(), &props, dummy_pass(&a.meta)?)?;
+                key
+            } else {
+                let key = keyops::make_key(&ad, &spec, clear.as_deref().map(|c| &c[..]))?;
+                keyops::store_new(&w, &ad, name, &key, &spec, dummy_pass(&a.meta)?)?;
+                key
+            };
             record(&repo, &ad, key_event("generate", name, &key, &spec.apqns))?;
             stage_if_change_open(&w, &ad, name)?;
             println!(
@@ -1160,6 +1265,12 @@ fn remove(name: &KeyName, force: bool) -> Result<()> {
     }
     if !confirm(&q, force)? {
         bail!("key '{name}' was not removed");
+    }
+    // A KMS-bound key is deactivated in the KMS first; if that fails nothing is removed.
+    if let Ok(e) = w.entry(name) {
+        if e.properties.is_kms_bound() {
+            zkey::kms::remove(&w, &e.properties).context("the key was not removed")?;
+        }
     }
     w.remove_key(name)?;
     record(&repo, &ad, event("remove", &[name], &[]))?;
@@ -1912,4 +2023,276 @@ fn stage_if_change_open(w: &Writer<'_>, ad: &Adapters, name: &KeyName) -> Result
         );
     }
     Ok(())
+}
+
+fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
+    use kms_plugin::plugin::{ConfigureStatus, MkDirection, ReencipherMode};
+    if let KmsCmd::Plugins = cmd {
+        let (path, list) = zkey::kms::plugins()?;
+        if list.is_empty() {
+            println!(
+                "No KMS plug-ins in {}: add lines NAME=EXECUTABLE, e.g. KMIP=zkey-kms-kmip.",
+                path.display()
+            );
+        }
+        let mut t = Table::new(["PLUG-IN", "EXECUTABLE"]);
+        for (n, e) in list {
+            t.row([n, e.display().to_string()]);
+        }
+        if !t.is_empty() {
+            print!("{}", t.render());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ad = adapters()?;
+    let repo = open_or_create_repo()?;
+    let w = repo.write(lock_wait())?;
+    let print_outcomes =
+        |outs: &[zkey::kms::KeyOutcome], json: bool, what: &str| -> Result<ExitCode> {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "keys": outs }))?
+                );
+            } else {
+                for o in outs {
+                    match &o.error {
+                        None => println!("Key '{}': {}.", o.name, o.result),
+                        Some(e) => println!("Key '{}': FAILED: {e}", o.name),
+                    }
+                }
+                let failed = outs.iter().filter(|o| o.error.is_some()).count();
+                let done = outs.iter().filter(|o| o.result == what).count();
+                println!(
+                    "{done} {what}, {} skipped, {failed} failed",
+                    outs.len() - done - failed
+                );
+            }
+            Ok(if outs.iter().any(|o| o.error.is_some()) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        };
+    match cmd {
+        KmsCmd::Plugins => unreachable!("handled above"),
+        KmsCmd::Bind { plugin } => {
+            let c = zkey::kms::bind(&w, &plugin)?;
+            record(
+                &repo,
+                &ad,
+                Event {
+                    details: Some(format!("bound to {plugin}")),
+                    ..event("kms-bind", &[], &[])
+                },
+            )?;
+            println!("The repository is bound to the KMS plug-in '{plugin}' ({}). Next: zkey kms configure --apqns ... and the plug-in's options.", c.config.display());
+        }
+        KmsCmd::Unbind { force } => {
+            let c = zkey::kms::require(&w)?;
+            if !confirm(&format!("Unbind the repository from the KMS plug-in '{}'? Its keys stay, as local keys that can no longer be refreshed from the KMS", c.kms), force)? {
+                bail!("the repository stays bound");
+            }
+            let n = zkey::kms::unbind(&w)?;
+            record(
+                &repo,
+                &ad,
+                Event {
+                    details: Some(format!("unbound from {}; {n} keys made local", c.kms)),
+                    ..event("kms-unbind", &[], &[])
+                },
+            )?;
+            println!(
+                "The repository is no longer bound to '{}'; {n} keys are local keys now.",
+                c.kms
+            );
+        }
+        KmsCmd::Info { json } => {
+            let c = zkey::kms::require(&w)?;
+            let mut client = c.client()?;
+            let info = client.info().map_err(|e| anyhow!("KMS plug-in: {e}"))?;
+            client.close().ok();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "binding": c, "plugin": info })
+                    )?
+                );
+            } else {
+                println!("KMS plug-in:  {} ({})", c.kms, c.config.display());
+                println!(
+                    "Configured:   {}",
+                    if info.configured { "yes" } else { "no" }
+                );
+                println!(
+                    "CCA APQNs:    {}",
+                    or_dash(ap_sim::apqn::format_list(&c.cca_apqns))
+                );
+                println!(
+                    "EP11 APQNs:   {}",
+                    or_dash(ap_sim::apqn::format_list(&c.ep11_apqns))
+                );
+                for (k, v) in info.details {
+                    println!("{:<13} {v}", format!("{k}:"));
+                }
+            }
+        }
+        KmsCmd::Configure {
+            apqns,
+            servers,
+            server_ca,
+            gen_csr,
+            gen_self_signed_cert,
+            client_cert,
+            cert_subject,
+            plugin_options,
+        } => {
+            let mut opts = std::collections::BTreeMap::new();
+            let mut put = |k: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    opts.insert(k.to_string(), v);
+                }
+            };
+            put("servers", servers);
+            put("server-ca", server_ca.map(|p| p.display().to_string()));
+            put("gen-csr", gen_csr.map(|p| p.display().to_string()));
+            put(
+                "gen-self-signed-cert",
+                gen_self_signed_cert.map(|p| p.display().to_string()),
+            );
+            put("client-cert", client_cert.map(|p| p.display().to_string()));
+            put("cert-subject", cert_subject);
+            for o in plugin_options {
+                let (k, v) = o
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--plugin-option '{o}': write NAME=VALUE"))?;
+                opts.insert(k.to_string(), v.to_string());
+            }
+            let (r, notices) = zkey::kms::configure(&w, &ad, apqns.map(ApqnList::into_vec), opts)?;
+            notices.iter().for_each(|n| println!("{n}"));
+            record(&repo, &ad, event("kms-configure", &[], &[]))?;
+            match r.status {
+                ConfigureStatus::Complete => println!("The KMS plug-in is configured."),
+                ConfigureStatus::Incomplete => {
+                    println!("The configuration is not complete yet; still needed:");
+                    r.missing.iter().for_each(|m| println!("  {m}"));
+                }
+            }
+        }
+        KmsCmd::Reencipher {
+            from_old,
+            to_new,
+            in_place,
+            staged,
+            complete,
+        } => {
+            let direction = match (from_old, to_new) {
+                (true, false) => MkDirection::FromOld,
+                (false, true) => MkDirection::ToNew,
+                (false, false) => MkDirection::Auto,
+                (true, true) => bail!("give one direction: --from-old or --to-new"),
+            };
+            let mode = if complete {
+                ReencipherMode::Complete
+            } else if staged {
+                ReencipherMode::Staged
+            } else if in_place {
+                ReencipherMode::InPlace
+            } else {
+                ReencipherMode::Auto
+            };
+            let (rep, notices) = zkey::kms::reencipher(&w, mode, direction)?;
+            notices.iter().for_each(|n| println!("{n}"));
+            for k in &rep.keys {
+                println!("{}: {} ({})", k.key, k.action, k.detail);
+            }
+            record(
+                &repo,
+                &ad,
+                Event {
+                    keys: rep.keys.iter().map(|k| k.key.clone()).collect(),
+                    details: Some(format!("{mode:?}, {direction:?}").to_lowercase()),
+                    ..event("kms-reencipher", &[], &[])
+                },
+            )?;
+        }
+        KmsCmd::List { label, json } => {
+            let keys = zkey::kms::list(&w, label.as_deref())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "keys": keys }))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = Table::new(["LABEL", "ID", "STATE", "NAME", "XTS", "VOLUMES"]);
+            for k in &keys {
+                let p = |n: &str| k.properties.get(n).cloned().unwrap_or_default();
+                t.row([
+                    k.label.clone(),
+                    k.key_id.clone(),
+                    k.state.clone(),
+                    or_dash(p("zkey-name")),
+                    if p("xts-key").is_empty() {
+                        "no".into()
+                    } else {
+                        "yes".into()
+                    },
+                    or_dash(p("volumes")),
+                ]);
+            }
+            if t.is_empty() {
+                println!("No keys in the KMS.");
+            } else {
+                print!("{}", t.render());
+            }
+        }
+        KmsCmd::Import {
+            label,
+            name,
+            no_volume_check,
+            json,
+        } => {
+            let outs = zkey::kms::import(&w, &ad, label.as_deref(), name.as_ref(), |v| {
+                no_volume_check || check_volume(v).is_ok()
+            })?;
+            let names: Vec<String> = outs
+                .iter()
+                .filter(|o| o.result == "imported")
+                .map(|o| o.name.clone())
+                .collect();
+            record(
+                &repo,
+                &ad,
+                Event {
+                    keys: names,
+                    ..event("kms-import", &[], &[])
+                },
+            )?;
+            return print_outcomes(&outs, json, "imported");
+        }
+        KmsCmd::Refresh {
+            name,
+            refresh_properties,
+            json,
+        } => {
+            let outs = zkey::kms::refresh(&w, &ad, name.as_ref(), refresh_properties)?;
+            let names: Vec<String> = outs
+                .iter()
+                .filter(|o| o.error.is_none())
+                .map(|o| o.name.clone())
+                .collect();
+            record(
+                &repo,
+                &ad,
+                Event {
+                    keys: names,
+                    ..event("kms-refresh", &[], &[])
+                },
+            )?;
+            return print_outcomes(&outs, json, "refreshed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
