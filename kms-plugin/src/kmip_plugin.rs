@@ -756,17 +756,35 @@ impl KmipPlugin {
         Ok(out)
     }
 
+    /// Re-enciphers the plug-in's keys; `mktype` (option `mktype`: `apka` or `aes`) limits it
+    /// to the key under that master key type (identity key: APKA, wrapping key: AES), so that a
+    /// change of one type does not need the other type's NEW key.
     fn reencipher(
         &mut self,
         mode: ReencipherMode,
         direction: MkDirection,
+        mktype: Option<&str>,
     ) -> Result<ReencipherReport, WireError> {
+        let only = match mktype {
+            None => None,
+            Some("apka") => Some(IDENTITY),
+            Some("aes") => Some(WRAPPING),
+            Some(other) => {
+                return Err(err(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown master key type '{other}': use apka or aes"),
+                ))
+            }
+        };
         let _lock = self.lock()?;
         let conf = self.load_conf()?;
         let hsm = self.hsm()?;
         let apqns = Self::apqns(&conf.cca_apqns)?;
         let mut keys = Vec::new();
-        for name in [IDENTITY, WRAPPING] {
+        for name in [IDENTITY, WRAPPING]
+            .into_iter()
+            .filter(|n| only.is_none_or(|o| o == *n))
+        {
             let skey = format!("{name}.skey");
             let reenc = format!("{name}.reenc");
             let Some(current) = self.read_opt(&skey)? else {
@@ -1150,8 +1168,14 @@ impl Plugin for KmipPlugin {
                 })
             }
             Request::Reencipher {
-                mode, direction, ..
-            } => to_value(&self.reencipher(mode, direction)?),
+                mode,
+                direction,
+                options,
+            } => to_value(&self.reencipher(
+                mode,
+                direction,
+                options.get("mktype").map(String::as_str),
+            )?),
         }
     }
 }

@@ -72,6 +72,8 @@ fn kms_bound_keys_through_rotations_refresh_and_disaster_recovery() {
             "-N",
             "disk1",
             "--xts",
+            "--volume-type",
+            "plain",
             "--volumes",
             "/dev/disk1:enc-disk1",
             "--no-volume-check",
@@ -130,6 +132,33 @@ fn kms_bound_keys_through_rotations_refresh_and_disaster_recovery() {
     // The TLS identity works after the APKA change: a refresh talks to the server.
     let out = w.ok("zkey", &["kms", "refresh"]);
     assert!(out.contains("2 refreshed, 0 skipped, 0 failed"), "{out}");
+
+    // The same change as one operation: the plug-in's identity (APKA) and wrapping (AES)
+    // keys are staged and completed with the repository keys.
+    w.load_new(CCA, "aes");
+    w.load_new(CCA, "apka");
+    let plan = w.ok("zkey", &["mkchange", "plan", "-a", CCA, "-t", "aes,apka"]);
+    assert!(
+        plan.contains("KMIP identity key (apka)") && plan.contains("KMIP wrapping key (aes)"),
+        "{plan}"
+    );
+    let out = w.ok("zkey", &["mkchange", "start", "-a", CCA, "-t", "aes,apka"]);
+    assert!(out.contains("SAFE TO SET"), "{out}");
+    w.set(CCA, "aes");
+    w.set(CCA, "apka");
+    let st = w.json("zkey", &["mkchange", "status", "--json"]);
+    let id = st["operations"][0]["operation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = w.ok("zkey", &["mkchange", "finalize", "-i", &id]);
+    assert!(out.contains("DONE"), "{out}");
+    assert_eq!(vps(&w), before);
+    let out = w.ok("zkey", &["kms", "refresh"]);
+    assert!(
+        out.contains("2 refreshed"),
+        "the plug-in still talks to the KMS: {out}"
+    );
 
     // Two AES rotations without any re-encipher: the local copies are lost ...
     for _ in 0..2 {

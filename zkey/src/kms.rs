@@ -185,9 +185,11 @@ pub fn configure(
             match ad.sysfs.queue(a)?.and_then(|q| q.mode) {
                 Some(Mode::Cca) => c.push(a),
                 Some(Mode::Ep11) => e.push(a),
-                _ => return Err(ZkeyError::Invalid(format!(
+                _ => {
+                    return Err(ZkeyError::Invalid(format!(
                     "APQN {a} is neither a CCA nor an EP11 coprocessor: 'lszcrypt' lists the APQNs"
-                ))),
+                )))
+                }
             }
         }
         if !c.is_empty() {
@@ -733,16 +735,21 @@ fn import_one(
     Ok(true)
 }
 
-/// Re-enciphers the plug-in's own keys (identity key, wrapping key).
+/// Re-enciphers the plug-in's own keys (identity key, wrapping key); `only` limits it to the
+/// key under one master key type (`apka`: the identity key, `aes`: the wrapping key).
 pub fn reencipher(
     r: &Reader<'_>,
     mode: ReencipherMode,
     direction: MkDirection,
+    only: Option<ap_sim::MkType>,
 ) -> Result<(ReencipherReport, Vec<String>), ZkeyError> {
     let conf = require(r)?;
     let mut client = conf.client()?;
+    let options = only
+        .map(|t| BTreeMap::from([("mktype".to_string(), t.to_string())]))
+        .unwrap_or_default();
     let rep = client
-        .reencipher(mode, direction, BTreeMap::new())
+        .reencipher(mode, direction, options)
         .map_err(plugin_err)?;
     let notices = client.take_notices();
     client.close().map_err(plugin_err)?;

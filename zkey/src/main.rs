@@ -1731,6 +1731,17 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                     k.error.as_deref().unwrap_or("not staged")
                 );
             }
+            for k in op
+                .plugin_keys
+                .iter()
+                .filter(|p| p.state != mkchange::ItemState::Staged)
+            {
+                println!(
+                    "  {}: {}",
+                    k.key,
+                    k.error.as_deref().unwrap_or("not staged")
+                );
+            }
             for v in op.volumes_not_staged() {
                 match (&v.error, v.passphrase_known) {
                     (Some(e), _) => println!("  volume {}: {e}", v.volume),
@@ -1818,6 +1829,9 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                 }
                 if !t.is_empty() {
                     print!("\n{}", t.render());
+                }
+                for k in &p.plugin_keys {
+                    println!("KMS plug-in key: {k}");
                 }
                 println!(
                     "\n{}",
@@ -2202,7 +2216,7 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             } else {
                 ReencipherMode::Auto
             };
-            let (rep, notices) = zkey::kms::reencipher(&w, mode, direction)?;
+            let (rep, notices) = zkey::kms::reencipher(&w, mode, direction, None)?;
             notices.iter().for_each(|n| println!("{n}"));
             for k in &rep.keys {
                 println!("{}: {} ({})", k.key, k.action, k.detail);

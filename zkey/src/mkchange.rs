@@ -123,6 +123,19 @@ pub struct Operation {
     pub keys: Vec<KeyItem>,
     #[serde(default)]
     pub volumes: Vec<VolumeItem>,
+    /// The KMS plug-in's own keys under a changed master key type.
+    #[serde(default)]
+    pub plugin_keys: Vec<PluginItem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A KMS plug-in key (identity key under APKA, wrapping key under AES).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PluginItem {
+    pub mktype: MkType,
+    pub key: String,
+    pub state: ItemState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -156,7 +169,12 @@ impl Operation {
 
     /// Everything is staged: the security officer may SET.
     pub fn safe_to_set(&self) -> bool {
-        self.not_staged().is_empty() && self.volumes_not_staged().is_empty()
+        self.not_staged().is_empty()
+            && self.volumes_not_staged().is_empty()
+            && self
+                .plugin_keys
+                .iter()
+                .all(|p| matches!(p.state, ItemState::Staged | ItemState::Completed))
     }
 }
 
@@ -512,7 +530,7 @@ fn plan_besides(
             format!("not ready: {}", invalid.join(", "))
         },
     });
-    let plugin_keys = Vec::new();
+    let plugin_keys = plugin_keys_of(w, req)?;
     Ok(Plan {
         apqns: req.apqns.clone(),
         types,
@@ -571,8 +589,19 @@ pub fn start(
         types: p.types.clone(),
         keys: Vec::new(),
         volumes: Vec::new(),
+        plugin_keys: Vec::new(),
         error: None,
     });
+    for k in &p.plugin_keys {
+        if !op.plugin_keys.iter().any(|i| &i.key == k) {
+            op.plugin_keys.push(PluginItem {
+                mktype: plugin_mktype(k),
+                key: k.clone(),
+                state: ItemState::Pending,
+                error: None,
+            });
+        }
+    }
     for k in &p.keys {
         for v in &k.luks2_volumes {
             if !op.volumes.iter().any(|i| i.volume == v.volume) {
@@ -620,8 +649,15 @@ pub fn start(
         );
         save(w, &mut op)?;
     }
-    let failed =
-        !op.not_staged().is_empty() || op.volumes.iter().any(|v| v.state == ItemState::Failed);
+    for i in 0..op.plugin_keys.len() {
+        if op.plugin_keys[i].state != ItemState::Staged {
+            plugin_step(w, &mut op.plugin_keys[i], false);
+            save(w, &mut op)?;
+        }
+    }
+    let failed = op.plugin_keys.iter().any(|p| p.state == ItemState::Failed)
+        || !op.not_staged().is_empty()
+        || op.volumes.iter().any(|v| v.state == ItemState::Failed);
     op.state = if failed {
         State::Error
     } else {
@@ -835,12 +871,24 @@ pub fn finalize(
         );
         save(w, &mut op)?;
     }
+    for i in 0..op.plugin_keys.len() {
+        if op.plugin_keys[i].state != ItemState::Completed {
+            plugin_step(w, &mut op.plugin_keys[i], true);
+            save(w, &mut op)?;
+        }
+    }
     let mut failed: Vec<String> = op
         .keys
         .iter()
         .filter(|k| k.state != ItemState::Completed)
         .map(|k| k.name.clone())
         .collect();
+    failed.extend(
+        op.plugin_keys
+            .iter()
+            .filter(|p| p.state != ItemState::Completed)
+            .map(|p| p.key.clone()),
+    );
     failed.extend(
         op.volumes
             .iter()
@@ -1037,6 +1085,62 @@ fn volume_step(
     match res {
         Ok(()) => {
             item.state = if mode == zkey_cryptsetup::reencipher::Mode::Complete {
+                ItemState::Completed
+            } else {
+                ItemState::Staged
+            };
+            item.error = None;
+        }
+        Err(e) => {
+            item.state = ItemState::Failed;
+            item.error = Some(e.to_string());
+        }
+    }
+}
+
+/// Which of the KMS plug-in's keys a change touches: the identity key is under APKA, the
+/// wrapping key under AES, both on the plug-in's CCA APQNs.
+fn plugin_keys_of(w: &Writer<'_>, req: &Request) -> Result<Vec<String>, ZkeyError> {
+    let Some(conf) = crate::kms::KmsConf::load(w)? else {
+        return Ok(Vec::new());
+    };
+    if !conf.cca_apqns.iter().any(|a| req.apqns.contains(a)) {
+        return Ok(Vec::new());
+    }
+    Ok(req
+        .types
+        .iter()
+        .filter_map(|t| match t {
+            MkType::Apka => Some(format!("{} identity key (apka)", conf.kms)),
+            MkType::Aes => Some(format!("{} wrapping key (aes)", conf.kms)),
+            MkType::Ep11 => None,
+        })
+        .collect())
+}
+
+fn plugin_mktype(key: &str) -> MkType {
+    if key.ends_with("(apka)") {
+        MkType::Apka
+    } else {
+        MkType::Aes
+    }
+}
+
+/// Stages (before the SET) or completes (after it) one plug-in key through the plug-in. A
+/// complete re-run after a crash finds nothing staged: the key is then checked to be CURRENT.
+fn plugin_step(w: &Writer<'_>, item: &mut PluginItem, complete: bool) {
+    use kms_plugin::plugin::{MkDirection, ReencipherMode};
+    let t = Some(item.mktype);
+    let res = if complete {
+        crate::kms::reencipher(w, ReencipherMode::Complete, MkDirection::Auto, t).or_else(|_| {
+            crate::kms::reencipher(w, ReencipherMode::InPlace, MkDirection::FromOld, t)
+        })
+    } else {
+        crate::kms::reencipher(w, ReencipherMode::Staged, MkDirection::ToNew, t)
+    };
+    match res {
+        Ok(_) => {
+            item.state = if complete {
                 ItemState::Completed
             } else {
                 ItemState::Staged
