@@ -835,6 +835,13 @@ impl KmipPlugin {
             mode == ReencipherMode::Complete || (mode == ReencipherMode::Auto && staged.is_some());
         if complete {
             let Some(staged) = staged else {
+                // A re-run after a crash that completed this key already: nothing left to do.
+                if matches!(kind.register(hsm, current, apqns), Ok(Register::Current)) {
+                    return Ok(done(
+                        "unchanged",
+                        format!("nothing staged; {skey} is under the CURRENT master key"),
+                    ));
+                }
                 return Err(err(
                     ErrorCode::InvalidRequest,
                     format!("there is no staged {name} to complete: run reencipher --staged first"),

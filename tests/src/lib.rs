@@ -39,6 +39,8 @@ fn cargo_build(extra: &[&str]) {
             "zkey",
             "-p",
             "zkey-cryptsetup",
+            "-p",
+            "kms-plugin",
         ])
         .args(extra)
         .status()
@@ -51,7 +53,7 @@ pub fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = target_dir();
-        if ["zkey", "ap-sim", "zkey-cryptsetup"]
+        if ["zkey", "ap-sim", "zkey-cryptsetup", "zkey-kms-kmip"]
             .iter()
             .any(|b| !dir.join(b).exists())
         {
@@ -85,6 +87,7 @@ pub struct World {
     pub sim: PathBuf,
     pub repo: PathBuf,
     bins: PathBuf,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl World {
@@ -101,9 +104,66 @@ impl World {
             root,
             _tmp: tmp,
             bins,
+            env: Vec::new(),
         };
         w.ok("ap-sim", &["init"]);
         w
+    }
+
+    /// An environment variable for every command of this world.
+    pub fn set_env(&mut self, key: &str, value: impl Into<std::ffi::OsString>) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.into()));
+    }
+
+    /// Binds the repository to `srv` through the KMIP plug-in (of this world's binaries) and
+    /// configures it completely: APQNs, server, CA, a CSR signed by the server's test CA.
+    pub fn bind_kmip(&mut self, srv: &KmipServer, apqns: &str) {
+        let conf = self.root.join("kms-plugins.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "# test plug-ins\nKMIP={}\n",
+                self.bins.join("zkey-kms-kmip").display()
+            ),
+        )
+        .expect("write conf");
+        self.set_env("ZKEY_KMS_PLUGINS", &conf);
+        self.ok("zkey", &["kms", "bind", "KMIP"]);
+        let csr = self.root.join("client.csr");
+        let out = self.ok(
+            "zkey",
+            &[
+                "kms",
+                "configure",
+                "--apqns",
+                apqns,
+                "--servers",
+                &srv.addr(),
+                "--server-ca",
+                srv.ca().to_str().expect("utf-8"),
+                "--gen-csr",
+                csr.to_str().expect("utf-8"),
+                "--cert-subject",
+                "CN=zkey-test",
+            ],
+        );
+        assert!(
+            out.contains("not complete") && out.contains("client-cert"),
+            "{out}"
+        );
+        let cert = self.root.join("client.crt");
+        srv.sign(&csr, &cert);
+        let out = self.ok(
+            "zkey",
+            &[
+                "kms",
+                "configure",
+                "--client-cert",
+                cert.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(out.contains("is configured"), "{out}");
     }
 
     /// Runs the same world's commands with other binaries (e.g. the failpoint build).
@@ -118,6 +178,7 @@ impl World {
             .env_remove("SYSFS_ROOT")
             .env_remove("FAILPOINTS")
             .env("ZKEY_LOCK_WAIT", "120")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         c
     }

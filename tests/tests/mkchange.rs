@@ -307,7 +307,7 @@ fn crashed(w: &World, n: usize, args: &[&str]) -> bool {
 
 #[test]
 fn start_and_finalize_survive_a_crash_at_every_step() {
-    for phase in ["start", "finalize"] {
+    for phase in ["start", "finalize", "cancel"] {
         let mut crashes = 0;
         for n in 0.. {
             let mut w = World::new();
@@ -319,6 +319,18 @@ fn start_and_finalize_survive_a_crash_at_every_step() {
             let start = ["mkchange", "start", "-a", CCA, "-t", "aes"];
             let hit = if phase == "start" {
                 crashed(&w, n, &start)
+            } else if phase == "cancel" {
+                w.ok("zkey", &start);
+                let id = op_id(&w);
+                let hit = crashed(&w, n, &["mkchange", "cancel", "-i", &id, "-F"]);
+                assert!(w.key_states().iter().all(|s| s.1), "cancel step {n}");
+                w.ok("zkey", &["mkchange", "cancel", "-i", &id, "-F"]);
+                assert!(
+                    !w.repo_files().iter().any(|f| f.ends_with(".renc")),
+                    "cancel step {n}: a staged key was left"
+                );
+                // After a cancel, the change can start again and run to the end.
+                hit
             } else {
                 w.ok("zkey", &start);
                 w.set(CCA, "aes");
@@ -331,7 +343,7 @@ fn start_and_finalize_survive_a_crash_at_every_step() {
                 w.key_states()
             );
             // ... and running the step again converges.
-            if phase == "start" {
+            if phase != "finalize" {
                 w.ok("zkey", &start);
                 w.set(CCA, "aes");
             }

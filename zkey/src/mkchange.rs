@@ -983,6 +983,10 @@ pub fn cancel(
     dry_run: bool,
 ) -> Result<Operation, ZkeyError> {
     let mut op = load(w, id)?;
+    // A re-run after a crash that came after the last step has nothing left to do.
+    if op.state == State::Canceled {
+        return Ok(op);
+    }
     if !op.state.is_open() {
         return Err(ZkeyError::Invalid(format!(
             "operation {id} is already {}",
