@@ -302,6 +302,46 @@ impl World {
             .collect()
     }
 
+    /// Each key's name and verification pattern: equal before and after a rotation means the
+    /// same effective keys.
+    pub fn vps(&self) -> Vec<(String, Option<String>)> {
+        self.key_states()
+            .into_iter()
+            .map(|(n, _, _, vp)| (n, vp))
+            .collect()
+    }
+
+    /// Asserts that every key is valid under the CURRENT master key.
+    pub fn all_current(&self) {
+        for (name, valid, reg, _) in self.key_states() {
+            assert!(
+                valid && reg.as_deref() == Some("current"),
+                "key {name}: valid {valid}, {reg:?}"
+            );
+        }
+    }
+
+    /// Runs `bin args` with a crash at its durable step `n` (and at step `n` of any plug-in it
+    /// starts): true if it crashed, false if it ran to the end. Needs the failpoint binaries.
+    pub fn crash_at(&self, bin: &str, n: usize, args: &[&str]) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let o = self
+            .cmd(bin)
+            .env("FAILPOINTS", format!("durable={n}*off->return"))
+            .args(args)
+            .output()
+            .expect("spawn");
+        if o.status.success() {
+            return false;
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.signal() == Some(6) || err.contains("ended unexpectedly"),
+            "step {n}: {bin} {args:?} failed without crashing: {err}"
+        );
+        true
+    }
+
     /// The files of the repository, sorted, without the lock.
     pub fn repo_files(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(&self.repo)

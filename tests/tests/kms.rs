@@ -4,61 +4,15 @@
 
 use std::fs;
 
-use tests::{bin_dir, KmipServer, World};
+use tests::{KmipServer, World};
 
 const CCA: &str = "08.002f,09.002f";
 
 fn bound_world(srv: &KmipServer) -> World {
-    let w = World::new();
-    let conf = w.root.join("kms-plugins.conf");
-    fs::write(
-        &conf,
-        format!(
-            "# test plug-ins\nKMIP={}\n",
-            bin_dir().join("zkey-kms-kmip").display()
-        ),
-    )
-    .unwrap();
-    std::env::set_var("ZKEY_KMS_PLUGINS", &conf);
+    let mut w = World::new();
+    w.bind_kmip(srv, CCA);
     w.ok("zkey", &["kms", "plugins"]);
-    w.ok("zkey", &["kms", "bind", "KMIP"]);
-    let csr = w.root.join("client.csr");
-    let out = w.ok(
-        "zkey",
-        &[
-            "kms",
-            "configure",
-            "--apqns",
-            CCA,
-            "--servers",
-            &srv.addr(),
-            "--server-ca",
-            srv.ca().to_str().unwrap(),
-            "--gen-csr",
-            csr.to_str().unwrap(),
-            "--cert-subject",
-            "CN=zkey-test",
-        ],
-    );
-    assert!(
-        out.contains("not complete") && out.contains("client-cert"),
-        "{out}"
-    );
-    let cert = w.root.join("client.crt");
-    srv.sign(&csr, &cert);
-    let out = w.ok(
-        "zkey",
-        &["kms", "configure", "--client-cert", cert.to_str().unwrap()],
-    );
-    assert!(out.contains("is configured"), "{out}");
     w
-}
-
-fn vps(w: &World) -> Vec<(String, Option<String>)> {
-    w.key_states()
-        .into_iter()
-        .map(|(n, _, _, vp)| (n, vp))
-        .collect()
 }
 
 #[test]
@@ -105,7 +59,7 @@ fn kms_bound_keys_through_rotations_refresh_and_disaster_recovery() {
     );
     let listed = w.json("zkey", &["kms", "list", "--json"]);
     assert_eq!(listed["keys"].as_array().unwrap().len(), 2, "{listed}");
-    let before = vps(&w);
+    let before = w.vps();
 
     // Seed 004 with the KMS plug-in: AES and APKA master keys change together.
     w.load_new(CCA, "aes");
@@ -128,7 +82,7 @@ fn kms_bound_keys_through_rotations_refresh_and_disaster_recovery() {
         "zkey",
         &["reencipher", "--apqns", "08.002f,09.002f", "--complete"],
     );
-    assert_eq!(vps(&w), before);
+    assert_eq!(w.vps(), before);
     // The TLS identity works after the APKA change: a refresh talks to the server.
     let out = w.ok("zkey", &["kms", "refresh"]);
     assert!(out.contains("2 refreshed, 0 skipped, 0 failed"), "{out}");
@@ -153,7 +107,7 @@ fn kms_bound_keys_through_rotations_refresh_and_disaster_recovery() {
         .to_string();
     let out = w.ok("zkey", &["mkchange", "finalize", "-i", &id]);
     assert!(out.contains("DONE"), "{out}");
-    assert_eq!(vps(&w), before);
+    assert_eq!(w.vps(), before);
     let out = w.ok("zkey", &["kms", "refresh"]);
     assert!(
         out.contains("2 refreshed"),
@@ -179,7 +133,7 @@ fn kms_bound_keys_through_rotations_refresh_and_disaster_recovery() {
         "{states:?}"
     );
     assert_eq!(
-        vps(&w)
+        w.vps()
             .into_iter()
             .filter(|v| v.0 != "local1")
             .collect::<Vec<_>>(),
@@ -209,7 +163,7 @@ fn kms_bound_keys_through_rotations_refresh_and_disaster_recovery() {
     assert_eq!(disk1["volumes"][0], "/dev/disk1:enc-disk1");
     assert_eq!(disk1["description"], "data");
     assert_eq!(
-        vps(&w),
+        w.vps(),
         before
             .iter()
             .filter(|v| v.0 != "local1")

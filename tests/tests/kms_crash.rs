@@ -2,31 +2,9 @@
 //! re-encipher of the plug-in's own keys around an APKA and AES master key change: after each
 //! crash the plug-in still reaches the KMS, and a re-run finishes the job.
 
-use std::os::unix::process::ExitStatusExt;
-
 use tests::{failpoint_bin_dir, KmipServer, World};
 
 const CCA: &str = "08.002f,09.002f";
-
-/// Runs with a crash at step `n` of zkey and of the plug-in it starts (each counts its own
-/// steps); true if anything crashed.
-fn crashed(w: &World, n: usize, args: &[&str]) -> bool {
-    let o = w
-        .cmd("zkey")
-        .env("FAILPOINTS", format!("durable={n}*off->return"))
-        .args(args)
-        .output()
-        .unwrap();
-    if o.status.success() {
-        return false;
-    }
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        o.status.signal() == Some(6) || err.contains("ended unexpectedly"),
-        "step {n}: not a crash: {err}"
-    );
-    true
-}
 
 #[test]
 fn plugin_key_reencipher_survives_a_crash_at_every_step() {
@@ -41,12 +19,12 @@ fn plugin_key_reencipher_survives_a_crash_at_every_step() {
             w.load_new(CCA, "aes");
             let staged = ["kms", "reencipher", "--to-new", "--staged"];
             let hit = if phase == "staged" {
-                crashed(&w, n, &staged)
+                w.crash_at("zkey", n, &staged)
             } else {
                 w.ok("zkey", &staged);
                 w.set(CCA, "apka");
                 w.set(CCA, "aes");
-                crashed(&w, n, &["kms", "reencipher", "--complete"])
+                w.crash_at("zkey", n, &["kms", "reencipher", "--complete"])
             };
             // The identity key still authenticates to the KMS after any crash.
             w.ok("zkey", &["kms", "refresh"]);

@@ -2,28 +2,11 @@
 //! cancelled; interrupted at every step and resumed; keys made while it is open.
 
 use std::fs;
-use std::os::unix::process::ExitStatusExt;
 
 use tests::{failpoint_bin_dir, World};
 
 const CCA: &str = "08.002f,09.002f";
 const EP11: &str = "0a.002f,0b.002f";
-
-fn vps(w: &World) -> Vec<(String, Option<String>)> {
-    w.key_states()
-        .into_iter()
-        .map(|(n, _, _, vp)| (n, vp))
-        .collect()
-}
-
-fn all_current(w: &World) {
-    for (name, valid, reg, _) in w.key_states() {
-        assert!(
-            valid && reg.as_deref() == Some("current"),
-            "key {name}: valid {valid}, {reg:?}"
-        );
-    }
-}
 
 fn new_mkvp(w: &World, apqn: &str, mktype: &str) -> String {
     let v = w.json("ap-sim", &["tke", "status", "--json", "-a", apqn]);
@@ -148,15 +131,15 @@ fn seed_004_as_one_operation_with_a_volume_and_a_key_made_midway() {
     let out = w.ok("zkey", &["generate", "-N", "late", "-a", CCA]);
     assert!(out.contains(&format!("{id} is open")), "{out}");
     assert!(w.repo.join("late.renc").exists());
-    let before = vps(&w);
+    let before = w.vps();
     // Finalize before the SET changes nothing.
     let err = w.fails("zkey", &["mkchange", "finalize", "-i", &id]);
     assert!(err.contains("SET has not been done yet"), "{err}");
     w.set(CCA, "aes");
     let out = w.ok("zkey", &["mkchange", "finalize", "-i", &id]);
     assert!(out.contains("DONE"), "{out}");
-    all_current(&w);
-    assert_eq!(vps(&w), before);
+    w.all_current();
+    assert_eq!(w.vps(), before);
     let vol_after = volume_vp(&w, &img);
     assert_eq!(
         vol_after["volume_key"]["verification_pattern"],
@@ -185,7 +168,7 @@ fn seed_004_as_one_operation_with_a_volume_and_a_key_made_midway() {
     let id2 = op_id(&w);
     w.ok("zkey", &["mkchange", "finalize", "-i", &id2]);
     assert!(!w.repo.join(format!("mkchange/{id}")).exists());
-    all_current(&w);
+    w.all_current();
 }
 
 #[test]
@@ -197,13 +180,13 @@ fn ep11_change_through_an_operation() {
             "generate", "-N", "ep", "-a", EP11, "-K", "EP11-AES", "--xts",
         ],
     );
-    let before = vps(&w);
+    let before = w.vps();
     w.load_new(EP11, "ep11");
     w.ok("zkey", &["mkchange", "start", "-a", EP11, "-t", "ep11"]);
     w.set(EP11, "ep11");
     w.ok("zkey", &["mkchange", "finalize", "-i", &op_id(&w)]);
-    all_current(&w);
-    assert_eq!(vps(&w), before);
+    w.all_current();
+    assert_eq!(w.vps(), before);
 }
 
 #[test]
@@ -286,25 +269,6 @@ fn the_security_officers_mistakes_are_caught() {
     assert!(err.contains("NEW MASTER KEYS INCORRECT"), "{err}");
 }
 
-fn crashed(w: &World, n: usize, args: &[&str]) -> bool {
-    let o = w
-        .cmd("zkey")
-        .env("FAILPOINTS", format!("durable={n}*off->return"))
-        .args(args)
-        .output()
-        .unwrap();
-    if o.status.success() {
-        return false;
-    }
-    assert_eq!(
-        o.status.signal(),
-        Some(6),
-        "step {n}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    true
-}
-
 #[test]
 fn start_and_finalize_survive_a_crash_at_every_step() {
     for phase in ["start", "finalize", "cancel"] {
@@ -314,15 +278,15 @@ fn start_and_finalize_survive_a_crash_at_every_step() {
             w.use_bins(failpoint_bin_dir());
             w.ok("zkey", &["generate", "-N", "a", "-a", CCA, "--xts"]);
             w.ok("zkey", &["generate", "-N", "b", "-a", CCA]);
-            let before = vps(&w);
+            let before = w.vps();
             w.load_new(CCA, "aes");
             let start = ["mkchange", "start", "-a", CCA, "-t", "aes"];
             let hit = if phase == "start" {
-                crashed(&w, n, &start)
+                w.crash_at("zkey", n, &start)
             } else if phase == "cancel" {
                 w.ok("zkey", &start);
                 let id = op_id(&w);
-                let hit = crashed(&w, n, &["mkchange", "cancel", "-i", &id, "-F"]);
+                let hit = w.crash_at("zkey", n, &["mkchange", "cancel", "-i", &id, "-F"]);
                 assert!(w.key_states().iter().all(|s| s.1), "cancel step {n}");
                 w.ok("zkey", &["mkchange", "cancel", "-i", &id, "-F"]);
                 assert!(
@@ -334,7 +298,7 @@ fn start_and_finalize_survive_a_crash_at_every_step() {
             } else {
                 w.ok("zkey", &start);
                 w.set(CCA, "aes");
-                crashed(&w, n, &["mkchange", "finalize", "-i", &op_id(&w)])
+                w.crash_at("zkey", n, &["mkchange", "finalize", "-i", &op_id(&w)])
             };
             // After any crash every key still works ...
             assert!(
@@ -348,8 +312,8 @@ fn start_and_finalize_survive_a_crash_at_every_step() {
                 w.set(CCA, "aes");
             }
             w.ok("zkey", &["mkchange", "finalize", "-i", &op_id(&w)]);
-            all_current(&w);
-            assert_eq!(vps(&w), before, "{phase} step {n}");
+            w.all_current();
+            assert_eq!(w.vps(), before, "{phase} step {n}");
             if !hit {
                 break;
             }

@@ -4,8 +4,6 @@
 //! The `durable` crash point aborts the process (no cleanup, like a power cut seen from the
 //! files) at the N+1th durable step: before a rename, after it, or before a removal.
 
-use std::os::unix::process::ExitStatusExt;
-
 use tests::{failpoint_bin_dir, World};
 
 const CCA: &str = "08.002f,09.002f";
@@ -30,27 +28,6 @@ fn world_with_keys() -> (World, Vec<(String, Option<String>)>) {
         .map(|(n, _, _, vp)| (n, vp))
         .collect();
     (w, vps)
-}
-
-/// Runs `args` with a crash at step `n`; true if it crashed, false if it ran to the end.
-fn crash_at(w: &World, n: usize, args: &[&str]) -> bool {
-    let o = w
-        .cmd("zkey")
-        .env("FAILPOINTS", format!("durable={n}*off->return"))
-        .args(args)
-        .output()
-        .unwrap();
-    if o.status.success() {
-        return false;
-    }
-    assert_eq!(
-        o.status.signal(),
-        Some(6),
-        "step {n}: expected an abort, got {} ({})",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    true
 }
 
 fn assert_usable_with(
@@ -82,7 +59,7 @@ fn staged_reencipher_survives_a_crash_at_every_step() {
         let (w, vps) = world_with_keys();
         w.load_new(CCA, "aes");
         let args = ["reencipher", "--apqns", CCA, "--to-new", "--staged"];
-        let crashed = crash_at(&w, n, &args);
+        let crashed = w.crash_at("zkey", n, &args);
         assert_usable_with(&w, &vps, Some("current"), n);
         // The re-run stages every key; SET and complete then end with the same keys.
         w.ok("zkey", &args);
@@ -109,7 +86,7 @@ fn complete_survives_a_crash_at_every_step() {
         );
         w.set(CCA, "aes");
         let args = ["reencipher", "--apqns", CCA, "--complete"];
-        let crashed = crash_at(&w, n, &args);
+        let crashed = w.crash_at("zkey", n, &args);
         // Live keys are under OLD or CURRENT: all usable, none lost.
         assert_usable_with(&w, &vps, None, n);
         w.ok("zkey", &args);
@@ -132,7 +109,7 @@ fn in_place_from_old_survives_a_crash_at_every_step() {
         let (w, vps) = world_with_keys();
         w.load_new(CCA, "aes");
         w.set(CCA, "aes");
-        let crashed = crash_at(&w, n, &["reencipher", "--apqns", CCA]);
+        let crashed = w.crash_at("zkey", n, &["reencipher", "--apqns", CCA]);
         assert_usable_with(&w, &vps, None, n);
         w.ok("zkey", &["reencipher", "--apqns", CCA]);
         assert_usable_with(&w, &vps, Some("current"), n);

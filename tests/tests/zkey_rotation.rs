@@ -5,20 +5,6 @@ use tests::World;
 const CCA: &str = "08.002f,09.002f";
 const EP11: &str = "0a.002f,0b.002f";
 
-fn vps(w: &World) -> Vec<(String, Option<String>)> {
-    w.key_states()
-        .into_iter()
-        .map(|(n, _, _, vp)| (n, vp))
-        .collect()
-}
-
-fn all_current(w: &World) {
-    for (name, valid, reg, _) in w.key_states() {
-        assert!(valid, "key {name} is not valid");
-        assert_eq!(reg.as_deref(), Some("current"), "key {name}");
-    }
-}
-
 fn make_keys(w: &World) {
     w.ok(
         "zkey",
@@ -69,7 +55,7 @@ fn make_keys(w: &World) {
 fn seed_004_procedure_survives_two_aes_rotations() {
     let w = World::new();
     make_keys(&w);
-    let before = vps(&w);
+    let before = w.vps();
     assert_eq!(before.len(), 3);
     for round in 0..2 {
         // 1. The security officer loads the new master key into NEW: random, then in key parts.
@@ -130,8 +116,8 @@ fn seed_004_procedure_survives_two_aes_rotations() {
             "{out}"
         );
         assert!(!w.repo_files().iter().any(|f| f.ends_with(".renc")));
-        all_current(&w);
-        assert_eq!(vps(&w), before, "the effective keys are unchanged");
+        w.all_current();
+        assert_eq!(w.vps(), before, "the effective keys are unchanged");
         // A re-run has nothing to do.
         let out = w.ok(
             "zkey",
@@ -184,7 +170,7 @@ fn ep11_keys_must_be_staged_before_the_set() {
         "zkey",
         &["generate", "-N", "late", "-K", "EP11-AES", "--apqns", EP11],
     );
-    let before = vps(&w);
+    let before = w.vps();
     w.load_new(EP11, "ep11");
     w.ok(
         "zkey",
@@ -253,7 +239,7 @@ fn staging_is_refused_while_one_apqn_lacks_the_new_key() {
 fn master_key_moved_twice_while_staged_is_completed_from_old() {
     let w = World::new();
     make_keys(&w);
-    let before = vps(&w);
+    let before = w.vps();
     w.load_new(CCA, "aes");
     w.ok(
         "zkey",
@@ -265,6 +251,6 @@ fn master_key_moved_twice_while_staged_is_completed_from_old() {
     w.set(CCA, "aes");
     let out = w.ok("zkey", &["reencipher", "--apqns", CCA, "--complete"]);
     assert!(out.contains("3 re-enciphered"), "{out}");
-    all_current(&w);
-    assert_eq!(vps(&w), before);
+    w.all_current();
+    assert_eq!(w.vps(), before);
 }

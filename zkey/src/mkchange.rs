@@ -637,24 +637,7 @@ pub fn start(
         stage_item(w, ad, &mut op.keys[i]);
         save(w, &mut op)?;
     }
-    for i in 0..op.volumes.len() {
-        if op.volumes[i].state == ItemState::Staged || !op.volumes[i].passphrase_known {
-            continue;
-        }
-        volume_step(
-            w,
-            ad,
-            &mut op.volumes[i],
-            zkey_cryptsetup::reencipher::Mode::Staged,
-        );
-        save(w, &mut op)?;
-    }
-    for i in 0..op.plugin_keys.len() {
-        if op.plugin_keys[i].state != ItemState::Staged {
-            plugin_step(w, &mut op.plugin_keys[i], false);
-            save(w, &mut op)?;
-        }
-    }
+    volumes_and_plugin_keys(w, ad, &mut op, false)?;
     let failed = op.plugin_keys.iter().any(|p| p.state == ItemState::Failed)
         || !op.not_staged().is_empty()
         || op.volumes.iter().any(|v| v.state == ItemState::Failed);
@@ -859,24 +842,7 @@ pub fn finalize(
         }
         save(w, &mut op)?;
     }
-    for i in 0..op.volumes.len() {
-        if op.volumes[i].state == ItemState::Completed || !op.volumes[i].passphrase_known {
-            continue;
-        }
-        volume_step(
-            w,
-            ad,
-            &mut op.volumes[i],
-            zkey_cryptsetup::reencipher::Mode::Complete,
-        );
-        save(w, &mut op)?;
-    }
-    for i in 0..op.plugin_keys.len() {
-        if op.plugin_keys[i].state != ItemState::Completed {
-            plugin_step(w, &mut op.plugin_keys[i], true);
-            save(w, &mut op)?;
-        }
-    }
+    volumes_and_plugin_keys(w, ad, &mut op, true)?;
     let mut failed: Vec<String> = op
         .keys
         .iter()
@@ -1035,6 +1001,35 @@ pub fn cancel(
     };
     save(w, &mut op)?;
     Ok(op)
+}
+
+/// Stages (or completes) every volume zkey can open and every plug-in key not done yet,
+/// saving the operation after each, so that a re-run continues where a crash stopped.
+fn volumes_and_plugin_keys(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    op: &mut Operation,
+    complete: bool,
+) -> Result<(), ZkeyError> {
+    use zkey_cryptsetup::reencipher::Mode as VolumeMode;
+    let (done, mode) = if complete {
+        (ItemState::Completed, VolumeMode::Complete)
+    } else {
+        (ItemState::Staged, VolumeMode::Staged)
+    };
+    for i in 0..op.volumes.len() {
+        if op.volumes[i].state != done && op.volumes[i].passphrase_known {
+            volume_step(w, ad, &mut op.volumes[i], mode);
+            save(w, op)?;
+        }
+    }
+    for i in 0..op.plugin_keys.len() {
+        if op.plugin_keys[i].state != done {
+            plugin_step(w, &mut op.plugin_keys[i], complete);
+            save(w, op)?;
+        }
+    }
+    Ok(())
 }
 
 fn device_of(volume: &str) -> String {
