@@ -84,7 +84,7 @@ socket_server_hostname = "127.0.0.1"
 port = $((port + 1))
 hostname = "127.0.0.1"
 CONF
-  COSMIAN_KMS_CONF="$d/kms.toml" setsid "$bin" >"$d/server.log" 2>&1 &
+  COSMIAN_KMS_CONF="$d/kms.toml" "$bin" >"$d/server.log" 2>&1 &
   echo $! >"$d/server.pid"
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return
@@ -94,12 +94,19 @@ CONF
 }
 
 stop() {
-  local d=${1:?usage: stop DIR}
-  [ -f "$d/server.pid" ] && kill -- "-$(cat "$d/server.pid")" 2>/dev/null || true
+  local d=${1:?usage: stop DIR} pid
+  [ -f "$d/server.pid" ] || return 0
+  pid=$(cat "$d/server.pid")
+  kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
 }
 
 scenario() {
-  local w
+  # Global, for the EXIT trap that runs after this function returned.
   w=$(mktemp -d)
   trap 'stop "$w/kms"; rm -rf "$w"' EXIT
   start "$w/kms" 5697
@@ -111,7 +118,7 @@ scenario() {
   ap-sim init
   zkey kms bind KMIP
   zkey kms configure --apqns 08.002f,09.002f --servers 127.0.0.1:5697 --server-ca "$w/kms/ca.crt" \
-    --gen-csr "$w/client.csr" --cert-subject CN=zkey-test || true
+    --gen-csr "$w/client.csr" --cert-subject zkey-test || true
   openssl x509 -req -in "$w/client.csr" -CA "$w/kms/ca.crt" -CAkey "$w/kms/ca.key" -CAcreateserial \
     -days 30 -extfile <(echo extendedKeyUsage=clientAuth) -out "$w/client.crt"
   zkey kms configure --client-cert "$w/client.crt"

@@ -145,7 +145,7 @@ impl World {
                 "--gen-csr",
                 csr.to_str().expect("utf-8"),
                 "--cert-subject",
-                "CN=zkey-test",
+                "zkey-test",
             ],
         );
         assert!(

@@ -321,7 +321,7 @@ enum KmsCmd {
         /// The signed client certificate (PEM) for the identity key
         #[arg(long, value_name = "FILE")]
         client_cert: Option<PathBuf>,
-        /// The subject of the CSR or certificate, e.g. CN=zkey-host1
+        /// The common name of the CSR or certificate (the client identity the KMS sees), e.g. zkey-host1
         #[arg(long)]
         cert_subject: Option<String>,
         /// Any other plug-in option, NAME=VALUE (repeatable)
