@@ -229,6 +229,9 @@ pub fn status(
     props: Option<&KeyProperties>,
     apqn_check: bool,
 ) -> KeyStatus {
+    // One state for all the checks below (verify, VP, staged copy, risk): a consistent answer,
+    // and one read of the simulator instead of one per check.
+    let ad = &*ad.pinned();
     let apqns: Vec<Apqn> = props.map(|p| p.apqns.clone()).unwrap_or_default();
     let within = (!apqns.is_empty()).then_some(apqns.as_slice());
     let mut st = KeyStatus {
