@@ -1,7 +1,7 @@
 //! The data path: the AES-XTS engine in memory, and a LUKS2 volume served through FUSE.
 //!
-//! `xts` is the logic of `zkey-cryptsetup/examples/xts-bench.rs` (engine vs `openssl speed` vs
-//! the `xts-mode` crate). `fuse` formats a LUKS2 volume with the zkey-cryptsetup library, maps
+//! `xts` absorbs what was the `xts-bench` example of zkey-cryptsetup (engine vs `openssl speed`
+//! vs the `xts-mode` crate). `fuse` formats a LUKS2 volume with the zkey-cryptsetup library, maps
 //! it as `zkey-cryptsetup open` does (unlock, effective key, `zkey_cryptsetup::fuse::open`) and
 //! writes then reads the whole payload sequentially with O_DIRECT, so that the page cache serves
 //! neither direction and every byte crosses the FUSE server. The baselines are the same engine
