@@ -102,12 +102,15 @@ impl FromStr for CardType {
         let err = || CardTypeError::Format(s.to_string());
         let u = s.trim().to_ascii_uppercase();
         let rest = u.strip_prefix("CEX").ok_or_else(err)?;
-        let (gen, letter) = rest.split_at(rest.len().checked_sub(1).ok_or_else(err)?);
-        let generation: u8 = gen.parse().map_err(|_| err())?;
+        // By characters, not bytes: the last one may be any character of a sysfs `type` file
+        // or a command line (splitting "CEX0ճ" at its last byte panicked; found by fuzzing).
+        let mut chars = rest.chars();
+        let letter = chars.next_back().ok_or_else(err)?;
+        let generation: u8 = chars.as_str().parse().map_err(|_| err())?;
         let mode = match letter {
-            "A" => Mode::Accelerator,
-            "C" => Mode::Cca,
-            "P" => Mode::Ep11,
+            'A' => Mode::Accelerator,
+            'C' => Mode::Cca,
+            'P' => Mode::Ep11,
             _ => return Err(err()),
         };
         CardType::new(generation, mode).ok_or_else(err)
@@ -255,7 +258,10 @@ mod tests {
         assert_eq!(t.to_string(), "CEX8C");
         assert_eq!(t.hwtype(), 14);
         assert_eq!("CEX4A".parse::<CardType>().unwrap().hwtype(), 10);
-        for bad in ["CEX3C", "CEX9P", "CEX8", "CEX8X", "EX8C", "", "CEXC"] {
+        // The last two: a multi-byte last character (a panic before, found by fuzzing).
+        for bad in [
+            "CEX3C", "CEX9P", "CEX8", "CEX8X", "EX8C", "", "CEXC", "CEX0ճ", "CEXé",
+        ] {
             assert!(bad.parse::<CardType>().is_err(), "{bad}");
         }
     }

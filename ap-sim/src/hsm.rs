@@ -8,6 +8,8 @@
 //! register state) and works on that snapshot. Clear key material exists only inside these
 //! functions and in [`EffectiveKey`], which zeroes itself when dropped.
 
+use std::sync::Arc;
+
 use aes::cipher::{BlockEncrypt, KeyInit};
 use rand::RngCore;
 use serde::Serialize;
@@ -144,14 +146,38 @@ fn within(apqns: Option<&[Apqn]>) -> String {
 }
 
 /// The HSM operations over one simulator.
+///
+/// Each operation normally looks at the bus as it is now ([`Simulator::bus`]), which reads the
+/// state file under the simulator's lock. A [`Hsm::pinned`] handle instead works on one snapshot
+/// taken when it was made: for a group of operations that must see one state (the several
+/// checks behind one key's status) and should not pay a read each.
 #[derive(Clone, Debug)]
 pub struct Hsm {
     sim: Simulator,
+    pinned: Option<Arc<Bus>>,
 }
 
 impl Hsm {
     pub fn new(sim: Simulator) -> Self {
-        Hsm { sim }
+        Hsm { sim, pinned: None }
+    }
+
+    /// An `Hsm` that works on the bus as it is now, for every operation until it is dropped:
+    /// a TKE change made meanwhile is not seen. Cheap; use one per unit of work (a key, a
+    /// command), not for a long-lived process.
+    pub fn pinned(&self) -> Result<Hsm, HsmError> {
+        Ok(Hsm {
+            sim: self.sim.clone(),
+            pinned: Some(Arc::new(self.sim.bus()?)),
+        })
+    }
+
+    /// The bus the operations look at: the pinned snapshot, else the current state.
+    fn bus(&self) -> Result<Arc<Bus>, SimError> {
+        match &self.pinned {
+            Some(b) => Ok(Arc::clone(b)),
+            None => Ok(Arc::new(self.sim.bus()?)),
+        }
     }
 
     pub fn simulator(&self) -> &Simulator {
@@ -166,7 +192,7 @@ impl Hsm {
         mktype: MkType,
         apqns: Option<&[Apqn]>,
     ) -> Result<(Vec<Candidate>, String), HsmError> {
-        let bus = self.sim.bus()?;
+        let bus = self.bus()?;
         if let Some(list) = apqns {
             if let Some(a) = list.iter().find(|a| bus.queue(**a).is_none()) {
                 return Err(SimError::UnknownApqn(*a).into());

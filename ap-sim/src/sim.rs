@@ -16,6 +16,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -211,9 +212,35 @@ impl std::fmt::Display for Target {
 }
 
 /// A handle on a simulator directory.
-#[derive(Clone, Debug)]
+///
+/// Clones share one snapshot cache ([`Simulator::bus`]): a batch of HSM operations (validating
+/// a repository of 100,000 keys costs several operations per key) reads `state.json` under the
+/// shared lock every time, as it must to see a concurrent TKE change, but parses it only when
+/// its bytes differ from the last parse.
+#[derive(Clone)]
 pub struct Simulator {
     dir: PathBuf,
+    cache: Arc<Mutex<Option<Snapshot>>>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the cache: it holds master keys.
+        f.debug_struct("Simulator").field("dir", &self.dir).finish()
+    }
+}
+
+/// The last state parsed by [`Simulator::bus`]: the exact bytes of `state.json` and the bus they
+/// hold. Keyed by the whole content, not by mtime or inode (an inode is reused after a rename,
+/// and mtime has a coarse granularity on some file systems), so a hit is the same state by
+/// construction. Both the text and the bus hold master keys and are zeroed when dropped.
+///
+/// Only a state whose sysfs tree was current when it was parsed is cached. A tree goes stale
+/// only when a writer crashes between storing a *new* state and rendering it, which changes the
+/// bytes and so misses the cache: a hit needs no second look at `sys.generation`.
+struct Snapshot {
+    text: zeroize::Zeroizing<Vec<u8>>,
+    bus: Bus,
 }
 
 impl Simulator {
@@ -235,7 +262,7 @@ impl Simulator {
         if !dir.join(STATE_FILE).is_file() {
             return Err(SimError::NotInitialised(dir));
         }
-        Ok(Simulator { dir })
+        Ok(Simulator::handle(dir))
     }
 
     /// Opens the simulator named by `$AP_SIM_DIR` (or the default directory).
@@ -253,7 +280,7 @@ impl Simulator {
         let dir = dir.into();
         validate_layout(layout)?;
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let sim = Simulator { dir };
+        let sim = Simulator::handle(dir);
         let _lock = sim.lock(LockKind::Exclusive)?;
         if sim.state_path().exists() && !force {
             return Err(SimError::AlreadyInitialised(sim.dir));
@@ -278,6 +305,13 @@ impl Simulator {
         Ok(sim)
     }
 
+    fn handle(dir: PathBuf) -> Simulator {
+        Simulator {
+            dir,
+            cache: Arc::new(Mutex::new(None)),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -299,7 +333,12 @@ impl Simulator {
     fn load(&self) -> Result<StateFile, SimError> {
         let p = self.state_path();
         let text = zeroize::Zeroizing::new(fs::read(&p).map_err(io_err(&p))?);
-        let st: StateFile = serde_json::from_slice(&text).map_err(|e| SimError::Corrupt {
+        Self::parse(&p, &text)
+    }
+
+    fn parse(p: &Path, text: &[u8]) -> Result<StateFile, SimError> {
+        let p = p.to_path_buf();
+        let st: StateFile = serde_json::from_slice(text).map_err(|e| SimError::Corrupt {
             path: p.clone(),
             why: e.to_string(),
         })?;
@@ -337,18 +376,31 @@ impl Simulator {
 
     /// A consistent snapshot of the bus, master keys included: for the HSM operations.
     /// Repairs a sysfs tree that a crash between the state write and the render left stale.
+    ///
+    /// Every call reads the state under the shared lock (so a change by another process is seen
+    /// by the next operation, as on real hardware), but parses it only when it differs from the
+    /// last state this handle (or a clone) parsed: see [`Snapshot`].
     pub fn bus(&self) -> Result<Bus, SimError> {
-        let st = {
+        let p = self.state_path();
+        let text = {
             let _l = self.lock(LockKind::Shared)?;
-            self.load()?
+            zeroize::Zeroizing::new(fs::read(&p).map_err(io_err(&p))?)
         };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref().filter(|c| c.text == text) {
+            return Ok(c.bus.clone());
+        }
+        let st = Self::parse(&p, &text)?;
         if self.rendered_generation() != Some(st.generation) {
             let _l = self.lock(LockKind::Exclusive)?;
             let st = self.load()?;
             self.render(&st)?;
+            // Not cached: the next call parses again and finds the tree current.
             return Ok(st.bus);
         }
-        Ok(st.bus)
+        let bus = st.bus.clone();
+        *cache = Some(Snapshot { text, bus: st.bus });
+        Ok(bus)
     }
 
     /// Applies `op` to the bus as one atomic change: all of it is stored, or (on error) none.

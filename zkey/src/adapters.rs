@@ -2,6 +2,7 @@
 //! `$AP_SIM_DIR`) and the kernel's view of them (the sysfs tree at `$SYSFS_ROOT`, by default the
 //! simulator's own `DIR/sys`). On real hardware these would be the pkey ioctls and `/sys`.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use ap_sim::hsm::Hsm;
@@ -33,5 +34,19 @@ impl Adapters {
             sysfs: SysfsTree::new(root),
             hsm: Hsm::new(sim),
         })
+    }
+
+    /// These adapters with the HSM pinned to the bus as it is now ([`Hsm::pinned`]): the several
+    /// HSM operations behind one key's status or re-encipher then see one state and read it
+    /// once, instead of once per operation. If the state cannot be read now, the adapters as
+    /// they are: each operation then reports that error itself, as it would have.
+    pub fn pinned(&self) -> Cow<'_, Adapters> {
+        match self.hsm.pinned() {
+            Ok(hsm) => Cow::Owned(Adapters {
+                hsm,
+                sysfs: self.sysfs.clone(),
+            }),
+            Err(_) => Cow::Borrowed(self),
+        }
     }
 }

@@ -126,6 +126,11 @@ pub fn check_volumes_free(
     name: &KeyName,
     volumes: &[Volume],
 ) -> Result<(), ZkeyError> {
+    // Without volumes there is nothing to collide with, and reading every key of the
+    // repository for nothing made generating N keys in one batch cost O(N^2) reads.
+    if volumes.is_empty() {
+        return Ok(());
+    }
     for e in w.entries()?.into_iter().flatten() {
         if &e.name == name {
             continue;
@@ -224,6 +229,9 @@ pub fn status(
     props: Option<&KeyProperties>,
     apqn_check: bool,
 ) -> KeyStatus {
+    // One state for all the checks below (verify, VP, staged copy, risk): a consistent answer,
+    // and one read of the simulator instead of one per check.
+    let ad = &*ad.pinned();
     let apqns: Vec<Apqn> = props.map(|p| p.apqns.clone()).unwrap_or_default();
     let within = (!apqns.is_empty()).then_some(apqns.as_slice());
     let mut st = KeyStatus {

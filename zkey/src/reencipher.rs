@@ -224,6 +224,8 @@ pub fn reencipher_key(
     e: &KeyEntry,
     opts: &Options,
 ) -> Result<Outcome, ZkeyError> {
+    // The verify, the choice of direction and the re-encipher of one key see one state.
+    let ad = &*ad.pinned();
     let key = SecureKey::parse(&e.secure_key)?;
     if opts.mode == Some(Mode::Complete) {
         return complete(repo, ad, e, &key);
