@@ -1036,11 +1036,22 @@ pub fn close(name: &str, run_dir: &Path) -> Result<(), FuseError> {
 fn unmount(name: &str, file: &Path) -> Result<(), FuseError> {
     let c =
         CString::new(file.as_os_str().as_bytes()).map_err(|_| FuseError::Name(name.to_string()))?;
-    // SAFETY: plain syscall on a valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
+    // A process that forks while it has the file open holds a copy of the descriptor until the
+    // child execs (O_CLOEXEC closes it only then): a short EBUSY that a brief retry outlasts.
+    // A holder that stays (a loop device, an open file) is still reported as busy.
+    let mut tries = 0;
+    let err = loop {
+        // SAFETY: plain syscall on a valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        tries += 1;
+        if err.raw_os_error() != Some(libc::EBUSY) || tries >= 20 {
+            break err;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     match err.raw_os_error() {
         Some(libc::EBUSY) => Err(FuseError::Busy(name.to_string())),
         Some(libc::EPERM) => {
