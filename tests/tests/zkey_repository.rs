@@ -82,6 +82,10 @@ fn bad_input_is_refused_and_changes_nothing() {
         ),
         (&["remove", "-N", "k1"], "--force"),
         (
+            &["reencipher", "-N", "k1", "--to-new", "--in-place"],
+            "--force",
+        ),
+        (
             &["export", "/tmp/zkey-nosuch/x", "-N", "nosuch"],
             "does not exist",
         ),

@@ -221,6 +221,9 @@ struct ReencipherArgs {
     /// After the SET: install the staged keys
     #[arg(short = 'p', short_alias = 'c', long, conflicts_with_all = ["from_old", "to_new"])]
     complete: bool,
+    /// Do not ask before an in-place re-encipher to NEW
+    #[arg(short = 'F', long)]
+    force: bool,
     /// With a key file: write the result here instead of replacing the file
     #[arg(short = 'f', long = "output", requires = "file")]
     output: Option<PathBuf>,
@@ -288,7 +291,10 @@ struct ChangeArgs {
 #[derive(Subcommand)]
 enum KmsCmd {
     /// The plug-ins of kms-plugins.conf ($ZKEY_KMS_PLUGINS)
-    Plugins,
+    Plugins {
+        #[arg(long)]
+        json: bool,
+    },
     /// Bind the repository to a plug-in
     Bind { plugin: String },
     /// Unbind: the keys stay, as local keys
@@ -959,8 +965,8 @@ fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
     if let Some(file) = &a.file {
         return reencipher_file(&ad, file, a.output.as_deref(), way, mode);
     }
-    if way == Some(Way::ToNew) && mode == Some(Mode::InPlace) {
-        eprintln!("zkey: WARNING: in-place re-enciphering to NEW makes the keys unusable until the security officer SETs the new master key");
+    if way == Some(Way::ToNew) && mode == Some(Mode::InPlace) && !confirm("In-place re-enciphering to NEW makes the keys unusable until the security officer SETs the new master key, and lost if the NEW key is cleared instead. Continue?", a.force)? {
+        bail!("nothing was re-enciphered (use --staged to keep the keys usable until the SET)");
     }
     let repo = open_repo()?;
     let w = repo.write(lock_wait())?;
@@ -2041,8 +2047,19 @@ fn stage_if_change_open(w: &Writer<'_>, ad: &Adapters, name: &KeyName) -> Result
 
 fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     use kms_plugin::plugin::{ConfigureStatus, MkDirection, ReencipherMode};
-    if let KmsCmd::Plugins = cmd {
+    if let KmsCmd::Plugins { json } = cmd {
         let (path, list) = zkey::kms::plugins()?;
+        if json {
+            let v: Vec<_> = list
+                .iter()
+                .map(|(n, e)| serde_json::json!({ "name": n, "executable": e }))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "conf": path, "plugins": v }))?
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         if list.is_empty() {
             println!(
                 "No KMS plug-ins in {}: add lines NAME=EXECUTABLE, e.g. KMIP=zkey-kms-kmip.",
@@ -2089,7 +2106,7 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             })
         };
     match cmd {
-        KmsCmd::Plugins => unreachable!("handled above"),
+        KmsCmd::Plugins { .. } => unreachable!("handled above"),
         KmsCmd::Bind { plugin } => {
             let c = zkey::kms::bind(&w, &plugin)?;
             record(
