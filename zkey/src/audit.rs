@@ -109,3 +109,56 @@ pub fn show(repo: &Repository, sim: &Simulator, f: &Filter) -> Result<Vec<Entry>
 pub fn record(repo: &Repository, sim: &Simulator, event: Event) -> Result<(), AuditError> {
     repository_log(repo, sim).append(event).map(drop)
 }
+
+/// The records of a re-encipher: one per kind of result (staged, in place, completed, failed),
+/// naming the keys, with the master key patterns where all keys of the kind share them.
+pub fn reencipher_events(report: &crate::reencipher::Report) -> Vec<Event> {
+    use crate::reencipher::{KeyResult, Outcome};
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<&str, Vec<&KeyResult>> = BTreeMap::new();
+    for r in &report.keys {
+        let kind = match r.outcome {
+            Outcome::Staged { .. } => "reencipher-staged",
+            Outcome::InPlace { .. } => "reencipher-in-place",
+            Outcome::Completed { .. } => "reencipher-complete",
+            Outcome::Failed { .. } => "reencipher-failed",
+            Outcome::Skipped { .. } => continue,
+        };
+        groups.entry(kind).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|(kind, rs)| {
+            let same = |f: &dyn Fn(&KeyResult) -> Option<ap_sim::Mkvp>| {
+                let first = f(rs[0]);
+                rs.iter().all(|r| f(r) == first).then_some(first).flatten()
+            };
+            let new = |r: &KeyResult| match r.outcome {
+                Outcome::Staged { mkvp, .. }
+                | Outcome::InPlace { mkvp, .. }
+                | Outcome::Completed { mkvp } => Some(mkvp),
+                _ => None,
+            };
+            let errors: Vec<String> = rs
+                .iter()
+                .filter_map(|r| match &r.outcome {
+                    Outcome::Failed { error } => Some(format!("{}: {error}", r.name)),
+                    _ => None,
+                })
+                .collect();
+            Event {
+                event: kind.to_string(),
+                command: "zkey reencipher".into(),
+                keys: rs.iter().map(|r| r.name.clone()).collect(),
+                old_mkvp: same(&|r| r.old_mkvp),
+                new_mkvp: same(&new),
+                result: if errors.is_empty() {
+                    "ok".into()
+                } else {
+                    format!("failed: {}", errors.join("; "))
+                },
+                ..Event::default()
+            }
+        })
+        .collect()
+}

@@ -18,7 +18,6 @@ use ap_sim::table::Table;
 use ap_sim::token::{KeyType, SecureKey};
 
 use zkey::adapters::Adapters;
-use zkey::crosscheck::Purpose;
 use zkey::crypttab::{shell_line, Action, VolumePlan};
 use zkey::keyops::{self, KeyStatus, NewKey};
 use zkey::reencipher::{self, Mode, Options, Outcome, Selection, Way};
@@ -975,7 +974,7 @@ fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
         apqns: apqn_patterns(&a.apqns),
     };
     if way.is_some_and(|w| w != Way::FromOld) && mode != Some(Mode::Complete) {
-        preflight_to_new(&ad, &w, &sel)?;
+        reencipher::preflight_to_new(&ad, &w, &sel)?;
     }
     let tty = std::io::stderr().is_terminal() && !a.json;
     let mut n = 0;
@@ -1002,32 +1001,6 @@ fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Before staging to NEW: the APQNs named must all hold the same complete NEW master key.
-fn preflight_to_new(ad: &Adapters, w: &Writer<'_>, sel: &Selection) -> Result<()> {
-    let mut groups: std::collections::BTreeMap<KeyType, Vec<Apqn>> = Default::default();
-    for e in w.entries()?.into_iter().flatten() {
-        if !sel.matches(&e.name, &e.properties.apqns) {
-            continue;
-        }
-        let Ok(t) = e.properties.key_type.parse::<KeyType>() else {
-            continue;
-        };
-        let g = groups.entry(t).or_default();
-        for a in &e.properties.apqns {
-            if !g.contains(a) {
-                g.push(*a);
-            }
-        }
-    }
-    for (t, apqns) in groups {
-        let cc = zkey::crosscheck::cross_check(&ad.sysfs, t, &apqns, None, Purpose::ToNew)?;
-        if !cc.is_proper() {
-            bail!("the APQNs are not ready for re-enciphering to the NEW master key; nothing was changed:\n{}{}", cc.table(), cc.report());
-        }
-    }
-    Ok(())
 }
 
 fn print_result(r: &reencipher::KeyResult) {
@@ -1521,52 +1494,9 @@ fn key_event(name: &str, key_name: &KeyName, key: &SecureKey, apqns: &[Apqn]) ->
     }
 }
 
-/// One record per kind of result: which keys were staged, re-enciphered in place, completed,
-/// or failed, with the master key patterns where all keys of the kind share them.
+/// Records what a re-encipher did: one record per kind of result.
 fn record_reencipher(repo: &Repository, ad: &Adapters, report: &reencipher::Report) -> Result<()> {
-    use std::collections::BTreeMap;
-    let mut groups: BTreeMap<&str, Vec<&reencipher::KeyResult>> = BTreeMap::new();
-    for r in &report.keys {
-        let kind = match r.outcome {
-            Outcome::Staged { .. } => "reencipher-staged",
-            Outcome::InPlace { .. } => "reencipher-in-place",
-            Outcome::Completed { .. } => "reencipher-complete",
-            Outcome::Failed { .. } => "reencipher-failed",
-            Outcome::Skipped { .. } => continue,
-        };
-        groups.entry(kind).or_default().push(r);
-    }
-    for (kind, rs) in groups {
-        let same = |f: &dyn Fn(&reencipher::KeyResult) -> Option<ap_sim::Mkvp>| {
-            let first = f(rs[0]);
-            rs.iter().all(|r| f(r) == first).then_some(first).flatten()
-        };
-        let new = |r: &reencipher::KeyResult| match r.outcome {
-            Outcome::Staged { mkvp, .. }
-            | Outcome::InPlace { mkvp, .. }
-            | Outcome::Completed { mkvp } => Some(mkvp),
-            _ => None,
-        };
-        let errors: Vec<String> = rs
-            .iter()
-            .filter_map(|r| match &r.outcome {
-                Outcome::Failed { error } => Some(format!("{}: {error}", r.name)),
-                _ => None,
-            })
-            .collect();
-        let ev = Event {
-            event: kind.to_string(),
-            command: "zkey reencipher".into(),
-            keys: rs.iter().map(|r| r.name.clone()).collect(),
-            old_mkvp: same(&|r| r.old_mkvp),
-            new_mkvp: same(&new),
-            result: if errors.is_empty() {
-                "ok".into()
-            } else {
-                format!("failed: {}", errors.join("; "))
-            },
-            ..Event::default()
-        };
+    for ev in zkey::audit::reencipher_events(report) {
         record(repo, ad, ev)?;
     }
     Ok(())

@@ -362,3 +362,41 @@ fn complete(
         mkvp: staged.mkvp(),
     })
 }
+
+/// Before staging to NEW: every APQN of the selected keys must hold the same complete NEW
+/// master key (per key type), so that a domain group with the NEW key on some APQNs only is
+/// refused before any key is touched, not halfway through.
+pub fn preflight_to_new(ad: &Adapters, w: &Writer<'_>, sel: &Selection) -> Result<(), ZkeyError> {
+    let mut groups: std::collections::BTreeMap<KeyType, Vec<Apqn>> = Default::default();
+    for e in w.entries()?.into_iter().flatten() {
+        if !sel.matches(&e.name, &e.properties.apqns) {
+            continue;
+        }
+        let Ok(t) = e.properties.key_type.parse::<KeyType>() else {
+            continue;
+        };
+        let g = groups.entry(t).or_default();
+        for a in &e.properties.apqns {
+            if !g.contains(a) {
+                g.push(*a);
+            }
+        }
+    }
+    for (t, apqns) in groups {
+        let cc = crate::crosscheck::cross_check(
+            &ad.sysfs,
+            t,
+            &apqns,
+            None,
+            crate::crosscheck::Purpose::ToNew,
+        )?;
+        if !cc.is_proper() {
+            return Err(ZkeyError::Invalid(format!(
+                "the APQNs are not ready for re-enciphering to the NEW master key; nothing was changed:\n{}{}",
+                cc.table(),
+                cc.report()
+            )));
+        }
+    }
+    Ok(())
+}
