@@ -427,12 +427,17 @@ impl ClientError {
     }
 }
 
-/// The executable registered for `name` in `kms-plugins.conf` (`$ZKEY_KMS_PLUGINS`).
-pub fn lookup_plugin(name: &str) -> Result<PathBuf, ClientError> {
-    let path = std::env::var_os(PLUGINS_CONF_ENV)
+/// Where `kms-plugins.conf` is: `$ZKEY_KMS_PLUGINS`, else [`DEFAULT_PLUGINS_CONF`].
+pub fn plugins_conf_path() -> PathBuf {
+    std::env::var_os(PLUGINS_CONF_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGINS_CONF));
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGINS_CONF))
+}
+
+/// The executable registered for `name` in `kms-plugins.conf` (`$ZKEY_KMS_PLUGINS`).
+pub fn lookup_plugin(name: &str) -> Result<PathBuf, ClientError> {
+    let path = plugins_conf_path();
     let text = std::fs::read_to_string(&path).map_err(|e| ClientError::Conf {
         path: path.clone(),
         why: e.to_string(),

@@ -20,7 +20,7 @@ struct Volume {
 
 impl Volume {
     fn new() -> Option<Volume> {
-        if !Path::new("/dev/fuse").exists() || unsafe_euid() != 0 {
+        if !Path::new("/dev/fuse").exists() || euid() != 0 {
             eprintln!("SKIP: the data path needs /dev/fuse and root");
             return None;
         }
@@ -167,7 +167,7 @@ impl Drop for CloseGuard<'_> {
     }
 }
 
-fn unsafe_euid() -> u32 {
+fn euid() -> u32 {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap_or(1)

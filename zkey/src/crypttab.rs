@@ -39,6 +39,11 @@ pub enum Action {
     PlainOpen,
 }
 
+/// The device path of a `dev:dm-name` association, as a command takes it.
+pub fn volume_device(volume: &str) -> PathBuf {
+    device_path(volume.rsplit_once(':').map_or(volume, |(d, _)| d))
+}
+
 /// What a key's volumes need, for one volume.
 #[derive(Clone, Debug)]
 pub struct VolumePlan {

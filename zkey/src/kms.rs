@@ -758,10 +758,7 @@ pub fn reencipher(
 
 /// The plug-ins named in kms-plugins.conf.
 pub fn plugins() -> Result<(PathBuf, Vec<(String, PathBuf)>), ZkeyError> {
-    let path = std::env::var_os(kms_plugin::plugin::PLUGINS_CONF_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(kms_plugin::plugin::DEFAULT_PLUGINS_CONF));
+    let path = kms_plugin::plugin::plugins_conf_path();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -1681,7 +1681,7 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
             for v in op.volumes_not_staged() {
                 match (&v.error, v.passphrase_known) {
                     (Some(e), _) => println!("  volume {}: {e}", v.volume),
-                    (None, false) => println!("  volume {}: zkey does not hold its passphrase: the ADMINISTRATOR runs 'zkey-cryptsetup reencipher {} --staged'", v.volume, zkey::crypttab::device_path(v.volume.rsplit_once(':').map_or(v.volume.as_str(), |x| x.0)).display()),
+                    (None, false) => println!("  volume {}: zkey does not hold its passphrase: the ADMINISTRATOR runs 'zkey-cryptsetup reencipher {} --staged'", v.volume, zkey::crypttab::volume_device(&v.volume).display()),
                     (None, true) => println!("  volume {}: not staged", v.volume),
                 }
             }
@@ -1917,7 +1917,7 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                     repo.path().join("mkchange").join(&op.id).display()
                 );
                 for v in op.volumes.iter().filter(|v| !v.passphrase_known) {
-                    println!("The ADMINISTRATOR completes volume {}: zkey-cryptsetup reencipher {} --complete", v.volume, zkey::crypttab::device_path(v.volume.rsplit_once(':').map_or(v.volume.as_str(), |x| x.0)).display());
+                    println!("The ADMINISTRATOR completes volume {}: zkey-cryptsetup reencipher {} --complete", v.volume, zkey::crypttab::volume_device(&v.volume).display());
                 }
             } else {
                 println!(

@@ -91,10 +91,6 @@ pub struct KeyItem {
     pub state: ItemState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// LUKS2 volumes of the key: their headers hold their own copy, re-enciphered with
-    /// `zkey-cryptsetup reencipher`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub luks2_volumes: Vec<String>,
 }
 
 /// A LUKS2 volume of an affected key: its header holds its own copy of the secure key.
@@ -620,7 +616,6 @@ pub fn start(
                 mktype: k.mktype,
                 state: ItemState::Pending,
                 error: None,
-                luks2_volumes: k.luks2_volumes.iter().map(|v| v.volume.clone()).collect(),
             });
         }
     }
@@ -705,11 +700,6 @@ pub fn stage_new_key(
             mktype: t,
             state: ItemState::Pending,
             error: None,
-            luks2_volumes: if e.properties.volume_type == VolumeType::Luks2 {
-                e.properties.volumes.iter().map(|v| v.to_string()).collect()
-            } else {
-                vec![]
-            },
         };
         stage_item(w, ad, &mut item);
         op.keys.retain(|k| k.name != item.name);
@@ -1033,8 +1023,7 @@ fn volumes_and_plugin_keys(
 }
 
 fn device_of(volume: &str) -> String {
-    let dev = volume.rsplit_once(':').map_or(volume, |(d, _)| d);
-    crate::crypttab::device_path(dev).display().to_string()
+    crate::crypttab::volume_device(volume).display().to_string()
 }
 
 /// Answers a master key change's questions about a volume: yes to re-enciphering again, no to
