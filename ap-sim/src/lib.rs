@@ -13,6 +13,9 @@
 //! - [`adapter`]: cards, queues and their status: the simulated hardware as one value.
 //! - [`sim`]: the simulator directory: private state file, lock, TKE and admin operations.
 //! - [`sysfs`]: rendering the tree and parsing it (also a real `/sys`).
+//! - [`crosscheck`]: whether the APQNs a key uses agree on its master keys (the reference's
+//!   `CARD.DOMAIN  NEW MK  CURRENT MK  OLD MK` check), for every tool that binds or stages.
+//! - [`exit`]: the exit codes every binary of the suite uses.
 //! - [`lszcrypt`]: lszcrypt-style listings of a sysfs tree.
 //! - [`token`]: secure key token layouts and the wrapping of key material.
 //! - [`hsm`]: the operations on secure keys: generate, import, verify, re-encipher, VP.
@@ -23,7 +26,9 @@
 pub mod adapter;
 pub mod apqn;
 pub mod audit;
+pub mod crosscheck;
 pub mod durable;
+pub mod exit;
 pub mod hsm;
 pub mod lszcrypt;
 pub mod mkvp;

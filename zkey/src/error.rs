@@ -31,6 +31,9 @@ pub enum ZkeyError {
     CrossCheck(String),
     #[error("{0}")]
     Invalid(String),
+    /// Staging to NEW refused by the APQN cross-check (split or missing NEW registers).
+    #[error(transparent)]
+    NotReady(#[from] ap_sim::crosscheck::NotReady),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,

@@ -9,7 +9,7 @@
 //! - [`properties`]: the per-key `.info` file, its integrity hash and its typed view.
 //! - [`repository`]: the repository directory, its lock, and the files of each key.
 //! - [`adapters`]: where the crypto adapters and their sysfs view are found.
-//! - [`crosscheck`]: whether a set of APQNs agrees on its master keys.
+//! - [`crosscheck`] (from `ap-sim`): whether a set of APQNs agrees on its master keys.
 //! - [`keyops`]: making keys, and where each key stands (valid, at risk from the next SET).
 //! - [`reencipher`]: staged, in-place and complete re-encipher of repository keys.
 //! - [`kms`]: a repository bound to a key management server through a KMS plug-in.
@@ -20,7 +20,6 @@
 
 pub mod adapters;
 pub mod audit;
-pub mod crosscheck;
 pub mod crypttab;
 pub mod error;
 pub mod keyname;
@@ -32,6 +31,9 @@ pub mod reencipher;
 pub mod repository;
 pub mod volume;
 
+/// The APQN cross-check lives with the adapters' sysfs view, so that every staging command
+/// (zkey-cryptsetup included) applies the same one.
+pub use ap_sim::crosscheck;
 pub use error::ZkeyError;
 pub use keyname::{KeyName, Pattern};
 pub use properties::{KeyProperties, Properties};

@@ -391,11 +391,7 @@ pub fn preflight_to_new(ad: &Adapters, w: &Writer<'_>, sel: &Selection) -> Resul
             crate::crosscheck::Purpose::ToNew,
         )?;
         if !cc.is_proper() {
-            return Err(ZkeyError::Invalid(format!(
-                "the APQNs are not ready for re-enciphering to the NEW master key; nothing was changed:\n{}{}",
-                cc.table(),
-                cc.report()
-            )));
+            return Err(ZkeyError::NotReady(crate::crosscheck::NotReady(cc)));
         }
     }
     Ok(())

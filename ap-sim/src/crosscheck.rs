@@ -9,13 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use ap_sim::adapter::{Mode, Status};
-use ap_sim::apqn::Apqn;
-use ap_sim::registers::{RegState, RegView};
-use ap_sim::sysfs::{Mkvps, QueueInfo, Reading, SysfsError, SysfsTree};
-use ap_sim::table::Table;
-use ap_sim::token::KeyType;
-use ap_sim::Mkvp;
+use crate::adapter::{Mode, Status};
+use crate::apqn::Apqn;
+use crate::registers::{MkType, RegState, RegView};
+use crate::sysfs::{Mkvps, QueueInfo, Reading, SysfsError, SysfsTree};
+use crate::table::Table;
+use crate::token::KeyType;
+use crate::Mkvp;
 use serde::Serialize;
 
 /// What the APQNs are checked for.
@@ -229,12 +229,88 @@ pub fn cross_check(
     })
 }
 
+/// Why staging to NEW is refused: the cross-check's table and findings. Every command that
+/// stages (repository keys, LUKS2 volumes, the KMS plug-in's keys) reports it in these words.
+#[derive(Clone, Debug, Serialize)]
+pub struct NotReady(pub CrossCheck);
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the APQNs are not ready for re-enciphering to the NEW master key; nothing was changed:\n{}{}",
+            self.0.table(),
+            self.0.report()
+        )
+    }
+}
+
+impl std::error::Error for NotReady {}
+
+/// Before anything of `mktype` is staged to NEW on `apqns`: each APQN exists, is online, shows
+/// its registers, and all hold the same complete NEW master key. For keys without a
+/// [`KeyType`] (the APKA identity key) and for callers that know only the master key type.
+pub fn require_new(
+    tree: &SysfsTree,
+    mktype: MkType,
+    apqns: &[Apqn],
+) -> Result<Result<CrossCheck, NotReady>, SysfsError> {
+    let mut findings = Vec::new();
+    let mut rows = Vec::new();
+    for &apqn in apqns {
+        let Some(q) = tree.queue(apqn)? else {
+            findings.push(Finding {
+                severity: Severity::Error,
+                apqn: Some(apqn),
+                message: format!(
+                    "APQN {apqn} does not exist: 'lszcrypt' lists the APQNs of this system"
+                ),
+            });
+            continue;
+        };
+        let row = registers_for(&q, mktype);
+        if q.status != Status::Online {
+            findings.push(Finding {
+                severity: Severity::Error,
+                apqn: Some(apqn),
+                message: format!(
+                    "APQN {apqn} is {}: set it online (chzcrypt -e) or leave it out",
+                    q.status.word()
+                ),
+            });
+        } else if row.current.is_none() {
+            findings.push(Finding {
+                severity: Severity::Error,
+                apqn: Some(apqn),
+                message: format!("APQN {apqn} has no {mktype} master key registers"),
+            });
+        }
+        rows.push(row);
+    }
+    let checked: Vec<&ApqnRegisters> = rows.iter().filter(|r| r.current.is_some()).collect();
+    check_new(&checked, Purpose::ToNew, &mut findings);
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    let cc = CrossCheck {
+        apqns: rows,
+        findings,
+    };
+    Ok(if cc.is_proper() { Ok(cc) } else { Err(NotReady(cc)) })
+}
+
 fn registers_of(q: &QueueInfo, key_type: KeyType) -> ApqnRegisters {
-    let (new, current, old) = match (&q.mkvps, key_type) {
-        (Some(Mkvps::Cca(m)), KeyType::CcaAesData | KeyType::CcaAesCipher) => {
+    registers_for(q, key_type.mk_type())
+}
+
+fn registers_for(q: &QueueInfo, mktype: MkType) -> ApqnRegisters {
+    let (new, current, old) = match (&q.mkvps, mktype) {
+        (Some(Mkvps::Cca(m)), MkType::Aes) => {
             (Some(m.aes.new), Some(m.aes.current), Some(m.aes.old))
         }
-        (Some(Mkvps::Ep11(m)), KeyType::Ep11Aes) => (Some(m.new), Some(m.current), None),
+        (Some(Mkvps::Cca(m)), MkType::Apka) => match m.apka {
+            Some(a) => (Some(a.new), Some(a.current), Some(a.old)),
+            None => (None, None, None),
+        },
+        (Some(Mkvps::Ep11(m)), MkType::Ep11) => (Some(m.new), Some(m.current), None),
         _ => (None, None, None),
     };
     ApqnRegisters {
@@ -248,7 +324,7 @@ fn registers_of(q: &QueueInfo, key_type: KeyType) -> ApqnRegisters {
 }
 
 fn list(apqns: &[Apqn]) -> String {
-    ap_sim::apqn::format_list(apqns)
+    crate::apqn::format_list(apqns)
 }
 
 /// NEW registers must agree: all empty, or all holding the same complete key.
@@ -360,9 +436,9 @@ fn check_currents_agree(rows: &[&ApqnRegisters], findings: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ap_sim::apqn::parse_list;
-    use ap_sim::sim::{Layout, Simulator};
-    use ap_sim::MkType;
+    use crate::apqn::parse_list;
+    use crate::sim::{Layout, Simulator};
+    use crate::MkType;
 
     fn sim() -> (tempfile::TempDir, Simulator, SysfsTree) {
         let t = tempfile::tempdir().unwrap();
@@ -450,7 +526,7 @@ mod tests {
     #[test]
     fn missing_offline_and_wrong_type_apqns_are_errors() {
         let (_t, s, tree) = sim();
-        s.set_online(ap_sim::sim::Target::Card(9), false).unwrap();
+        s.set_online(crate::sim::Target::Card(9), false).unwrap();
         let cc = cross_check(
             &tree,
             KeyType::CcaAesCipher,
