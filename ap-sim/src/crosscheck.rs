@@ -294,7 +294,11 @@ pub fn require_new(
         apqns: rows,
         findings,
     };
-    Ok(if cc.is_proper() { Ok(cc) } else { Err(NotReady(cc)) })
+    Ok(if cc.is_proper() {
+        Ok(cc)
+    } else {
+        Err(NotReady(cc))
+    })
 }
 
 fn registers_of(q: &QueueInfo, key_type: KeyType) -> ApqnRegisters {

@@ -200,6 +200,39 @@ impl World {
         String::from_utf8(o.stdout).expect("utf-8 output")
     }
 
+    /// Runs a command with `input` on its stdin (a passphrase an operator types).
+    pub fn typed(&self, bin: &str, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .cmd(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("wait")
+    }
+
+    /// The exit code of a command, with its output for the assertion message.
+    pub fn code(&self, bin: &str, args: &[&str]) -> (i32, String) {
+        let o = self.run(bin, args);
+        (
+            o.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    }
+
     /// Runs a command that must fail; its stderr and stdout together.
     pub fn fails(&self, bin: &str, args: &[&str]) -> String {
         let o = self.run(bin, args);

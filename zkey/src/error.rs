@@ -31,6 +31,9 @@ pub enum ZkeyError {
     CrossCheck(String),
     #[error("{0}")]
     Invalid(String),
+    /// A filter (`-N`, `-a`, `-l`) that selects nothing: nothing was done.
+    #[error("no key matches {0}: 'zkey list' shows the keys and their APQNs; nothing was changed")]
+    NoMatch(String),
     /// Staging to NEW refused by the APQN cross-check (split or missing NEW registers).
     #[error(transparent)]
     NotReady(#[from] ap_sim::crosscheck::NotReady),

@@ -205,8 +205,15 @@ impl Pattern {
         self.matches(name.as_str())
     }
 
-    /// Matches an APQN in its normal form `cc.dddd`, as the reference does for `-a` filters.
+    /// Matches an APQN as the reference does for `-a` filters: a pattern without wildcards is
+    /// an APQN in any spelling (`8.2f` is `08.002f`), one with wildcards is matched against the
+    /// normal form `cc.dddd`.
     pub fn matches_apqn(&self, apqn: &Apqn) -> bool {
+        if self.is_literal() {
+            if let Ok(a) = self.source.parse::<Apqn>() {
+                return a == *apqn;
+            }
+        }
         self.matches(&apqn.to_string())
     }
 
@@ -365,7 +372,18 @@ mod tests {
         let a: Apqn = "8.2f".parse().unwrap();
         assert!(Pattern::new("08.002f").matches_apqn(&a));
         assert!(Pattern::new("08.*").matches_apqn(&a));
-        assert!(!Pattern::new("8.2f").matches_apqn(&a));
+        // An APQN without wildcards is an APQN in any spelling, as the README promises.
+        assert!(Pattern::new("8.2f").matches_apqn(&a));
+        assert!(Pattern::new("08.2F").matches_apqn(&a));
+        assert!(!Pattern::new("8.2e").matches_apqn(&a));
+    }
+
+    #[test]
+    fn quote_makes_one_shell_word() {
+        assert_eq!(quote("disk1"), "disk1");
+        assert_eq!(quote("/dev/dasdb1:enc"), "/dev/dasdb1:enc");
+        assert_eq!(quote("b[1]"), "'b[1]'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
     }
 
     /// A naive recursive matcher as an oracle for `*`/`?`/literals.
@@ -397,5 +415,19 @@ mod tests {
         fn literal_pattern_matches_itself(s in "[a-z0-9._-]{0,16}") {
             prop_assert!(Pattern::new(&s).matches(&s));
         }
+    }
+}
+
+/// `text` as one shell word, so that advice a user copies selects exactly what it names (a key
+/// name may hold characters the shell or `-N`'s wildcards treat specially).
+pub fn quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=+@%,".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }

@@ -326,14 +326,15 @@ fn risk(ad: &Adapters, key: &SecureKey, st: &KeyStatus, within: Option<&[Apqn]>)
         (false, _, _) => (!st.vp_mismatch).then_some(Risk::Lost),
         (true, Some(Register::Old), _) => Some(Risk::EncipheredWithOld),
         (true, Some(Register::Current), Some(Register::New)) => None,
-        // A NEW master key is loaded exactly when the key could be re-enciphered to it now.
-        (true, Some(Register::Current), _)
-            if ad.hsm.reencipher(key, Direction::ToNew, within).is_ok() =>
-        {
-            Some(Risk::NotStaged)
-        }
+        (true, Some(Register::Current), _) if new_loaded(ad, key, within) => Some(Risk::NotStaged),
         _ => None,
     }
+}
+
+/// Whether a NEW master key for `key` is loaded on the APQNs it would use: exactly when the key
+/// could be re-enciphered to it now.
+pub fn new_loaded(ad: &Adapters, key: &SecureKey, within: Option<&[Apqn]>) -> bool {
+    ad.hsm.reencipher(key, Direction::ToNew, within).is_ok()
 }
 
 /// The status of a repository key.
@@ -346,4 +347,29 @@ pub fn entry_status(ad: &Adapters, e: &KeyEntry, apqn_check: bool) -> KeyStatus 
         Some(&e.properties),
         apqn_check,
     )
+}
+
+/// The status of a key whose files are inconsistent.
+pub fn damaged_status(d: &crate::DamagedKey) -> KeyStatus {
+    KeyStatus {
+        name: d.name.to_string(),
+        valid: false,
+        error: Some(d.to_string()),
+        key_type: None,
+        secure_key_size: 0,
+        clear_key_bits: None,
+        xts: None,
+        register: None,
+        mkvp: None,
+        verification_pattern: None,
+        vp_mismatch: false,
+        staged: None,
+        risk: None,
+        advice: Some(format!(
+            "restore the key's files from a backup, or remove it with 'zkey remove -N {} --force'",
+            crate::keyname::quote(d.name.as_str())
+        )),
+        apqns: vec![],
+        apqn_check: None,
+    }
 }

@@ -11,6 +11,8 @@
 //! - [`adapters`]: where the crypto adapters and their sysfs view are found.
 //! - [`crosscheck`] (from `ap-sim`): whether a set of APQNs agrees on its master keys.
 //! - [`keyops`]: making keys, and where each key stands (valid, at risk from the next SET).
+//! - [`readiness`]: one verdict per key, volume and plug-in key for the next SET: the one
+//!   truth `validate`, `list`, `mkchange` and the staging commands report.
 //! - [`reencipher`]: staged, in-place and complete re-encipher of repository keys.
 //! - [`kms`]: a repository bound to a key management server through a KMS plug-in.
 //! - [`mkchange`]: master key change operations: plan, start, finalize, cancel.
@@ -27,6 +29,7 @@ pub mod keyops;
 pub mod kms;
 pub mod mkchange;
 pub mod properties;
+pub mod readiness;
 pub mod reencipher;
 pub mod repository;
 pub mod volume;

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use ap_sim::apqn::{Apqn, ApqnList};
 use ap_sim::audit::Event;
 use ap_sim::durable;
+use ap_sim::exit::Exit;
 use ap_sim::hsm::{Direction, Register};
 use ap_sim::table::Table;
 use ap_sim::token::{KeyType, SecureKey};
@@ -514,8 +515,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("zkey: {e:#}");
-            ExitCode::FAILURE
+            exit_of(&e).into()
         }
+    }
+}
+
+/// The suite's exit code for an error: a filter that selects nothing is a usage error.
+fn exit_of(e: &anyhow::Error) -> Exit {
+    match e.downcast_ref::<zkey::ZkeyError>() {
+        Some(zkey::ZkeyError::NoMatch(_)) => Exit::Usage,
+        _ => Exit::Failed,
     }
 }
 
@@ -797,85 +806,80 @@ fn apqn_patterns(s: &Option<String>) -> Vec<Pattern> {
 
 fn validate(a: ValidateArgs) -> Result<ExitCode> {
     let ad = adapters()?;
-    let statuses: Vec<KeyStatus> = match &a.file {
-        Some(f) => {
-            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
-            vec![keyops::status(
-                &ad,
-                &f.display().to_string(),
-                &bytes,
-                None,
-                None,
-                false,
-            )]
+    if let Some(f) = &a.file {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let st = keyops::status(&ad, &f.display().to_string(), &bytes, None, None, false);
+        let (verdict, _) = zkey::readiness::key_verdict(&st);
+        if a.json {
+            let v = serde_json::json!({ "keys": [&st], "summary": { "valid": st.valid as usize, "invalid": !st.valid as usize, "at_risk": st.risk.is_some() as usize } });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print_status(&st, verdict);
         }
-        None => {
-            let repo = open_repo()?;
-            let r = repo.read(lock_wait())?;
-            let sel = Selection {
-                names: a.name.clone(),
-                apqns: apqn_patterns(&a.apqns),
-            };
-            let mut out = Vec::new();
-            for e in r.entries()? {
-                match e {
-                    Ok(e) if sel.matches(&e.name, &e.properties.apqns) => {
-                        out.push(keyops::entry_status(&ad, &e, !a.no_apqn_check))
-                    }
-                    Ok(_) => {}
-                    Err(d) if sel.names.as_ref().is_none_or(|p| p.matches_name(&d.name)) => {
-                        out.push(damaged_status(&d))
-                    }
-                    Err(_) => {}
-                }
-            }
-            out
-        }
+        return Ok(exit_if(a.all && !verdict.ready(), Exit::AtRisk));
+    }
+    let repo = open_repo()?;
+    let r = repo.read(lock_wait())?;
+    let sel = Selection {
+        names: a.name.clone(),
+        apqns: apqn_patterns(&a.apqns),
     };
+    let plugin = zkey::readiness::plugin_facts(&r)?;
+    let scope = zkey::readiness::Scope {
+        keys: sel.clone(),
+        change: None,
+        without_plugin_keys: sel.is_filtered(),
+        apqn_check: !a.no_apqn_check,
+    };
+    let rd = zkey::readiness::assess(&r, &ad, &scope, &plugin)?;
+    sel.require_match(rd.keys.len())?;
+    let statuses = &rd.keys;
     let valid = statuses.iter().filter(|s| s.valid).count();
-    let at_risk = statuses.iter().filter(|s| s.risk.is_some()).count();
     let invalid = statuses.len() - valid;
+    let at_risk = rd.summary.at_risk + rd.summary.lost;
     if a.json {
-        let v = serde_json::json!({ "keys": statuses, "summary": { "valid": valid, "invalid": invalid, "at_risk": at_risk } });
+        let v = serde_json::json!({ "keys": statuses, "summary": { "valid": valid, "invalid": invalid, "at_risk": at_risk }, "readiness": &rd });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        for s in &statuses {
-            print_status(s);
+        for s in statuses {
+            let verdict = rd
+                .object(zkey::readiness::Kind::Key, &s.name)
+                .map_or(zkey::readiness::Verdict::Unknown, |o| o.verdict);
+            print_status(s, verdict);
         }
-        println!("{valid} keys are valid, {invalid} keys are invalid, {at_risk} keys are at risk");
-        if at_risk > 0 {
-            println!("NOT SAFE TO SET: re-encipher the keys marked AT RISK first.");
-        }
+        print_readiness(&rd);
+        println!(
+            "{valid} keys are valid, {invalid} keys are invalid, {at_risk} objects are at risk"
+        );
+        println!("{}", rd.headline());
     }
-    let bad = statuses.iter().any(KeyStatus::at_risk);
-    Ok(if a.all && bad {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_if(a.all && rd.at_risk, Exit::AtRisk))
 }
 
-fn damaged_status(d: &zkey::DamagedKey) -> KeyStatus {
-    KeyStatus {
-        name: d.name.to_string(),
-        valid: false,
-        error: Some(d.to_string()),
-        key_type: None,
-        secure_key_size: 0,
-        clear_key_bits: None,
-        xts: None,
-        register: None,
-        mkvp: None,
-        verification_pattern: None,
-        vp_mismatch: false,
-        staged: None,
-        risk: None,
-        advice: Some(format!(
-            "restore the key's files from a backup, or remove it with 'zkey remove -N {} --force'",
-            d.name
-        )),
-        apqns: vec![],
-        apqn_check: None,
+/// The readiness table: every object that is not simply safe, with what to do.
+fn print_readiness(rd: &zkey::readiness::Readiness) {
+    use zkey::readiness::Verdict;
+    let mut t = Table::new(["OBJECT", "NAME", "MK", "VERDICT", "WHY", "WHAT TO DO"]);
+    for o in rd.objects.iter().filter(|o| o.verdict != Verdict::Safe) {
+        t.row([
+            o.kind.word().to_string(),
+            o.name.clone(),
+            o.mktype.map_or_else(|| "-".into(), |m| m.to_string()),
+            o.verdict.word().to_string(),
+            o.reason.clone(),
+            o.action.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    if !t.is_empty() {
+        print!("{}", t.render());
+    }
+}
+
+fn exit_if(cond: bool, code: Exit) -> ExitCode {
+    if cond {
+        code.into()
+    } else {
+        Exit::Done.into()
     }
 }
 
@@ -888,7 +892,7 @@ fn register_words(r: Option<Register>) -> &'static str {
     }
 }
 
-fn print_status(s: &KeyStatus) {
+fn print_status(s: &KeyStatus, verdict: zkey::readiness::Verdict) {
     println!("Validation of secure key '{}':", s.name);
     let status = if s.valid { "Valid" } else { "Invalid" };
     println!("  Status:                {status}");
@@ -925,8 +929,11 @@ fn print_status(s: &KeyStatus) {
             register_words(st.register)
         );
     }
-    if let Some(r) = &s.risk {
-        let _ = r;
+    println!("  Readiness:             {verdict}");
+    if matches!(
+        verdict,
+        zkey::readiness::Verdict::AtRisk | zkey::readiness::Verdict::Lost
+    ) {
         println!(
             "  *** AT RISK ***:       {}",
             s.advice.as_deref().unwrap_or("")
@@ -991,16 +998,29 @@ fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
         }
     })?;
     record_reencipher(&repo, &ad, &report)?;
+    let rd = zkey::readiness::assess(
+        &w,
+        &ad,
+        &zkey::readiness::Scope {
+            keys: sel.clone(),
+            without_plugin_keys: true,
+            ..Default::default()
+        },
+        &[],
+    )?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "keys": report.keys, "summary": report.summary, "readiness": rd })
+            )?
+        );
     } else {
         println!("{}", report.summary);
+        print_readiness(&rd);
+        println!("{}", rd.headline());
     }
-    Ok(if report.summary.failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(exit_if(report.summary.failed > 0, Exit::Failed))
 }
 
 fn print_result(r: &reencipher::KeyResult) {
@@ -1065,6 +1085,7 @@ fn reencipher_file(
 }
 
 fn list(a: ListArgs) -> Result<ExitCode> {
+    use zkey::readiness::{Kind, Verdict};
     let ad = adapters()?;
     let repo = open_repo()?;
     let r = repo.read(lock_wait())?;
@@ -1077,6 +1098,17 @@ fn list(a: ListArgs) -> Result<ExitCode> {
         .as_deref()
         .map(|s| s.split(',').map(Pattern::new).collect())
         .unwrap_or_default();
+    let plugin = zkey::readiness::plugin_facts(&r)?;
+    let rd = zkey::readiness::assess(
+        &r,
+        &ad,
+        &zkey::readiness::Scope {
+            keys: sel.clone(),
+            without_plugin_keys: sel.is_filtered(),
+            ..Default::default()
+        },
+        &plugin,
+    )?;
     let mut rows = Vec::new();
     let mut damaged = Vec::new();
     for e in r.entries()? {
@@ -1095,19 +1127,54 @@ fn list(a: ListArgs) -> Result<ExitCode> {
                 {
                     continue;
                 }
-                let st = keyops::entry_status(&ad, &e, false);
-                rows.push((e.properties.clone(), st));
+                let Some(st) = rd.keys.iter().find(|k| k.name == e.name.as_str()) else {
+                    continue;
+                };
+                let verdict = rd
+                    .object(Kind::Key, e.name.as_str())
+                    .map_or(Verdict::Unknown, |o| o.verdict);
+                rows.push((e.properties.clone(), st.clone(), verdict));
             }
-            Err(d) if sel.names.as_ref().is_none_or(|p| p.matches_name(&d.name)) => damaged.push(d),
+            Err(d) if sel.matches_damaged(&d.name) => damaged.push(d),
             Err(_) => {}
         }
     }
+    let filtered = sel.is_filtered()
+        || a.volume_type.is_some()
+        || a.key_type.is_some()
+        || !vol_patterns.is_empty();
+    if filtered && rows.is_empty() && damaged.is_empty() {
+        let mut what = sel.describe();
+        if let Some(v) = &a.volumes {
+            what.push_str(&format!(" --volumes '{v}'"));
+        }
+        if let Some(t) = a.volume_type {
+            what.push_str(&format!(" --volume-type {t}"));
+        }
+        if let Some(t) = a.key_type {
+            what.push_str(&format!(" --key-type {t}"));
+        }
+        return Err(zkey::ZkeyError::NoMatch(what.trim().to_string()).into());
+    }
+    // Volumes and plug-in keys of the listed keys that are not ready are listed below the table.
+    let listed: Vec<&str> = rows.iter().map(|(_, s, _)| s.name.as_str()).collect();
+    let below: Vec<&zkey::readiness::Object> = rd
+        .not_ready()
+        .into_iter()
+        .filter(|o| match o.kind {
+            Kind::Key => listed.contains(&o.name.as_str()),
+            Kind::Volume => o.key.as_deref().is_some_and(|k| listed.contains(&k)),
+            Kind::PluginKey => !filtered,
+        })
+        .collect();
     if a.json {
-        let keys: Vec<_> = rows.iter().map(|(p, s)| list_json(p, s)).collect();
+        let keys: Vec<_> = rows.iter().map(|(p, s, v)| list_json(p, s, *v)).collect();
         let dmg: Vec<_> = damaged.iter().map(|d| serde_json::json!({ "name": d.name.to_string(), "damage": d.damage.iter().map(|x| x.to_string()).collect::<Vec<_>>() })).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "keys": keys, "damaged": dmg }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "keys": keys, "damaged": dmg, "not_ready": below })
+            )?
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -1121,7 +1188,7 @@ fn list(a: ListArgs) -> Result<ExitCode> {
         "VOLUME TYPE",
         "STATE",
     ]);
-    for (p, s) in &rows {
+    for (p, s, v) in &rows {
         t.row([
             s.name.clone(),
             p.key_type.clone(),
@@ -1136,7 +1203,7 @@ fn list(a: ListArgs) -> Result<ExitCode> {
             or_dash(ap_sim::apqn::format_list(&p.apqns)),
             or_dash(zkey::volume::format_volume_list(&p.volumes)),
             p.volume_type.to_string(),
-            state_word(s),
+            state_word(s, *v),
         ]);
     }
     for d in &damaged {
@@ -1156,11 +1223,20 @@ fn list(a: ListArgs) -> Result<ExitCode> {
     } else {
         print!("{}", t.render());
     }
-    for (_, s) in rows.iter().filter(|(_, s)| s.risk.is_some()) {
+    for o in below
+        .iter()
+        .filter(|o| o.kind != Kind::Key || o.verdict != Verdict::Unknown)
+    {
         println!(
-            "*** AT RISK: key '{}': {}",
-            s.name,
-            s.advice.as_deref().unwrap_or("")
+            "*** {}: {} '{}': {}{}",
+            o.verdict.word().to_uppercase(),
+            o.kind.word(),
+            o.name,
+            o.reason,
+            o.action
+                .as_deref()
+                .map(|a| format!("; run '{a}'"))
+                .unwrap_or_default()
         );
     }
     for d in &damaged {
@@ -1177,7 +1253,8 @@ fn or_dash(s: String) -> String {
     }
 }
 
-fn state_word(s: &KeyStatus) -> String {
+fn state_word(s: &KeyStatus, verdict: zkey::readiness::Verdict) -> String {
+    use zkey::readiness::Verdict;
     let base = match (s.valid, s.register) {
         (true, Some(Register::Current)) => "valid (CURRENT)",
         (true, Some(Register::Old)) => "valid (OLD)",
@@ -1188,13 +1265,19 @@ fn state_word(s: &KeyStatus) -> String {
     if s.staged.is_some() {
         w.push_str(", re-enciphering pending");
     }
-    if s.risk.is_some() {
-        w.push_str(", AT RISK");
+    match verdict {
+        Verdict::AtRisk | Verdict::Lost => w.push_str(", AT RISK"),
+        Verdict::Staged if s.staged.is_none() => w.push_str(", staged"),
+        _ => {}
     }
     w
 }
 
-fn list_json(p: &KeyProperties, s: &KeyStatus) -> serde_json::Value {
+fn list_json(
+    p: &KeyProperties,
+    s: &KeyStatus,
+    verdict: zkey::readiness::Verdict,
+) -> serde_json::Value {
     serde_json::json!({
         "name": s.name,
         "key_type": p.key_type,
@@ -1209,6 +1292,7 @@ fn list_json(p: &KeyProperties, s: &KeyStatus) -> serde_json::Value {
         "reencipher_time": p.reencipher_time.as_ref().map(|t| t.to_string()),
         "kms": p.kms,
         "status": s,
+        "verdict": verdict,
     })
 }
 
@@ -1631,17 +1715,9 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(" and ")
     };
-    let next_steps = |op: &Operation| {
-        if op.safe_to_set() {
-            println!(
-                "SAFE TO SET: every key{} is staged for the new {} master key.",
-                if op.volumes.is_empty() {
-                    ""
-                } else {
-                    " and volume"
-                },
-                mk_names(op)
-            );
+    let next_steps = |op: &Operation, rd: &zkey::readiness::Readiness| {
+        println!("{}", rd.headline());
+        if rd.safe_to_set {
             println!(
                 "Next: the SECURITY OFFICER sets the new {} master key on {} at the TKE",
                 mk_names(op),
@@ -1658,33 +1734,27 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                 "      then the ADMINISTRATOR runs: zkey mkchange finalize -i {}",
                 op.id
             );
-        } else {
-            println!("NOT SAFE TO SET: these are not staged; the SET would make them unusable or leave them under OLD:");
-            for k in op.not_staged() {
-                println!(
-                    "  key {}: {}",
-                    k.name,
-                    k.error.as_deref().unwrap_or("not staged")
-                );
-            }
-            for k in op
-                .plugin_keys
-                .iter()
-                .filter(|p| p.state != mkchange::ItemState::Staged)
-            {
-                println!(
-                    "  {}: {}",
-                    k.key,
-                    k.error.as_deref().unwrap_or("not staged")
-                );
-            }
-            for v in op.volumes_not_staged() {
-                match (&v.error, v.passphrase_known) {
-                    (Some(e), _) => println!("  volume {}: {e}", v.volume),
-                    (None, false) => println!("  volume {}: zkey does not hold its passphrase: the ADMINISTRATOR runs 'zkey-cryptsetup reencipher {} --staged'", v.volume, zkey::crypttab::volume_device(&v.volume).display()),
-                    (None, true) => println!("  volume {}: not staged", v.volume),
-                }
-            }
+            return;
+        }
+        print_readiness(rd);
+        let errors: Vec<String> = op
+            .keys
+            .iter()
+            .filter_map(|k| k.error.as_ref().map(|e| format!("  key {}: {e}", k.name)))
+            .chain(
+                op.plugin_keys
+                    .iter()
+                    .filter_map(|k| k.error.as_ref().map(|e| format!("  {}: {e}", k.key))),
+            )
+            .chain(op.volumes.iter().filter_map(|v| {
+                v.error
+                    .as_ref()
+                    .map(|e| format!("  volume {}: {e}", v.volume))
+            }))
+            .collect();
+        if !errors.is_empty() {
+            println!("What failed while staging:");
+            errors.iter().for_each(|e| println!("{e}"));
         }
     };
     let audit = |op: &Operation, event: &str| -> Result<()> {
@@ -1714,9 +1784,19 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
     match cmd {
         MkchangeCmd::Plan { spec, json } => {
             let w = repo.write(lock_wait())?;
-            let p = mkchange::plan(&w, &ad, &spec.request()?)?;
+            let req = spec.request()?;
+            let p = mkchange::plan(&w, &ad, &req)?;
+            let rd = zkey::readiness::assess(
+                &w,
+                &ad,
+                &zkey::readiness::Scope {
+                    change: Some((req.apqns.clone(), req.types.clone())),
+                    ..Default::default()
+                },
+                &zkey::readiness::plugin_facts(&w)?,
+            )?;
             if json {
-                print_json(serde_json::json!({ "plan": p, "ready": p.ready() }))?;
+                print_json(serde_json::json!({ "plan": p, "ready": p.ready(), "readiness": rd }))?;
             } else {
                 println!(
                     "Master key change of {} on {}:",
@@ -1769,6 +1849,9 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                 for k in &p.plugin_keys {
                     println!("KMS plug-in key: {k}");
                 }
+                println!();
+                print_readiness(&rd);
+                println!("{}", rd.headline());
                 println!(
                     "\n{}",
                     if p.ready() {
@@ -1794,9 +1877,10 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
             if !dry_run {
                 audit(&op, "start")?;
             }
+            let rd = mkchange::readiness(&w, &ad, &op)?;
             if json {
                 print_json(
-                    serde_json::json!({ "operation": op, "dry_run": dry_run, "safe_to_set": op.safe_to_set() }),
+                    serde_json::json!({ "operation": op, "dry_run": dry_run, "safe_to_set": rd.safe_to_set, "readiness": rd }),
                 )?;
             } else if dry_run {
                 println!(
@@ -1821,12 +1905,14 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                 }
             } else {
                 println!("Master key change operation {} is {}.", op.id, op.state);
-                next_steps(&op);
+                next_steps(&op, &rd);
             }
-            Ok(if dry_run || op.safe_to_set() {
-                ExitCode::SUCCESS
+            Ok(if dry_run || rd.safe_to_set {
+                Exit::Done.into()
+            } else if op.state == mkchange::State::Error {
+                Exit::Failed.into()
             } else {
-                ExitCode::from(1)
+                Exit::AtRisk.into()
             })
         }
         MkchangeCmd::Status { id, json } => {
@@ -1840,7 +1926,11 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                 .map(|o| mkchange::set_status(&ad, o).unwrap_or_default())
                 .collect();
             if json {
-                let v: Vec<_> = ops.iter().zip(&sets).map(|(o, s)| serde_json::json!({ "operation": o, "set": s, "safe_to_set": o.safe_to_set() })).collect();
+                let mut v = Vec::new();
+                for (o, s) in ops.iter().zip(&sets) {
+                    let rd = mkchange::readiness(&r, &ad, o)?;
+                    v.push(serde_json::json!({ "operation": o, "set": s, "safe_to_set": rd.safe_to_set, "readiness": rd }));
+                }
                 print_json(serde_json::json!({ "operations": v }))?;
                 return Ok(ExitCode::SUCCESS);
             }
@@ -1895,7 +1985,7 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                     o.state,
                     mkchange::State::Reenciphered | mkchange::State::Error
                 ) {
-                    next_steps(o);
+                    next_steps(o, &mkchange::readiness(&r, &ad, o)?);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -1916,8 +2006,18 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                     "The previous secure keys are kept in {} until the next change is finalized.",
                     repo.path().join("mkchange").join(&op.id).display()
                 );
-                for v in op.volumes.iter().filter(|v| !v.passphrase_known) {
-                    println!("The ADMINISTRATOR completes volume {}: zkey-cryptsetup reencipher {} --complete", v.volume, zkey::crypttab::volume_device(&v.volume).display());
+                let rd = mkchange::readiness(&w, &ad, &op)?;
+                for o in rd.not_ready() {
+                    println!(
+                        "The ADMINISTRATOR checks {} {}: {}{}",
+                        o.kind.word(),
+                        o.name,
+                        o.reason,
+                        o.action
+                            .as_deref()
+                            .map(|a| format!("; run '{a}'"))
+                            .unwrap_or_default()
+                    );
                 }
             } else {
                 println!(

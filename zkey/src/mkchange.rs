@@ -154,24 +154,6 @@ impl Operation {
             .filter(|k| !matches!(k.state, ItemState::Staged | ItemState::Completed))
             .collect()
     }
-
-    /// Volumes not staged: the administrator must stage them before the SET.
-    pub fn volumes_not_staged(&self) -> Vec<&VolumeItem> {
-        self.volumes
-            .iter()
-            .filter(|v| !matches!(v.state, ItemState::Staged | ItemState::Completed))
-            .collect()
-    }
-
-    /// Everything is staged: the security officer may SET.
-    pub fn safe_to_set(&self) -> bool {
-        self.not_staged().is_empty()
-            && self.volumes_not_staged().is_empty()
-            && self
-                .plugin_keys
-                .iter()
-                .all(|p| matches!(p.state, ItemState::Staged | ItemState::Completed))
-    }
 }
 
 /// What a change is asked for.
@@ -724,6 +706,22 @@ pub fn stage_new_key(
         return Ok(Some(op.id));
     }
     Ok(None)
+}
+
+/// The verdicts of everything the operation touches, read afresh (the operation's own item
+/// states say what zkey did; this says where each object stands, also for what the
+/// administrator staged by hand).
+pub fn readiness(
+    r: &crate::repository::Reader<'_>,
+    ad: &Adapters,
+    op: &Operation,
+) -> Result<crate::readiness::Readiness, ZkeyError> {
+    let scope = crate::readiness::Scope {
+        change: Some((op.apqns.clone(), op.mktypes().collect())),
+        ..Default::default()
+    };
+    let plugin = crate::readiness::plugin_facts(r)?;
+    crate::readiness::assess(r, ad, &scope, &plugin)
 }
 
 /// Where the SET stands on the operation's APQNs, per type.

@@ -63,6 +63,38 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// Whether any filter was given: an empty result is then an error ([`ZkeyError::NoMatch`]).
+    pub fn is_filtered(&self) -> bool {
+        self.names.is_some() || !self.apqns.is_empty()
+    }
+
+    /// The filters in words, for the error that says nothing matched.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = &self.names {
+            parts.push(format!("--name '{n}'"));
+        }
+        if !self.apqns.is_empty() {
+            let a: Vec<&str> = self.apqns.iter().map(Pattern::as_str).collect();
+            parts.push(format!("--apqns '{}'", a.join(",")));
+        }
+        parts.join(" ")
+    }
+
+    /// A damaged key has no readable APQNs: it is selected by name alone, and only when no
+    /// APQN filter is given.
+    pub fn matches_damaged(&self, name: &KeyName) -> bool {
+        self.apqns.is_empty() && self.names.as_ref().is_none_or(|p| p.matches_name(name))
+    }
+
+    /// An error when a filter was given and `matched` is zero.
+    pub fn require_match(&self, matched: usize) -> Result<(), ZkeyError> {
+        if self.is_filtered() && matched == 0 {
+            return Err(ZkeyError::NoMatch(self.describe()));
+        }
+        Ok(())
+    }
+
     pub fn matches(&self, name: &KeyName, apqns: &[Apqn]) -> bool {
         self.names.as_ref().is_none_or(|p| p.matches_name(name))
             && (self.apqns.is_empty()
@@ -197,6 +229,7 @@ pub fn reencipher_repository(
         each(&r);
         report.keys.push(r);
     }
+    sel.require_match(report.keys.len())?;
     Ok(report)
 }
 

@@ -1,0 +1,734 @@
+//! The readiness model: one verdict per object a master key change touches, so that every
+//! command that says whether a SET is safe says the same thing.
+//!
+//! The objects are the repository's keys, the LUKS2 volumes of those keys (their headers hold
+//! their own copy of the secure key), and the KMS plug-in's own keys. Each gets a [`Verdict`]:
+//!
+//! | verdict | meaning |
+//! |---|---|
+//! | `safe` | works now and after the next SET (no change pending for its master key type, or not touched by it) |
+//! | `staged` | a copy under the NEW master key waits beside it (or it was moved to NEW in place): the SET is safe for it |
+//! | `at-risk` | the next SET destroys it, or makes it unusable until someone acts: the reason names the command |
+//! | `lost` | unusable already: its master key is gone, its files are damaged, or the key file holds another key |
+//! | `unknown` | the suite cannot tell (a device that is not there, a volume header that cannot tell CURRENT from OLD without the passphrase) |
+//!
+//! A SET is *safe* when a change is pending (a complete NEW key is loaded) and every object is
+//! `safe` or `staged`. `zkey validate --all` exits 3 (the suite's "at risk" code) when any
+//! object is `at-risk` or `lost`, or when a change is pending and any object is `unknown`.
+//!
+//! What is read: the HSM for repository keys (verify, trial re-encipher to NEW), the LUKS2
+//! header's tokens for volumes (no passphrase; the dummy passphrase zkey holds only where the
+//! header alone cannot tell), and the MKVPs the plug-in reports for its keys against the
+//! registers in sysfs. Nothing is changed.
+
+use serde::Serialize;
+
+use ap_sim::apqn::Apqn;
+use ap_sim::registers::{MkType, RegState};
+use ap_sim::sysfs::{Mkvps, Reading};
+use ap_sim::token::{KeyType, SecureKey};
+use ap_sim::Mkvp;
+
+use crate::adapters::Adapters;
+use crate::error::ZkeyError;
+use crate::keyops::{self, KeyStatus, Risk};
+use crate::reencipher::Selection;
+use crate::repository::{DamagedKey, KeyEntry, Reader};
+use crate::volume::{Volume, VolumeType};
+
+/// Where one object stands for the next SET.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Safe,
+    Staged,
+    AtRisk,
+    Lost,
+    Unknown,
+}
+
+impl Verdict {
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Safe => "safe",
+            Verdict::Staged => "staged",
+            Verdict::AtRisk => "AT RISK",
+            Verdict::Lost => "LOST",
+            Verdict::Unknown => "unknown",
+        }
+    }
+
+    /// Safe or staged: nothing to do before the SET.
+    pub fn ready(self) -> bool {
+        matches!(self, Verdict::Safe | Verdict::Staged)
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// What kind of object.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A repository key (`<name>.skey`).
+    Key,
+    /// A LUKS2 volume of a repository key.
+    Volume,
+    /// A KMS plug-in's own key (identity key, wrapping key).
+    PluginKey,
+}
+
+impl Kind {
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::Key => "key",
+            Kind::Volume => "volume",
+            Kind::PluginKey => "plug-in key",
+        }
+    }
+}
+
+/// One object and its verdict. Stable JSON schema: fields are only ever added.
+#[derive(Clone, Debug, Serialize)]
+pub struct Object {
+    pub kind: Kind,
+    /// The key's name, the volume as `device:dm-name`, or `PLUGIN identity-key`.
+    pub name: String,
+    /// For a volume: the repository key it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    pub mktype: Option<MkType>,
+    pub verdict: Verdict,
+    /// Why, in words.
+    pub reason: String,
+    /// The command that makes it safe, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+/// A master key change that can be SET now: a complete NEW key of `mktype` on `apqns`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pending {
+    pub mktype: MkType,
+    pub apqns: Vec<Apqn>,
+    /// The NEW key's pattern, `None` when the APQNs hold different NEW keys.
+    pub new_mkvp: Option<Mkvp>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub safe: usize,
+    pub staged: usize,
+    pub at_risk: usize,
+    pub lost: usize,
+    pub unknown: usize,
+}
+
+/// The verdicts of every object in scope.
+#[derive(Clone, Debug, Serialize)]
+pub struct Readiness {
+    /// The changes that can be SET now, read from the registers.
+    pub pending: Vec<Pending>,
+    pub objects: Vec<Object>,
+    pub summary: Summary,
+    /// A change is pending and every object is safe or staged.
+    pub safe_to_set: bool,
+    /// Something would be lost or hurt: the "at risk" exit code.
+    pub at_risk: bool,
+    /// The full status of each repository key in scope, in repository order (damaged keys
+    /// included), for the commands that show more than the verdict.
+    #[serde(skip)]
+    pub keys: Vec<KeyStatus>,
+}
+
+impl Readiness {
+    fn new(pending: Vec<Pending>, objects: Vec<Object>, keys: Vec<KeyStatus>) -> Readiness {
+        let mut s = Summary::default();
+        for o in &objects {
+            match o.verdict {
+                Verdict::Safe => s.safe += 1,
+                Verdict::Staged => s.staged += 1,
+                Verdict::AtRisk => s.at_risk += 1,
+                Verdict::Lost => s.lost += 1,
+                Verdict::Unknown => s.unknown += 1,
+            }
+        }
+        let changing = !pending.is_empty();
+        let safe_to_set = changing && objects.iter().all(|o| o.verdict.ready());
+        let at_risk = s.at_risk + s.lost > 0 || (changing && s.unknown > 0);
+        Readiness {
+            pending,
+            objects,
+            summary: s,
+            safe_to_set,
+            at_risk,
+            keys,
+        }
+    }
+
+    /// The objects that keep a SET from being safe, worst first.
+    pub fn not_ready(&self) -> Vec<&Object> {
+        let mut v: Vec<&Object> = self.objects.iter().filter(|o| !o.verdict.ready()).collect();
+        v.sort_by_key(|o| std::cmp::Reverse(o.verdict));
+        v
+    }
+
+    pub fn object(&self, kind: Kind, name: &str) -> Option<&Object> {
+        self.objects
+            .iter()
+            .find(|o| o.kind == kind && o.name == name)
+    }
+
+    /// The one line every command prints: "SAFE TO SET ...", "NOT SAFE TO SET ..." or, with
+    /// nothing pending, how many objects are at risk.
+    pub fn headline(&self) -> String {
+        let s = &self.summary;
+        let counts = format!(
+            "{} safe, {} staged, {} at risk, {} lost, {} unknown",
+            s.safe, s.staged, s.at_risk, s.lost, s.unknown
+        );
+        if self.safe_to_set {
+            format!(
+                "SAFE TO SET: every key, volume and plug-in key is safe or staged for the new {} master key ({counts}).",
+                self.pending_types()
+            )
+        } else if !self.pending.is_empty() {
+            format!(
+                "NOT SAFE TO SET the new {} master key: {} of {} objects are not staged ({counts}).",
+                self.pending_types(),
+                self.not_ready().len(),
+                self.objects.len()
+            )
+        } else if self.at_risk {
+            format!("AT RISK: no master key change is pending, but the next one would hurt these ({counts}).")
+        } else {
+            format!("No master key change is pending ({counts}).")
+        }
+    }
+
+    fn pending_types(&self) -> String {
+        let mut t: Vec<String> = self
+            .pending
+            .iter()
+            .map(|p| p.mktype.to_string().to_uppercase())
+            .collect();
+        t.dedup();
+        t.join(" and ")
+    }
+}
+
+/// Which objects: the selection of repository keys, and optionally only what a change of
+/// `types` on `apqns` touches (a master key change operation's scope).
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub keys: Selection,
+    pub change: Option<(Vec<Apqn>, Vec<MkType>)>,
+    /// Leave out the plug-in's keys (e.g. a `-N` filter that names repository keys).
+    pub without_plugin_keys: bool,
+    /// Cross-check each key's APQNs too (`validate` without `--no-apqn-check`).
+    pub apqn_check: bool,
+}
+
+impl Scope {
+    fn touches(&self, mktype: MkType, apqns: &[Apqn]) -> bool {
+        match &self.change {
+            None => true,
+            Some((ca, ct)) => {
+                ct.contains(&mktype) && (apqns.is_empty() || apqns.iter().any(|a| ca.contains(a)))
+            }
+        }
+    }
+}
+
+/// The facts a KMS plug-in reports about one of its own keys.
+#[derive(Clone, Debug)]
+pub struct PluginKeyFacts {
+    pub plugin: String,
+    pub key: String,
+    pub mktype: MkType,
+    pub apqns: Vec<Apqn>,
+    pub mkvp: Mkvp,
+    pub staged_mkvp: Option<Mkvp>,
+}
+
+/// Assesses every object in `scope`. The caller holds the repository lock (shared is enough).
+pub fn assess(
+    r: &Reader<'_>,
+    ad: &Adapters,
+    scope: &Scope,
+    plugin_keys: &[PluginKeyFacts],
+) -> Result<Readiness, ZkeyError> {
+    let mut pending = pending(ad)?;
+    if let Some((apqns, types)) = &scope.change {
+        pending.retain(|p| types.contains(&p.mktype) && p.apqns.iter().any(|a| apqns.contains(a)));
+    }
+    let mut objects = Vec::new();
+    let mut keys = Vec::new();
+    for e in r.entries()? {
+        match e {
+            Ok(e) => {
+                if !scope.keys.matches(&e.name, &e.properties.apqns) {
+                    continue;
+                }
+                let Some(t) = mktype_of(&e) else {
+                    objects.push(damaged_object(e.name.as_str(), "its key type is unknown"));
+                    keys.push(keyops::entry_status(ad, &e, false));
+                    continue;
+                };
+                if !scope.touches(t, &e.properties.apqns) {
+                    continue;
+                }
+                let st = keyops::entry_status(ad, &e, scope.apqn_check);
+                objects.push(key_object(&e, &st, t));
+                objects.extend(volume_objects(r, ad, &e, &st, t));
+                keys.push(st);
+            }
+            Err(d) => {
+                if scope.change.is_none() && scope.keys.matches_damaged(&d.name) {
+                    objects.push(damaged(&d));
+                    keys.push(keyops::damaged_status(&d));
+                }
+            }
+        }
+    }
+    if !scope.without_plugin_keys {
+        for p in plugin_keys {
+            if scope.touches(p.mktype, &p.apqns) {
+                objects.push(plugin_object(ad, p)?);
+            }
+        }
+    }
+    Ok(Readiness::new(pending, objects, keys))
+}
+
+/// The changes that can be SET now: per master key type, the online APQNs with a complete NEW
+/// key.
+pub fn pending(ad: &Adapters) -> Result<Vec<Pending>, ZkeyError> {
+    let mut out: Vec<Pending> = Vec::new();
+    for q in ad.sysfs.queues()? {
+        if q.status != ap_sim::adapter::Status::Online {
+            continue;
+        }
+        for t in [MkType::Aes, MkType::Apka, MkType::Ep11] {
+            let Some(new) = register(&q.mkvps, t, Slot::New).and_then(complete) else {
+                continue;
+            };
+            match out.iter_mut().find(|p| p.mktype == t) {
+                Some(p) => {
+                    if p.new_mkvp.is_some_and(|m| !m.matches(&new)) {
+                        p.new_mkvp = None;
+                    }
+                    p.apqns.push(q.apqn);
+                }
+                None => out.push(Pending {
+                    mktype: t,
+                    apqns: vec![q.apqn],
+                    new_mkvp: Some(new),
+                }),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn mktype_of(e: &KeyEntry) -> Option<MkType> {
+    e.properties
+        .key_type
+        .parse::<KeyType>()
+        .ok()
+        .map(KeyType::mk_type)
+}
+
+fn damaged_object(name: &str, why: &str) -> Object {
+    Object {
+        kind: Kind::Key,
+        name: name.to_string(),
+        key: None,
+        mktype: None,
+        verdict: Verdict::Lost,
+        reason: format!("the key is damaged and cannot be used: {why}"),
+        action: Some(format!(
+            "restore the key's files from a backup, or remove it with 'zkey remove -N {} --force'",
+            crate::keyname::quote(name)
+        )),
+    }
+}
+
+fn damaged(d: &DamagedKey) -> Object {
+    damaged_object(d.name.as_str(), &d.to_string())
+}
+
+/// A repository key's verdict from its status.
+pub fn key_verdict(st: &KeyStatus) -> (Verdict, String) {
+    let reason = |r: &Risk| st.advice.clone().unwrap_or_else(|| format!("{r:?}"));
+    match &st.risk {
+        _ if st.vp_mismatch => (
+            Verdict::Lost,
+            st.error
+                .clone()
+                .unwrap_or_else(|| "verification pattern mismatch".into()),
+        ),
+        Some(r @ Risk::Lost) => (Verdict::Lost, reason(r)),
+        Some(Risk::AwaitingSet) => (
+            Verdict::Staged,
+            "re-enciphered in place to the NEW master key: usable after the SET".into(),
+        ),
+        Some(r) => (Verdict::AtRisk, reason(r)),
+        None if st.staged.as_ref().and_then(|s| s.register) == Some(ap_sim::hsm::Register::New) => {
+            (
+                Verdict::Staged,
+                "a copy under the NEW master key is staged; complete it after the SET".into(),
+            )
+        }
+        None if st.valid => (
+            Verdict::Safe,
+            format!(
+                "enciphered with the {} master key; no NEW master key is loaded for it",
+                st.register.map(|r| r.name()).unwrap_or("CURRENT")
+            ),
+        ),
+        None => (
+            Verdict::Unknown,
+            st.error
+                .clone()
+                .unwrap_or_else(|| "the key cannot be checked".into()),
+        ),
+    }
+}
+
+fn key_object(e: &KeyEntry, st: &KeyStatus, t: MkType) -> Object {
+    let (verdict, reason) = key_verdict(st);
+    let name = e.name.as_str();
+    let q = crate::keyname::quote(name);
+    let action = match (&st.risk, verdict) {
+        (Some(Risk::EncipheredWithOld), _) => Some(format!("zkey reencipher -N {q} --from-old")),
+        (Some(Risk::NotStaged), _) => Some(format!("zkey reencipher -N {q} --to-new --staged")),
+        (Some(Risk::CompletePending), _) => Some(format!("zkey reencipher -N {q} --complete")),
+        (Some(Risk::Lost), _) if e.properties.is_kms_bound() => {
+            Some(format!("zkey kms refresh -N {q}"))
+        }
+        _ => None,
+    };
+    Object {
+        kind: Kind::Key,
+        name: name.to_string(),
+        key: None,
+        mktype: Some(t),
+        verdict,
+        reason,
+        action,
+    }
+}
+
+/// The LUKS2 volumes of a key, judged by their headers.
+fn volume_objects(
+    r: &Reader<'_>,
+    ad: &Adapters,
+    e: &KeyEntry,
+    st: &KeyStatus,
+    t: MkType,
+) -> Vec<Object> {
+    if e.properties.volume_type != VolumeType::Luks2 {
+        return Vec::new();
+    }
+    let new_loaded = SecureKey::parse(&e.secure_key).is_ok_and(|k| {
+        let within = (!e.properties.apqns.is_empty()).then_some(e.properties.apqns.as_slice());
+        keyops::new_loaded(ad, &k, within)
+    });
+    e.properties
+        .volumes
+        .iter()
+        .map(|v| {
+            let (verdict, reason, action) = volume_verdict(r, ad, e, st, v, new_loaded);
+            Object {
+                kind: Kind::Volume,
+                name: v.to_string(),
+                key: Some(e.name.to_string()),
+                mktype: Some(t),
+                verdict,
+                reason,
+                action,
+            }
+        })
+        .collect()
+}
+
+fn volume_verdict(
+    r: &Reader<'_>,
+    ad: &Adapters,
+    e: &KeyEntry,
+    st: &KeyStatus,
+    v: &Volume,
+    new_loaded: bool,
+) -> (Verdict, String, Option<String>) {
+    use zkey_cryptsetup::luks2::Volume as Header;
+    let device = crate::crypttab::device_path(v.device());
+    let dev = crate::keyname::quote(&device.display().to_string());
+    if !device.exists() {
+        return (
+            Verdict::Unknown,
+            format!("the device {} is not there", device.display()),
+            Some(format!("attach the device, or drop the association with 'zkey change -N {} --volumes -{v}'", crate::keyname::quote(e.name.as_str()))),
+        );
+    }
+    let mut h = match Header::open(&device) {
+        Ok(h) => h,
+        Err(zkey_cryptsetup::Error::NotLuks2 { .. }) => {
+            return (
+                Verdict::Safe,
+                "not formatted yet: the device holds no key".into(),
+                None,
+            )
+        }
+        Err(err) => {
+            return (
+                Verdict::Unknown,
+                format!("the LUKS2 header cannot be read: {err}"),
+                None,
+            )
+        }
+    };
+    let vp_token = h.vp_token().ok().flatten();
+    if let (Some(t), Some(vp)) = (&vp_token, st.verification_pattern.as_deref()) {
+        if t.token.verification_pattern.as_str() != vp {
+            return (
+                Verdict::Unknown,
+                format!("the volume's verification pattern {} is not key '{}''s: the volume holds another key", t.token.verification_pattern, e.name),
+                Some(format!("zkey-cryptsetup validate {dev}")),
+            );
+        }
+    }
+    let pending = match h.reencipher_token() {
+        Ok(p) => p.is_some(),
+        Err(err) => {
+            return (
+                Verdict::Unknown,
+                format!("the re-encipher token cannot be read: {err}"),
+                Some(format!("zkey-cryptsetup validate {dev}")),
+            )
+        }
+    };
+    drop(h);
+    match (pending, new_loaded) {
+        (true, true) => (
+            Verdict::Staged,
+            "a re-encipher to the NEW master key is staged in the header".into(),
+            None,
+        ),
+        (true, false) => (
+            Verdict::AtRisk,
+            "a staged re-encipher waits in the header: complete it after the SET, or the next SET destroys the volume key".into(),
+            Some(format!("zkey-cryptsetup reencipher {dev} --complete")),
+        ),
+        (false, true) => (
+            Verdict::AtRisk,
+            "a NEW master key is loaded and the volume's header copy of the key is not staged".into(),
+            Some(format!("zkey-cryptsetup reencipher {dev} --staged")),
+        ),
+        (false, false) => by_passphrase(r, ad, e, &device, &dev),
+    }
+}
+
+/// No change pending and nothing staged: the header cannot tell whether the volume key is
+/// under CURRENT or OLD. With the dummy passphrase zkey holds, the key itself can.
+fn by_passphrase(
+    r: &Reader<'_>,
+    ad: &Adapters,
+    e: &KeyEntry,
+    device: &std::path::Path,
+    dev: &str,
+) -> (Verdict, String, Option<String>) {
+    use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
+    use zkey_cryptsetup::volume::KeyState;
+    let validate = Some(format!("zkey-cryptsetup validate {dev}"));
+    if !e.has_pass {
+        return (
+            Verdict::Unknown,
+            "the header cannot tell whether the volume key is under the CURRENT or the OLD master key without the passphrase".into(),
+            validate,
+        );
+    }
+    let report = r
+        .read_pass(&e.name)
+        .map_err(|e| e.to_string())
+        .and_then(|p| {
+            let mut s = Supplier::new(Source::Given(Passphrase::new(p.to_vec())));
+            zkey_cryptsetup::volume::validate(&ad.hsm, device, &mut s, &mut Quiet)
+                .map_err(|e| e.to_string())
+        });
+    match report {
+        Err(err) => (
+            Verdict::Unknown,
+            format!("the volume key cannot be read with the key's dummy passphrase: {err}"),
+            validate,
+        ),
+        Ok(rep) => match rep.volume_key.state {
+            KeyState::Current => (
+                Verdict::Safe,
+                "the volume key is enciphered with the CURRENT master key".into(),
+                None,
+            ),
+            KeyState::Old => (
+                Verdict::AtRisk,
+                "the volume key is enciphered with the OLD master key: the next SET destroys it".into(),
+                Some(format!("zkey-cryptsetup reencipher {dev} --from-old --in-place")),
+            ),
+            KeyState::New => (
+                Verdict::Staged,
+                "the volume key was re-enciphered in place to the NEW master key: usable after the SET".into(),
+                None,
+            ),
+            KeyState::Unusable => (
+                Verdict::Lost,
+                "the volume key's master key is gone".into(),
+                None,
+            ),
+        },
+    }
+}
+
+struct Quiet;
+
+impl zkey_cryptsetup::Ui for Quiet {
+    fn info(&mut self, _: &str) {}
+    fn warn(&mut self, _: &str) {}
+    fn confirm(&mut self, _: &str) -> Result<bool, zkey_cryptsetup::Error> {
+        Ok(false)
+    }
+}
+
+#[derive(Copy, Clone)]
+enum Slot {
+    New,
+    Current,
+    Old,
+}
+
+fn register(m: &Option<Mkvps>, t: MkType, slot: Slot) -> Option<Reading> {
+    let (new, cur, old) = match (m.as_ref()?, t) {
+        (Mkvps::Cca(m), MkType::Aes) => (m.aes.new, m.aes.current, Some(m.aes.old)),
+        (Mkvps::Cca(m), MkType::Apka) => {
+            let a = m.apka?;
+            (a.new, a.current, Some(a.old))
+        }
+        (Mkvps::Ep11(m), MkType::Ep11) => (m.new, m.current, None),
+        _ => return None,
+    };
+    match slot {
+        Slot::New => Some(new),
+        Slot::Current => Some(cur),
+        Slot::Old => old,
+    }
+}
+
+fn complete(r: Reading) -> Option<Mkvp> {
+    match r {
+        Reading::Known(v)
+            if matches!(
+                v.state,
+                RegState::Full | RegState::Committed | RegState::Valid
+            ) =>
+        {
+            v.mkvp
+        }
+        _ => None,
+    }
+}
+
+/// A plug-in key's verdict from its MKVPs and the registers of its APQNs.
+fn plugin_object(ad: &Adapters, p: &PluginKeyFacts) -> Result<Object, ZkeyError> {
+    let (mut cur, mut old, mut new) = (Vec::new(), Vec::new(), Vec::new());
+    for &a in &p.apqns {
+        let Some(q) = ad.sysfs.queue(a)? else {
+            continue;
+        };
+        if q.status != ap_sim::adapter::Status::Online {
+            continue;
+        }
+        let get = |s| register(&q.mkvps, p.mktype, s).and_then(complete);
+        cur.extend(get(Slot::Current));
+        old.extend(get(Slot::Old));
+        new.extend(get(Slot::New));
+    }
+    let is = |set: &[Mkvp], m: Mkvp| !set.is_empty() && set.iter().all(|x| x.matches(&m));
+    let any = |set: &[Mkvp], m: Mkvp| set.iter().any(|x| x.matches(&m));
+    let staged_new = p.staged_mkvp.is_some_and(|s| is(&new, s));
+    let t = p.mktype.to_string().to_uppercase();
+    let (verdict, reason, action) = if is(&cur, p.mkvp) {
+        if new.is_empty() {
+            (
+                Verdict::Safe,
+                format!(
+                    "enciphered with the CURRENT {t} master key; no NEW {t} master key is loaded"
+                ),
+                None,
+            )
+        } else if staged_new {
+            (
+                Verdict::Staged,
+                format!("a copy under the NEW {t} master key is staged"),
+                None,
+            )
+        } else {
+            (
+                Verdict::AtRisk,
+                format!("a NEW {t} master key is loaded and the key is not staged"),
+                Some("zkey kms reencipher --to-new --staged".into()),
+            )
+        }
+    } else if any(&old, p.mkvp) {
+        let complete_pending = p.staged_mkvp.is_some_and(|s| is(&cur, s));
+        (
+            Verdict::AtRisk,
+            if complete_pending {
+                format!("the {t} master key was SET and the staged copy is not completed yet")
+            } else {
+                format!("enciphered with the OLD {t} master key: the next SET destroys it")
+            },
+            Some(if complete_pending {
+                "zkey kms reencipher --complete".into()
+            } else {
+                "zkey kms reencipher --from-old --in-place".into()
+            }),
+        )
+    } else if any(&new, p.mkvp) {
+        (
+            Verdict::Staged,
+            format!("re-enciphered in place to the NEW {t} master key: usable after the SET"),
+            None,
+        )
+    } else if cur.is_empty() {
+        (
+            Verdict::Unknown,
+            format!(
+                "none of its APQNs ({}) is online with a {t} master key",
+                ap_sim::apqn::format_list(&p.apqns)
+            ),
+            None,
+        )
+    } else {
+        (
+            Verdict::Lost,
+            format!("its {t} master key ({}) is in no register any more", p.mkvp),
+            None,
+        )
+    };
+    Ok(Object {
+        kind: Kind::PluginKey,
+        name: format!("{} {}", p.plugin, p.key),
+        key: None,
+        mktype: Some(p.mktype),
+        verdict,
+        reason,
+        action,
+    })
+}
+
+/// The facts of the bound KMS plug-in's own keys (none when the repository is not bound).
+pub fn plugin_facts(_r: &Reader<'_>) -> Result<Vec<PluginKeyFacts>, ZkeyError> {
+    Ok(Vec::new())
+}
