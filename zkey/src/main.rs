@@ -57,7 +57,9 @@ enum Cmd {
     /// Export a repository key into a file
     #[command(visible_alias = "ex")]
     Export {
+        /// The file to write the secure key to (mode 0600)
         file: PathBuf,
+        /// The repository key to export
         #[arg(short = 'N', long)]
         name: KeyName,
     },
@@ -67,6 +69,7 @@ enum Cmd {
     /// Remove a key from the repository
     #[command(visible_alias = "rem")]
     Remove {
+        /// The key to remove
         #[arg(short = 'N', long)]
         name: KeyName,
         /// Do not ask; also removes a damaged key
@@ -79,16 +82,20 @@ enum Cmd {
     /// Rename a key
     #[command(visible_alias = "ren")]
     Rename {
+        /// The key to rename
         #[arg(short = 'N', long)]
         name: KeyName,
+        /// Its new name
         #[arg(short = 'w', long = "new-name")]
         new_name: KeyName,
     },
     /// Copy a key under a new name (without its volumes, unless -l)
     #[command(visible_alias = "co")]
     Copy {
+        /// The key to copy
         #[arg(short = 'N', long)]
         name: KeyName,
+        /// The name of the copy
         #[arg(short = 'w', long = "new-name")]
         new_name: KeyName,
         /// Volumes of the copy (dev:dm-name, comma-separated)
@@ -189,11 +196,13 @@ struct ValidateArgs {
     /// APQNs (wildcards allowed)
     #[arg(short = 'a', long)]
     apqns: Option<String>,
+    /// Do not cross-check the keys' APQNs (online, type, master keys)
     #[arg(long)]
     no_apqn_check: bool,
     /// Exit non-zero if any key is invalid or at risk from the next SET (a "safe to SET" check)
     #[arg(long)]
     all: bool,
+    /// JSON output (stable schema: keys, summary, readiness)
     #[arg(long)]
     json: bool,
 }
@@ -202,8 +211,10 @@ struct ValidateArgs {
 struct ReencipherArgs {
     /// A key file instead of repository keys (re-enciphered in place, or to --output)
     file: Option<PathBuf>,
+    /// Key names (wildcards allowed; a filter that matches no key is an error)
     #[arg(short = 'N', long, conflicts_with = "file")]
     name: Option<Pattern>,
+    /// Keys bound to these APQNs, comma-separated (8.2f is 08.002f; wildcards allowed)
     #[arg(short = 'a', long)]
     apqns: Option<String>,
     /// OLD -> CURRENT
@@ -227,13 +238,16 @@ struct ReencipherArgs {
     /// With a key file: write the result here instead of replacing the file
     #[arg(short = 'f', long = "output", requires = "file")]
     output: Option<PathBuf>,
+    /// JSON output: each key's result, the summary and the readiness verdicts
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 struct ImportArgs {
+    /// The secure key file to import
     file: PathBuf,
+    /// Name of the key in the repository
     #[arg(short = 'N', long)]
     name: KeyName,
     #[command(flatten)]
@@ -242,25 +256,32 @@ struct ImportArgs {
 
 #[derive(Args)]
 struct ListArgs {
+    /// Key names (wildcards allowed)
     #[arg(short = 'N', long)]
     name: Option<Pattern>,
+    /// Keys bound to these APQNs (8.2f is 08.002f; wildcards allowed)
     #[arg(short = 'a', long)]
     apqns: Option<String>,
     /// Volumes (dev or dev:dm-name, wildcards allowed)
     #[arg(short = 'l', long)]
     volumes: Option<String>,
+    /// Only keys of this volume type: luks2 or plain
     #[arg(short = 't', long)]
     volume_type: Option<VolumeType>,
+    /// Only keys of this type: CCA-AESDATA, CCA-AESCIPHER or EP11-AES
     #[arg(short = 'K', long)]
     key_type: Option<KeyType>,
+    /// JSON output (stable schema: keys, damaged, not_ready)
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 struct ChangeArgs {
+    /// The key to change
     #[arg(short = 'N', long)]
     name: KeyName,
+    /// A new description (empty removes it)
     #[arg(short = 'd', long)]
     description: Option<String>,
     /// Volumes: +dev:dm adds, -dev:dm removes, a plain list replaces
@@ -269,18 +290,25 @@ struct ChangeArgs {
     /// APQNs: +APQN adds, -APQN removes, a plain list replaces
     #[arg(short = 'a', long, allow_hyphen_values = true)]
     apqns: Option<String>,
+    /// Do not cross-check added APQNs against the key's master key
     #[arg(long)]
     no_apqn_check: bool,
+    /// Do not check that added volumes exist
     #[arg(long)]
     no_volume_check: bool,
+    /// Sector size of the volumes: 0 or 512..4096, a power of two
     #[arg(short = 'S', long)]
     sector_size: Option<SectorSize>,
+    /// Volume type: luks2 or plain
     #[arg(short = 't', long)]
     volume_type: Option<VolumeType>,
+    /// Generate a random dummy passphrase for the key's LUKS2 volumes
     #[arg(long, conflicts_with_all = ["set_dummy_passphrase", "remove_dummy_passphrase"])]
     gen_dummy_passphrase: bool,
+    /// Use the content of FILE as the dummy passphrase
     #[arg(long, value_name = "FILE", conflicts_with = "remove_dummy_passphrase")]
     set_dummy_passphrase: Option<PathBuf>,
+    /// Remove the dummy passphrase (asks first, unless -F)
     #[arg(long)]
     remove_dummy_passphrase: bool,
     /// Do not ask before removing the dummy passphrase
@@ -418,6 +446,7 @@ enum MkchangeCmd {
     Plan {
         #[command(flatten)]
         spec: ChangeSpec,
+        /// JSON output: the plan, its checks and the readiness verdicts
         #[arg(long)]
         json: bool,
     },
@@ -428,6 +457,7 @@ enum MkchangeCmd {
         /// Show what would be staged, change nothing
         #[arg(long)]
         dry_run: bool,
+        /// JSON output: the operation, safe_to_set and the readiness verdicts
         #[arg(long)]
         json: bool,
     },
@@ -437,22 +467,28 @@ enum MkchangeCmd {
         /// One operation
         #[arg(short = 'i', long)]
         id: Option<String>,
+        /// JSON output: each operation, where its SET stands, and its readiness
         #[arg(long)]
         json: bool,
     },
     /// After the SET: complete every key and volume, keep the previous keys as a backup
     Finalize {
+        /// The operation (see zkey mkchange status)
         #[arg(short = 'i', long)]
         id: String,
+        /// Check that the SET is done and say what would be completed; change nothing
         #[arg(long)]
         dry_run: bool,
+        /// JSON output: the operation
         #[arg(long)]
         json: bool,
     },
     /// While no APQN has the new key set: remove the staged copies
     Cancel {
+        /// The operation (see zkey mkchange status)
         #[arg(short = 'i', long)]
         id: String,
+        /// Say what would be removed; change nothing
         #[arg(long)]
         dry_run: bool,
         /// Do not ask
@@ -467,6 +503,7 @@ enum MkchangeCmd {
 enum AuditCmd {
     /// Prove both logs intact, or name the first bad record (exit 1)
     Verify {
+        /// JSON output: one entry per log
         #[arg(long)]
         json: bool,
     },
@@ -478,6 +515,7 @@ enum AuditCmd {
         /// Key names (wildcards allowed)
         #[arg(short = 'N', long = "name")]
         key: Option<Pattern>,
+        /// APQNs (wildcards allowed)
         #[arg(short = 'a', long)]
         apqn: Option<Pattern>,
         /// aes, apka or ep11
@@ -492,6 +530,7 @@ enum AuditCmd {
         /// Only the last N records
         #[arg(long)]
         last: Option<usize>,
+        /// JSON output: the records
         #[arg(long)]
         json: bool,
     },
@@ -499,8 +538,10 @@ enum AuditCmd {
 
 #[derive(Args)]
 struct VolumeFilter {
+    /// Key names (wildcards allowed)
     #[arg(short = 'N', long)]
     name: Option<Pattern>,
+    /// Volumes (dev or dev:dm-name, wildcards allowed)
     #[arg(short = 'l', long)]
     volumes: Option<String>,
 }
@@ -2356,4 +2397,36 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for s in c.get_subcommands() {
+            if s.get_about().is_none() {
+                missing.push(format!("{path} {} (no about)", s.get_name()));
+            }
+            walk(s, &format!("{path} {}", s.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_option_and_command_has_help() {
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "zkey", &mut missing);
+        missing.retain(|m| !m.starts_with("zkey kms ")); // MERGE: the kms branch adds them
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
 }
