@@ -552,8 +552,16 @@ pub fn start(
             .filter(|c| !c.ok)
             .map(|c| format!("- {}: {}", c.check, c.detail))
             .collect();
+        // The same cross-check table every staging command prints, for the types whose NEW
+        // registers are not ready.
+        let mut tables = String::new();
+        for &t in &req.types {
+            if let Err(nr) = ap_sim::crosscheck::require_new(&ad.sysfs, t, &req.apqns)? {
+                tables.push_str(&format!("\n{t}: {nr}"));
+            }
+        }
         return Err(ZkeyError::Invalid(format!(
-            "the master key change cannot start; nothing was changed:\n{}",
+            "the master key change cannot start; nothing was changed:\n{}{tables}",
             failed.join("\n")
         )));
     }
