@@ -15,28 +15,26 @@
 //! - [`sysfs`]: rendering the tree and parsing it (also a real `/sys`).
 //! - [`crosscheck`]: whether the APQNs a key uses agree on its master keys (the reference's
 //!   `CARD.DOMAIN  NEW MK  CURRENT MK  OLD MK` check), for every tool that binds or stages.
-//! - [`exit`]: the exit codes every binary of the suite uses.
 //! - [`lszcrypt`]: lszcrypt-style listings of a sysfs tree.
 //! - [`token`]: secure key token layouts and the wrapping of key material.
 //! - [`hsm`]: the operations on secure keys: generate, import, verify, re-encipher, VP.
-//! - [`table`]: aligned text tables for human output.
 //! - [`audit`]: the tamper-evident audit trail, authenticated inside the adapter.
-//! - [`durable`]: atomic file replacement and locks, used by every crate of the suite.
+//! - `durable`, `table`, `exit`: re-exported from the `infra` crate.
 
 pub mod adapter;
 pub mod apqn;
 pub mod audit;
 pub mod crosscheck;
-pub mod durable;
-pub mod exit;
 pub mod hsm;
 pub mod lszcrypt;
 pub mod mkvp;
 pub mod registers;
 pub mod sim;
 pub mod sysfs;
-pub mod table;
 pub mod token;
+
+// The shared infrastructure moved below the simulator; these paths stay for its users.
+pub use infra::{durable, exit, table};
 
 pub use apqn::Apqn;
 pub use mkvp::{MasterKey, Mkvp};

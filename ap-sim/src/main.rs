@@ -19,13 +19,15 @@ use ap_sim::{lszcrypt, MasterKey};
 
 /// A simulated IBM Z AP bus: crypto adapters, master key registers and a TKE.
 #[derive(Parser)]
-#[command(name = "ap-sim", version, about, long_about = None)]
+#[command(name = "ap-sim", version, about, long_about = None, arg_required_else_help = true)]
 struct Cli {
     /// The simulator directory [default: $AP_SIM_DIR, else /var/lib/ap-sim]
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
+    #[command(flatten)]
+    docs: infra::docs::DocsArgs,
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +166,9 @@ fn main() -> ExitCode {
     ap_sim::durable::arm_crash_points();
     ap_sim::durable::default_sigpipe();
     let cli = Cli::parse();
+    if let Some(code) = cli.docs.run::<Cli>() {
+        return code;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -175,7 +180,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let dir = Simulator::locate(cli.dir.as_deref());
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        bail!("name a command: 'ap-sim --help' lists them");
+    };
+    match cmd {
         Cmd::Init(a) => init(&dir, a),
         Cmd::Tke(t) => tke(&dir, t),
         Cmd::Lszcrypt { verbose, json } => {

@@ -287,6 +287,20 @@ fn token_matches(token: &Token, c: char) -> bool {
     }
 }
 
+/// `text` as one shell word, so that advice a user copies selects exactly what it names (a key
+/// name may hold characters the shell or `-N`'s wildcards treat specially).
+pub fn quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=+@%,".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,19 +429,5 @@ mod tests {
         fn literal_pattern_matches_itself(s in "[a-z0-9._-]{0,16}") {
             prop_assert!(Pattern::new(&s).matches(&s));
         }
-    }
-}
-
-/// `text` as one shell word, so that advice a user copies selects exactly what it names (a key
-/// name may hold characters the shell or `-N`'s wildcards treat specially).
-pub fn quote(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=+@%,".contains(c));
-    if plain {
-        text.to_string()
-    } else {
-        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }

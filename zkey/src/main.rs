@@ -28,7 +28,7 @@ use zkey::{KeyName, KeyProperties, Pattern};
 
 /// Manage secure AES keys of encrypted volumes, bound to crypto adapters (APQNs).
 #[derive(Parser)]
-#[command(name = "zkey", version, about, long_about = None, infer_subcommands = true, disable_version_flag = true)]
+#[command(name = "zkey", version, about, long_about = None, infer_subcommands = true, disable_version_flag = true, arg_required_else_help = true)]
 struct Cli {
     /// Print version information
     #[arg(short = 'v', long = "version", action = clap::ArgAction::Version)]
@@ -36,8 +36,10 @@ struct Cli {
     /// More output
     #[arg(short = 'V', long, global = true)]
     verbose: bool,
+    #[command(flatten)]
+    docs: infra::docs::DocsArgs,
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
@@ -552,6 +554,9 @@ fn main() -> ExitCode {
     // As the reference: files zkey creates are private to the repository's group at most.
     unsafe_umask();
     let cli = Cli::parse();
+    if let Some(code) = cli.docs.run::<Cli>() {
+        return code;
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -577,7 +582,10 @@ fn unsafe_umask() {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        bail!("name a command: 'zkey --help' lists them");
+    };
+    match cmd {
         Cmd::Generate(a) => generate(a).map(|_| ExitCode::SUCCESS),
         Cmd::Validate(a) => validate(a),
         Cmd::Reencipher(a) => reencipher_cmd(a),

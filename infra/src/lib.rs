@@ -1,0 +1,12 @@
+//! The zkey suite's shared infrastructure, below every crate that uses it: nothing here knows
+//! about adapters, keys or volumes.
+//!
+//! - [`durable`]: atomic file replacement, directory fsync, advisory locks, crash points.
+//! - [`table`]: aligned text tables for human output.
+//! - [`exit`]: the exit codes every binary of the suite uses.
+//! - [`docs`]: man pages and shell completions generated from a binary's clap definitions.
+
+pub mod docs;
+pub mod durable;
+pub mod exit;
+pub mod table;
