@@ -31,6 +31,9 @@ pub enum ZkeyError {
     CrossCheck(String),
     #[error("{0}")]
     Invalid(String),
+    /// The action was done, but its audit record could not be written.
+    #[error("the action was done, but recording it in the audit log failed: {0}")]
+    Audit(ap_sim::audit::AuditError),
     /// A filter (`-N`, `-a`, `-l`) that selects nothing: nothing was done.
     #[error("no key matches {0}: 'zkey list' shows the keys and their APQNs; nothing was changed")]
     NoMatch(String),

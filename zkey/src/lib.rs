@@ -14,6 +14,8 @@
 //! - [`readiness`]: one verdict per key, volume and plug-in key for the next SET: the one
 //!   truth `validate`, `list`, `mkchange` and the staging commands report.
 //! - [`reencipher`]: staged, in-place and complete re-encipher of repository keys.
+//! - [`ops`]: the operations the binary runs (generate, import, export, remove, rename, copy,
+//!   change, reencipher), each with its audit record and the staging into an open change.
 //! - [`kms`]: a repository bound to a key management server through a KMS plug-in.
 //! - [`mkchange`]: master key change operations: plan, start, finalize, cancel.
 //! - [`crypttab`]: crypttab lines and the commands that format and open the volumes.
@@ -28,6 +30,7 @@ pub mod keyname;
 pub mod keyops;
 pub mod kms;
 pub mod mkchange;
+pub mod ops;
 pub mod properties;
 pub mod readiness;
 pub mod reencipher;

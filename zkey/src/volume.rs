@@ -98,6 +98,25 @@ impl fmt::Display for Volume {
 
 /// Parses a comma-separated volume list as stored in `.info`; an empty string is no volumes.
 /// Duplicates are dropped, as `ap_sim::apqn::parse_list` does for APQNs.
+/// A volume must exist as a block device or an image file, unless it is named by UUID (the
+/// device may be attached later under that name).
+pub fn check_device(v: &Volume) -> Result<(), crate::ZkeyError> {
+    use std::os::unix::fs::FileTypeExt;
+    if v.device().starts_with("UUID=") {
+        return Ok(());
+    }
+    let md = std::fs::metadata(v.device()).map_err(|e| {
+        crate::ZkeyError::Invalid(format!(
+            "volume device {}: {e} (use --no-volume-check for a device that does not exist yet)",
+            v.device()
+        ))
+    })?;
+    if !(md.file_type().is_block_device() || md.is_file()) {
+        return Err(crate::ZkeyError::Invalid(format!("volume device {} is neither a block device nor an image file (use --no-volume-check to associate it anyway)", v.device())));
+    }
+    Ok(())
+}
+
 pub fn parse_volume_list(s: &str) -> Result<Vec<Volume>, VolumeError> {
     let mut out: Vec<Volume> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

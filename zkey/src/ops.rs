@@ -1,0 +1,473 @@
+//! zkey's operations, each complete: its checks, the durable change, the audit record, and the
+//! staging of a key made while a master key change is open on its APQNs. The binary parses its
+//! arguments, calls one of these and renders the typed result; the bench and any other library
+//! caller get the same guarantees, since none of them can be skipped from outside.
+//!
+//! Questions (remove a key? drop a dummy passphrase?) go through [`Ui`], so a caller decides how
+//! to ask (a terminal, `--force`, a test).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use ap_sim::apqn::Apqn;
+use ap_sim::audit::Event;
+use ap_sim::durable;
+use ap_sim::hsm::{Direction, Register};
+use ap_sim::token::SecureKey;
+use zeroize::Zeroizing;
+
+use crate::adapters::Adapters;
+use crate::error::ZkeyError;
+use crate::keyops::{self, NewKey};
+use crate::properties::Timestamp;
+use crate::reencipher::{self, Mode, Options, Report, Selection, Way};
+use crate::repository::{DummyPassphrase, Writer};
+use crate::volume::{Edit, SectorSize, Volume, VolumeType};
+use crate::KeyName;
+
+pub use zkey_cryptsetup::Ui;
+
+fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> ZkeyError + 'p {
+    move |source| ZkeyError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn ask(ui: &mut dyn Ui, question: &str, force: bool) -> Result<bool, ZkeyError> {
+    if force {
+        return Ok(true);
+    }
+    ui.confirm(question)
+        .map_err(|e| ZkeyError::Invalid(e.to_string()))
+}
+
+fn event(name: &str, keys: &[&KeyName], apqns: &[Apqn]) -> Event {
+    Event {
+        event: name.to_string(),
+        command: format!("zkey {}", name.split('-').next().unwrap_or(name)),
+        apqns: apqns.to_vec(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        result: "ok".into(),
+        ..Event::default()
+    }
+}
+
+fn key_event(name: &str, key_name: &KeyName, key: &SecureKey, apqns: &[Apqn]) -> Event {
+    Event {
+        mktype: Some(key.key_type().mk_type()),
+        new_mkvp: Some(key.mkvp()),
+        details: Some(format!(
+            "{}, {} bits{}",
+            key.key_type(),
+            key.key_bits() * if key.is_xts() { 2 } else { 1 },
+            if key.is_xts() { " (XTS)" } else { "" }
+        )),
+        ..event(name, &[key_name], apqns)
+    }
+}
+
+/// Appends a record to the repository's audit log, after the action it records was done.
+pub fn record(w: &Writer<'_>, ad: &Adapters, ev: Event) -> Result<(), ZkeyError> {
+    crate::audit::record(w.repository(), ad.hsm.simulator(), ev).map_err(ZkeyError::Audit)
+}
+
+/// Where a new key's material comes from.
+#[derive(Copy, Clone)]
+pub enum Source<'a> {
+    /// Random, generated inside the adapter.
+    Random,
+    /// From a clear key (`--clearkey`).
+    Clear(&'a [u8]),
+}
+
+/// What `generate` and `import` did.
+#[derive(Clone, Debug)]
+pub struct Added {
+    pub key: SecureKey,
+    /// The key was generated in the bound KMS.
+    pub in_kms: bool,
+    /// The master key change operation that was open on the key's APQNs and staged it too.
+    pub staged_in: Option<String>,
+    /// The key is enciphered with the OLD master key (an import): re-encipher it soon.
+    pub under_old: bool,
+    /// What the KMS plug-in said.
+    pub notices: Vec<String>,
+}
+
+/// A new key in a file (`zkey generate FILE`): never overwrites a file, never through a link.
+pub fn generate_file(
+    ad: &Adapters,
+    file: &Path,
+    spec: &NewKey,
+    source: Source<'_>,
+) -> Result<SecureKey, ZkeyError> {
+    if std::fs::symlink_metadata(file).is_ok() {
+        return Err(ZkeyError::Invalid(format!(
+            "{} exists: zkey does not overwrite a key file; remove it or choose another name",
+            file.display()
+        )));
+    }
+    let key = keyops::make_key(ad, spec, clear(source))?;
+    durable::write_atomic(file, &key.to_bytes(), 0o600).map_err(io("writing", file))?;
+    Ok(key)
+}
+
+fn clear(source: Source<'_>) -> Option<&[u8]> {
+    match source {
+        Source::Random => None,
+        Source::Clear(c) => Some(c),
+    }
+}
+
+/// A new repository key: in the bound KMS unless `local`, otherwise in the adapter; recorded
+/// in the audit log and staged into an open master key change.
+pub fn generate(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    name: &KeyName,
+    spec: &NewKey,
+    source: Source<'_>,
+    local: bool,
+    pass: Option<DummyPassphrase>,
+) -> Result<Added, ZkeyError> {
+    let bound = crate::kms::KmsConf::load(w)?.is_some() && !local;
+    let (key, notices) = if bound {
+        if matches!(source, Source::Clear(_)) || !spec.apqns.is_empty() {
+            return Err(ZkeyError::Invalid("a key of a KMS-bound repository is generated in the KMS and uses the plug-in's APQNs: drop --clearkey/--apqns, or add --local for a local key".into()));
+        }
+        let (key, props) = crate::kms::generate(w, ad, name, spec)?;
+        w.create_key(name, &key.to_bytes(), &props, pass)?;
+        (key, Vec::new())
+    } else {
+        let key = keyops::make_key(ad, spec, clear(source))?;
+        keyops::store_new(w, ad, name, &key, spec, pass)?;
+        (key, Vec::new())
+    };
+    record(w, ad, key_event("generate", name, &key, &spec.apqns))?;
+    let staged_in = crate::mkchange::stage_new_key(w, ad, &w.entry(name)?)?;
+    Ok(Added {
+        key,
+        in_kms: bound,
+        staged_in,
+        under_old: false,
+        notices,
+    })
+}
+
+/// Adds a secure key file's key to the repository, cross-checked against its MKVP.
+pub fn import(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    name: &KeyName,
+    key: &SecureKey,
+    spec: &NewKey,
+    pass: Option<DummyPassphrase>,
+) -> Result<Added, ZkeyError> {
+    let v = ad.hsm.verify(key, spec.apqn_slice())?;
+    if spec.apqn_check && !spec.apqns.is_empty() {
+        keyops::check_binding(ad, key.key_type(), &spec.apqns, Some(key.mkvp()))?;
+    }
+    keyops::store_new(w, ad, name, key, spec, pass)?;
+    record(w, ad, key_event("import", name, key, &spec.apqns))?;
+    let staged_in = crate::mkchange::stage_new_key(w, ad, &w.entry(name)?)?;
+    Ok(Added {
+        key: key.clone(),
+        in_kms: false,
+        staged_in,
+        under_old: v.register == Register::Old,
+        notices: Vec::new(),
+    })
+}
+
+/// Copies a repository key out into a file (mode 0600); refuses an existing file or link.
+pub fn export(w: &Writer<'_>, name: &KeyName, file: &Path) -> Result<(), ZkeyError> {
+    let e = w.entry(name)?;
+    if std::fs::symlink_metadata(file).is_ok() {
+        return Err(ZkeyError::Invalid(format!(
+            "{} exists: zkey does not overwrite it; remove it or choose another file",
+            file.display()
+        )));
+    }
+    durable::write_atomic(file, &e.secure_key, 0o600).map_err(io("writing", file))
+}
+
+/// Removes a key after asking (a KMS-bound key is deactivated in the KMS first; if that fails
+/// nothing is removed). `force` also removes a damaged key, without asking.
+pub fn remove(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    name: &KeyName,
+    force: bool,
+    ui: &mut dyn Ui,
+) -> Result<(), ZkeyError> {
+    let volumes = match w.entry(name) {
+        Ok(e) => e.properties.volumes.clone(),
+        Err(crate::RepoError::Damaged(_)) if force => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut q = format!("Remove key '{name}'? The key is destroyed: data encrypted with it can no longer be decrypted");
+    if !volumes.is_empty() {
+        q.push_str(&format!(
+            " (volumes: {})",
+            crate::volume::format_volume_list(&volumes)
+        ));
+    }
+    if !ask(ui, &q, force)? {
+        return Err(ZkeyError::Invalid(format!("key '{name}' was not removed")));
+    }
+    if let Ok(e) = w.entry(name) {
+        if e.properties.is_kms_bound() {
+            crate::kms::remove(w, &e.properties)
+                .map_err(|e| ZkeyError::Invalid(format!("{e}; the key was not removed")))?;
+        }
+    }
+    w.remove_key(name)?;
+    record(w, ad, event("remove", &[name], &[]))
+}
+
+/// Renames a key.
+pub fn rename(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    name: &KeyName,
+    new_name: &KeyName,
+) -> Result<(), ZkeyError> {
+    w.rename_key(name, new_name)?;
+    record(
+        w,
+        ad,
+        Event {
+            details: Some(format!("renamed to '{new_name}'")),
+            ..event("rename", &[name, new_name], &[])
+        },
+    )
+}
+
+/// Copies a key under a new name, with `volumes` (none by default: a volume has one key).
+pub fn copy(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    name: &KeyName,
+    new_name: &KeyName,
+    volumes: Vec<Volume>,
+) -> Result<(), ZkeyError> {
+    let e = w.entry(name)?;
+    let mut props = e.properties.clone();
+    props.volumes = volumes;
+    keyops::check_volumes_free(w, new_name, &props.volumes)?;
+    props.creation_time = Some(Timestamp::now());
+    w.copy_key(name, new_name, &props)?;
+    record(
+        w,
+        ad,
+        Event {
+            details: Some(format!("copied to '{new_name}'")),
+            ..event("copy", &[name, new_name], &props.apqns)
+        },
+    )
+}
+
+/// What `zkey change` asks for; `None` leaves a property as it is.
+#[derive(Default)]
+pub struct Change {
+    pub description: Option<String>,
+    pub volumes: Option<Edit<Volume>>,
+    pub volume_check: bool,
+    pub apqns: Option<Edit<Apqn>>,
+    pub apqn_check: bool,
+    pub sector_size: Option<SectorSize>,
+    pub volume_type: Option<VolumeType>,
+    pub passphrase: Option<PassphraseChange>,
+    pub force: bool,
+}
+
+/// What happens to the key's dummy passphrase.
+pub enum PassphraseChange {
+    Set(DummyPassphrase),
+    Remove,
+}
+
+/// Changes a key's properties: every check and question comes first, so a refused change
+/// changes nothing.
+pub fn change(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    name: &KeyName,
+    c: Change,
+    ui: &mut dyn Ui,
+) -> Result<(), ZkeyError> {
+    let e = w.entry(name)?;
+    let mut p = e.properties.clone();
+    if let Some(d) = c.description {
+        p.description = (!d.is_empty()).then_some(d);
+    }
+    if let Some(edit) = &c.volumes {
+        if c.volume_check && !matches!(edit, Edit::Remove(_)) {
+            edit.items()
+                .iter()
+                .try_for_each(crate::volume::check_device)?;
+        }
+        edit.apply(&mut p.volumes)
+            .map_err(|e| ZkeyError::Invalid(e.to_string()))?;
+        keyops::check_volumes_free(w, name, &p.volumes)?;
+    }
+    if let Some(edit) = &c.apqns {
+        let before = p.apqns.clone();
+        edit.apply(&mut p.apqns)
+            .map_err(|e| ZkeyError::Invalid(e.to_string()))?;
+        let added: Vec<Apqn> = p
+            .apqns
+            .iter()
+            .filter(|x| !before.contains(x))
+            .copied()
+            .collect();
+        if c.apqn_check && !added.is_empty() {
+            let key = SecureKey::parse(&e.secure_key)?;
+            keyops::check_binding(ad, key.key_type(), &added, Some(key.mkvp()))?;
+        }
+    }
+    if let Some(s) = c.sector_size {
+        p.sector_size = s;
+    }
+    let removing = matches!(c.passphrase, Some(PassphraseChange::Remove));
+    if let Some(t) = c.volume_type {
+        if t != VolumeType::Luks2
+            && e.has_pass
+            && !removing
+            && !ask(
+                ui,
+                "Leaving LUKS2 removes the key's dummy passphrase. Continue?",
+                c.force,
+            )?
+        {
+            return Err(ZkeyError::Invalid("nothing was changed".into()));
+        }
+        p.volume_type = t;
+    }
+    if removing && !ask(ui, &format!("Remove the dummy passphrase of '{name}'? Volumes that open only with it can no longer be opened"), c.force)? {
+        return Err(ZkeyError::Invalid("the dummy passphrase was not removed; nothing was changed".into()));
+    }
+    w.write_info(name, &p)?;
+    match c.passphrase {
+        Some(PassphraseChange::Set(d)) => w.write_pass(name, d)?,
+        Some(PassphraseChange::Remove) => {
+            w.remove_pass(name)?;
+        }
+        None => {}
+    }
+    record(
+        w,
+        ad,
+        Event {
+            details: Some("properties changed".into()),
+            ..event("change", &[name], &p.apqns)
+        },
+    )
+}
+
+/// What `zkey reencipher` of repository keys did, and where everything stands after it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reenciphered {
+    #[serde(flatten)]
+    pub report: Report,
+    pub readiness: crate::readiness::Readiness,
+}
+
+/// Re-enciphers the selected repository keys: the staging preflight (one complete NEW key on
+/// every APQN, or nothing changes), each key, one audit record per kind of result, and the
+/// readiness of what was selected afterwards. In place towards NEW asks first.
+pub fn reencipher(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    sel: &Selection,
+    opts: &Options,
+    force: bool,
+    ui: &mut dyn Ui,
+    each: impl FnMut(&reencipher::KeyResult),
+) -> Result<Reenciphered, ZkeyError> {
+    if opts.way == Some(Way::ToNew) && opts.mode == Some(Mode::InPlace) && !ask(ui, "In-place re-enciphering to NEW makes the keys unusable until the security officer SETs the new master key, and lost if the NEW key is cleared instead. Continue?", force)? {
+        return Err(ZkeyError::Invalid("nothing was re-enciphered (use --staged to keep the keys usable until the SET)".into()));
+    }
+    if opts.way.is_some_and(|w| w != Way::FromOld) && opts.mode != Some(Mode::Complete) {
+        reencipher::preflight_to_new(ad, w, sel)?;
+    }
+    let report = reencipher::reencipher_repository(w, ad, sel, opts, each)?;
+    for ev in crate::audit::reencipher_events(&report) {
+        record(w, ad, ev)?;
+    }
+    let readiness = crate::readiness::assess(
+        w,
+        ad,
+        &crate::readiness::Scope {
+            keys: sel.clone(),
+            without_plugin_keys: true,
+            ..Default::default()
+        },
+        &[],
+    )?;
+    Ok(Reenciphered { report, readiness })
+}
+
+/// Re-enciphers a key file in place or into `output` (`zkey reencipher FILE`).
+pub fn reencipher_file(
+    ad: &Adapters,
+    file: &Path,
+    output: Option<&Path>,
+    way: Option<Way>,
+    mode: Option<Mode>,
+) -> Result<(), ZkeyError> {
+    if matches!(mode, Some(Mode::Staged | Mode::Complete)) {
+        return Err(ZkeyError::Invalid("--staged and --complete work on repository keys; a key file is re-enciphered in place (or to --output)".into()));
+    }
+    let bytes = read_key_file(file)?;
+    let key = SecureKey::parse(&bytes)
+        .map_err(|e| ZkeyError::Invalid(format!("{}: {e}", file.display())))?;
+    let way = match way {
+        Some(w) => w,
+        None if ad.hsm.verify(&key, None)?.register == Register::Old => Way::FromOld,
+        None => Way::ToNew,
+    };
+    let new = match way {
+        Way::ToNew => ad.hsm.reencipher(&key, Direction::ToNew, None)?,
+        Way::FromOld => ad.hsm.reencipher(&key, Direction::FromOld, None)?,
+        Way::FromOldToNew => {
+            let cur = ad.hsm.reencipher(&key, Direction::FromOld, None)?;
+            ad.hsm.reencipher(&cur, Direction::ToNew, None)?
+        }
+    };
+    let out = output.unwrap_or(file);
+    durable::write_atomic(out, &new.to_bytes(), 0o600).map_err(io("writing", out))
+}
+
+/// The largest secure key file zkey reads: two EP11 tokens and then some. Bounding the read
+/// keeps `zkey import /dev/zero` from reading forever.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// Reads a secure key file, bounded by the format's size.
+pub fn read_key_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
+    read_bounded(file, MAX_KEY_FILE)
+}
+
+/// Reads a small secret file (a clear key, a dummy passphrase) into zeroized memory.
+pub fn read_secret_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
+    read_bounded(file, 64 * 1024)
+}
+
+fn read_bounded(file: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).map_err(io("reading", file))?;
+    let mut buf = Zeroizing::new(Vec::new());
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(io("reading", file))?;
+    if buf.len() as u64 > max {
+        return Err(ZkeyError::Invalid(format!(
+            "{} is larger than {max} bytes: it is not a file zkey reads here",
+            file.display()
+        )));
+    }
+    Ok(buf)
+}
