@@ -38,8 +38,14 @@ pub enum Error {
     NotLuks2 { device: String, why: String },
     #[error("the cipher of '{device}' is '{cipher}', not 'paes': its volume key is not a secure key, so there is nothing to validate or re-encipher (a clear-key volume must be converted first)")]
     NotPaes { device: String, cipher: String },
-    #[error("no key available with this passphrase for '{device}'{}", slot.map(|s| format!(" in keyslot {s}")).unwrap_or_default())]
-    WrongPassphrase { device: String, slot: Option<u32> },
+    /// No keyslot (or not keyslot `slot`) opens with the passphrase. `origin`, set once every
+    /// try is used up, says where the passphrases came from and so what to do about it.
+    #[error("no key available with this passphrase for '{device}'{}{}", slot.map(|s| format!(" in keyslot {s}")).unwrap_or_default(), origin.as_ref().map(|o| format!(": {o}")).unwrap_or_default())]
+    WrongPassphrase {
+        device: String,
+        slot: Option<u32>,
+        origin: Option<passphrase::Origin>,
+    },
     #[error("token {id} ({kind}) of '{device}' is malformed: {why}. Inspect it with 'cryptsetup token export --token-id {id} {device}' and remove it with 'cryptsetup token remove --token-id {id} {device}' if it is stale")]
     BadToken {
         device: String,

@@ -568,11 +568,17 @@ impl Volume {
                 buf.truncate(n);
                 Ok((s as u32, buf))
             }
-            // EPERM is libcryptsetup's "no keyslot opens with this passphrase".
-            Err(e) if errno(&e) == Some(1) => Err(Error::WrongPassphrase {
-                device: self.name(),
-                slot,
-            }),
+            // EPERM is libcryptsetup's "no keyslot opens with this passphrase". Asked for any
+            // keyslot, libcryptsetup 2.6 answers with the error of the last keyslot it looked at,
+            // and an unbound keyslot (a staged re-encipher's) is ENOENT, "unusable for the
+            // volume key": the passphrase opened none of the bound ones all the same.
+            Err(e) if errno(&e) == Some(1) || (slot.is_none() && errno(&e) == Some(2)) => {
+                Err(Error::WrongPassphrase {
+                    device: self.name(),
+                    slot,
+                    origin: None,
+                })
+            }
             Err(e) => Err(self.header_err("open a keyslot")(e)),
         }
     }

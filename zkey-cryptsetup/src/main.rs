@@ -485,10 +485,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("zkey-cryptsetup: {e:#}");
+            eprintln!("zkey-cryptsetup: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, as `{:#}` prints them, but without a cause whose text
+/// is already there: the library's errors name their cause in their own message (so that they
+/// read whole on their own), and printing it again would say everything twice.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -499,6 +517,21 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_error_names_its_cause_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = anyhow::Error::new(zkey_cryptsetup::Error::Read {
+            what: "the key file",
+            path: "/k".into(),
+            source: io,
+        })
+        .context("formatting 'x' failed");
+        assert_eq!(
+            report(&e),
+            "formatting 'x' failed: cannot read the key file '/k': No such file or directory (os error 2)"
+        );
     }
 
     #[test]

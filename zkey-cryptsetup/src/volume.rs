@@ -25,7 +25,7 @@ pub struct Unlocked {
 /// Opens a keyslot bound to the volume key, asking for the passphrase as often as `pass` allows.
 pub fn unlock(vol: &mut Volume, pass: &mut Supplier, ui: &mut dyn Ui) -> Result<Unlocked, Error> {
     let device = vol.name();
-    let mut last = None;
+    let mut wrong = false;
     while let Some(p) = pass.next(&device)? {
         match vol.volume_key(p.as_bytes()) {
             Ok((slot, volume_key)) => {
@@ -35,14 +35,22 @@ pub fn unlock(vol: &mut Volume, pass: &mut Supplier, ui: &mut dyn Ui) -> Result<
                     passphrase: p,
                 })
             }
-            Err(e @ Error::WrongPassphrase { .. }) => {
+            Err(Error::WrongPassphrase { .. }) => {
+                // cryptsetup's words, after every wrong try.
                 ui.warn("No key available with this passphrase.");
-                last = Some(e);
+                wrong = true;
             }
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or(Error::Passphrase(crate::passphrase::Error::NoMoreTries)))
+    if !wrong {
+        return Err(Error::Passphrase(crate::passphrase::Error::NoMoreTries));
+    }
+    Err(Error::WrongPassphrase {
+        device,
+        slot: None,
+        origin: Some(pass.origin()),
+    })
 }
 
 /// Parses header key bytes as a secure key.
