@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use ap_sim::exit::Exit;
 use ap_sim::hsm::{Direction, Hsm};
 use ap_sim::sim::Simulator;
 use clap::{Args, Parser, Subcommand};
@@ -15,9 +16,19 @@ use zkey_cryptsetup::reencipher::{self, Mode, Outcome};
 use zkey_cryptsetup::volume::{self, KeyState, ValidateReport};
 use zkey_cryptsetup::Ui;
 
+/// The exit codes, the suite's table (`ap_sim::exit::Exit`), as the long help shows them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done, or nothing to do (reencipher --complete with no re-encipher pending)
+  1  failed: the message says what and what to do; validate: the volume key is unusable or
+     does not match its verification pattern token
+  2  usage: a bad option or argument; nothing was changed
+  3  validate: the volume key works but is at risk: it is enciphered with the OLD master key,
+     or a staged re-encipher waits for 'reencipher --complete' after the SET";
+
 /// Manages LUKS2 volumes whose volume key is an IBM Z secure key (cipher paes).
 #[derive(Parser, Debug)]
-#[command(name = "zkey-cryptsetup")]
+#[command(name = "zkey-cryptsetup", after_help = EXIT_CODES)]
 struct Cli {
     /// Answer yes to every question (batch mode).
     #[arg(short = 'q', long = "batch-mode", global = true)]
@@ -100,9 +111,9 @@ impl PbkdfOpts {
                 parallel: self.pbkdf_parallel,
                 hash: self.hash.clone(),
             },
-            (Some(_), None) => anyhow::bail!(
-                "--pbkdf needs --pbkdf-force-iterations here (a benchmarked PBKDF other than the default is not offered)"
-            ),
+            (Some(_), None) => return Err(Usage(
+                "--pbkdf needs --pbkdf-force-iterations here (a benchmarked PBKDF other than the default is not offered)".into()
+            ).into()),
         })
     }
 }
@@ -161,8 +172,8 @@ enum Command {
         /// The secure key file (one token, or an XTS pair).
         #[arg(short = 'm', long = "volume-key-file", value_name = "F")]
         volume_key_file: PathBuf,
-        /// Encryption sector size in bytes.
-        #[arg(long, default_value_t = 4096)]
+        /// Encryption sector size in bytes: 512, 1024, 2048 or 4096.
+        #[arg(long, default_value_t = 4096, value_parser = parse_sector_size)]
         sector_size: u32,
         /// LUKS2 label.
         #[arg(long)]
@@ -181,6 +192,18 @@ enum Command {
     },
     /// Closes a volume opened with `open`.
     Close { name: String },
+}
+
+/// A bad combination of options that clap cannot express: exit code 2, as clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+fn parse_sector_size(s: &str) -> Result<u32, String> {
+    match s.parse() {
+        Ok(n @ (512 | 1024 | 2048 | 4096)) => Ok(n),
+        _ => Err(format!("'{s}' is not 512, 1024, 2048 or 4096")),
+    }
 }
 
 /// The terminal conversation: messages wrapped at 80 columns on stdout (warnings on stderr),
@@ -321,9 +344,12 @@ fn print_validate(r: &ValidateReport) {
     if let Some(p) = &k.problem {
         println!("  Problem:               {p}");
     }
+    if let Some(r) = &r.at_risk {
+        println!("  At risk:               {r}");
+    }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli) -> Result<Exit> {
     let mut ui = Term { batch: cli.batch };
     if cli.debug {
         libcryptsetup_debug();
@@ -349,13 +375,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (_, true) => Some(Direction::FromOld),
                 _ => None,
             };
-            let out = reencipher::reencipher(
+            let out = match reencipher::reencipher(
                 &hsm()?,
                 &device,
                 reencipher::Options { mode, direction },
                 &mut key.supplier(),
                 &mut ui,
-            )
+            ) {
+                // Asked to finish what is already finished (a second --complete): nothing to do.
+                Err(zkey_cryptsetup::Error::NoPending { device }) => {
+                    println!("nothing to do: no re-encipher is pending for device '{device}'");
+                    return Ok(Exit::Done);
+                }
+                r => r,
+            }
             .with_context(|| {
                 format!(
                     "re-enciphering the volume key of '{}' failed",
@@ -389,7 +422,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_validate(&r);
             }
             if !r.valid {
-                return Ok(ExitCode::FAILURE);
+                return Ok(Exit::Failed);
+            }
+            if r.at_risk.is_some() {
+                return Ok(Exit::AtRisk);
             }
         }
         Command::Setvp { device, key } => {
@@ -471,7 +507,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Close { name } => volume::close(&name)?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }
 
 fn libcryptsetup_debug() {
@@ -483,10 +519,14 @@ fn main() -> ExitCode {
     ap_sim::durable::default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(code) => code,
+        Ok(code) => code.into(),
         Err(e) => {
             eprintln!("zkey-cryptsetup: {}", report(&e));
-            ExitCode::FAILURE
+            if e.downcast_ref::<Usage>().is_some() {
+                Exit::Usage.into()
+            } else {
+                Exit::Failed.into()
+            }
         }
     }
 }

@@ -193,6 +193,29 @@ pub struct ValidateReport {
     pub reencipher_pending: Option<PendingReport>,
     /// True when the volume key is usable (CURRENT or OLD) and agrees with its VP token.
     pub valid: bool,
+    /// Why a valid volume is at risk, and what to do (`validate` exits 3): its key is under the
+    /// OLD master key, which the next SET destroys, or a staged re-encipher waits for
+    /// `--complete` after the SET. `None` when it is not at risk, and when it is not valid.
+    pub at_risk: Option<String>,
+}
+
+/// Why a volume whose key works now is at risk (see [`ValidateReport::at_risk`]).
+fn risk_of(
+    device: &str,
+    volume_key: &KeyReport,
+    pending: Option<&PendingReport>,
+) -> Option<String> {
+    let staged = pending.and_then(|p| p.key.as_ref());
+    if staged.is_some_and(|k| k.state == KeyState::Current) {
+        return Some(format!(
+            "a staged re-encipher waits for completion since the SET: run 'zkey-cryptsetup reencipher {device} --complete' before the next SET makes the volume key unusable"
+        ));
+    }
+    (volume_key.state == KeyState::Old).then(|| {
+        format!(
+            "the volume key is enciphered with the OLD master key: re-encipher it with 'zkey-cryptsetup reencipher {device}' before the next SET makes it unusable"
+        )
+    })
 }
 
 fn key_report(hsm: &Hsm, device: &str, slot: u32, key: &SecureKey) -> KeyReport {
@@ -258,6 +281,9 @@ pub fn validate(
     };
     let valid = matches!(volume_key.state, KeyState::Current | KeyState::Old)
         && vp_token_matches != Some(false);
+    let at_risk = valid
+        .then(|| risk_of(&name, &volume_key, reencipher_pending.as_ref()))
+        .flatten();
     Ok(ValidateReport {
         device: name,
         cipher: format!("{}-{}", vol.cipher(), vol.cipher_mode()),
@@ -268,6 +294,7 @@ pub fn validate(
         vp_token_matches,
         reencipher_pending,
         valid,
+        at_risk,
     })
 }
 

@@ -70,10 +70,20 @@ fn staged_then_complete_across_one_rotation() {
     assert_eq!(j["volume_key"]["state"], "current");
     assert_eq!(j["valid"], true);
     assert!(j["reencipher_pending"].is_null());
-    // --complete with nothing pending is an error.
+    // --complete with nothing pending has nothing to do: exit 0 (the suite's exit code table),
+    // and the header is left alone.
+    let before = header_bytes(&img);
     let o = f.run(&["reencipher", p(&img), "--complete", "-q"], b"disk1pw\n");
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("no staged re-encipher is pending"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "nothing to do: no re-encipher is pending for device '{}'",
+            p(&img)
+        )),
+        "{}",
+        stdout(&o)
+    );
+    assert!(before == header_bytes(&img));
 }
 
 #[test]
