@@ -28,8 +28,17 @@ Exit codes:
 
 /// Manages LUKS2 volumes whose volume key is an IBM Z secure key (cipher paes).
 #[derive(Parser, Debug)]
-#[command(name = "zkey-cryptsetup", after_help = EXIT_CODES)]
+#[command(
+    name = "zkey-cryptsetup",
+    version,
+    infer_subcommands = true,
+    disable_version_flag = true,
+    after_help = EXIT_CODES
+)]
 struct Cli {
+    /// Print the version and exit.
+    #[arg(short = 'v', long = "version", action = clap::ArgAction::Version)]
+    version: Option<bool>,
     /// Answer yes to every question (batch mode).
     #[arg(short = 'q', long = "batch-mode", global = true)]
     batch: bool,
@@ -122,7 +131,9 @@ impl PbkdfOpts {
 enum Command {
     /// Re-enciphers the secure volume key after a master key change: staged (--staged, then
     /// --complete after the SET) or in-place.
+    #[command(visible_alias = "re")]
     Reencipher {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         /// Prepare a staged re-encipher (complete it after the SET with --complete).
         #[arg(short = 's', long, conflicts_with_all = ["in_place", "complete"])]
@@ -143,7 +154,9 @@ enum Command {
         key: KeyOpts,
     },
     /// Shows the state of the secure volume key.
+    #[command(visible_alias = "val")]
     Validate {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         /// JSON output (stable schema).
         #[arg(long)]
@@ -152,13 +165,17 @@ enum Command {
         key: KeyOpts,
     },
     /// Writes the verification pattern token from the volume key.
+    #[command(visible_alias = "setv")]
     Setvp {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         #[command(flatten)]
         key: KeyOpts,
     },
     /// Sets a secure key file as the volume key (it must be the same AES key).
+    #[command(visible_alias = "setk")]
     Setkey {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         /// The secure key file.
         #[arg(short = 'm', long = "volume-key-file", value_name = "F")]
@@ -168,6 +185,7 @@ enum Command {
     },
     /// Formats a device or image file as a LUKS2 paes volume with the secure key of a key file.
     Format {
+        /// The block device or image file to format (everything on it is lost).
         device: PathBuf,
         /// The secure key file (one token, or an XTS pair).
         #[arg(short = 'm', long = "volume-key-file", value_name = "F")]
@@ -185,13 +203,19 @@ enum Command {
     },
     /// Opens the volume through the FUSE data path.
     Open {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
+        /// The name of the mapping: the decrypted volume appears as
+        /// $ZKEY_CRYPTSETUP_RUN_DIR/NAME (default /run/zkey-cryptsetup/NAME).
         name: String,
         #[command(flatten)]
         key: KeyOpts,
     },
     /// Closes a volume opened with `open`.
-    Close { name: String },
+    Close {
+        /// The name the volume was opened as.
+        name: String,
+    },
 }
 
 /// A bad combination of options that clap cannot express: exit code 2, as clap's own errors.
@@ -557,6 +581,46 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                // clap's own --help (and the version flag it would add) carry their help.
+                if matches!(arg.get_id().as_str(), "help" | "version") && arg.get_help().is_some() {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path}: {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+        let subs: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        for name in [
+            "reencipher",
+            "validate",
+            "setvp",
+            "setkey",
+            "format",
+            "open",
+            "close",
+        ] {
+            assert!(subs.contains(&name), "{name} missing in {subs:?}");
+        }
     }
 
     #[test]

@@ -1,9 +1,66 @@
-//! The command line itself: the suite's exit codes (0 done or nothing to do, 1 failed, 2 usage, 3 at risk).
+//! The command line itself: version, the reference's abbreviations of the subcommands, and the
+//! suite's exit codes (0 done or nothing to do, 1 failed, 2 usage, 3 at risk).
 mod common;
 use common::*;
 
 fn p(img: &std::path::Path) -> &str {
     img.to_str().unwrap()
+}
+
+#[test]
+fn version_with_v_and_long_option() {
+    for flag in ["--version", "-v"] {
+        let o = run_with(std::path::Path::new("/nonexistent"), &[flag], b"", &[]);
+        assert_eq!(o.status.code(), Some(0), "{flag}: {}", stderr(&o));
+        assert_eq!(
+            stdout(&o).trim(),
+            format!("zkey-cryptsetup {}", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+    // -V is --verbose, as in the reference, not the version.
+    let o = run_with(std::path::Path::new("/nonexistent"), &["-V"], b"", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+}
+
+#[test]
+fn abbreviations_name_their_subcommands() {
+    for (abbrev, full) in [
+        ("re", "reencipher"),
+        ("val", "validate"),
+        ("setv", "setvp"),
+        ("setk", "setkey"),
+        ("op", "open"),
+        ("cl", "close"),
+        ("fo", "format"),
+    ] {
+        let o = run_with(
+            std::path::Path::new("/nonexistent"),
+            &[abbrev, "--help"],
+            b"",
+            &[],
+        );
+        assert_eq!(o.status.code(), Some(0), "{abbrev}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&format!("Usage: zkey-cryptsetup {full} ")),
+            "{abbrev}: {}",
+            stdout(&o)
+        );
+    }
+    // And they run: `val` validates, `re` re-enciphers, `cl` closes.
+    let f = Fixture::new();
+    let img = f.format("v.img", true);
+    let o = f.run(&["val", p(&img), "--json"], b"disk1pw\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["valid"], true);
+    f.load_new();
+    let o = f.run(&["re", p(&img), "-s"], b"disk1pw\n");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(token_of(&img, "paes-reencipher").is_some());
+    let o = f.run(&["cl", "never-opened"], b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("never-opened"), "{}", stderr(&o));
 }
 
 #[test]
