@@ -85,6 +85,12 @@ pub enum Error {
         op: &'static str,
         source: LibcryptErr,
     },
+    /// The APQNs do not agree on a complete NEW master key: staging to NEW is refused, in the
+    /// words and table zkey uses.
+    #[error(transparent)]
+    NotReady(#[from] ap_sim::crosscheck::NotReady),
+    #[error("cannot read the AP bus from sysfs (SYSFS_ROOT names where it is, else the simulator's own tree): {0}")]
+    Sysfs(String),
     #[error("operation cancelled: {0}")]
     Declined(String),
     #[error(transparent)]
