@@ -13,7 +13,11 @@
 //!   tokens, the `luks2` crash point.
 //! - [`passphrase`]: reading the passphrase from the terminal or a key file, as cryptsetup does.
 //! - [`volume`]: the volume operations that need the adapters: format, validate, setvp, setkey.
-//! - [`reencipher`]: staged, in-place and complete re-encipher of the secure volume key.
+//! - [`reencipher`]: staged, in-place and complete re-encipher of the secure volume key, and the
+//!   cross-check that staging to NEW needs.
+//! - [`status`]: a volume's standing for a readiness model, without a prompt or a write: the
+//!   header alone ([`status::header_status`]), or the keys with a passphrase
+//!   ([`status::key_status`]).
 //! - [`xts`]: an AES-XTS engine bit-compatible with dm-crypt's `aes-xts-plain64`.
 //! - [`fuse`]: the data path: an unlocked volume's decrypted payload served as a file, because
 //!   the kernel has no dm-crypt for the simulator's `paes` (and this machine none at all).
@@ -22,6 +26,7 @@ pub mod fuse;
 pub mod luks2;
 pub mod passphrase;
 pub mod reencipher;
+pub mod status;
 pub mod volume;
 pub mod xts;
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ap_sim::hsm::{Hsm, HsmError, Register, Verification};
 use ap_sim::token::SecureKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::luks2::{self, FormatOptions, SlotState, Volume, Vp, VpToken};
@@ -141,7 +141,7 @@ pub fn format(
 }
 
 /// Where a secure key stands with the adapters, for reports.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
     Current,
@@ -152,7 +152,7 @@ pub enum KeyState {
 }
 
 /// One secure key as validate reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyReport {
     pub keyslot: u32,
     pub key_type: String,
@@ -167,7 +167,7 @@ pub struct KeyReport {
 }
 
 /// A staged re-encipher as validate reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PendingReport {
     pub token_id: u32,
     pub original_keyslot: u32,
@@ -200,7 +200,7 @@ pub struct ValidateReport {
 }
 
 /// Why a volume whose key works now is at risk (see [`ValidateReport::at_risk`]).
-fn risk_of(
+pub(crate) fn risk_of(
     device: &str,
     volume_key: &KeyReport,
     pending: Option<&PendingReport>,
@@ -240,6 +240,39 @@ fn key_report(hsm: &Hsm, device: &str, slot: u32, key: &SecureKey) -> KeyReport 
     }
 }
 
+/// The reports of the volume key (from keyslot `slot`) and of a pending re-encipher's key,
+/// when `passphrase` opens its unbound keyslot. Reads only.
+pub(crate) fn reports(
+    hsm: &Hsm,
+    vol: &mut Volume,
+    slot: u32,
+    volume_key: &[u8],
+    passphrase: &[u8],
+) -> Result<(KeyReport, Option<PendingReport>), Error> {
+    let name = vol.name();
+    let key = parse_key(&name, "the volume key", volume_key)?;
+    let volume_key = key_report(hsm, &name, slot, &key);
+    let pending = match vol.reencipher_token()? {
+        None => None,
+        Some(t) => {
+            let slot = t.token.unbound_keyslot;
+            let key = vol
+                .slot_key(slot, passphrase)
+                .ok()
+                .and_then(|b| SecureKey::parse(&b).ok())
+                .map(|k| key_report(hsm, &name, slot, &k));
+            Some(PendingReport {
+                token_id: t.id,
+                original_keyslot: t.token.original_keyslot,
+                unbound_keyslot: slot,
+                verification_pattern: t.token.verification_pattern.to_string(),
+                key,
+            })
+        }
+    };
+    Ok((volume_key, pending))
+}
+
 /// Validates the secure volume key of `device`: which master key register holds its master key,
 /// its MKVP and VP, whether the VP token agrees, and whether a re-encipher is pending. Changes
 /// nothing.
@@ -252,32 +285,19 @@ pub fn validate(
     let mut vol = Volume::open(device)?;
     let name = vol.name();
     let u = unlock(&mut vol, pass, ui)?;
-    let key = parse_key(&name, "the volume key", &u.volume_key)?;
-    let volume_key = key_report(hsm, &name, u.slot, &key);
+    let (volume_key, reencipher_pending) = reports(
+        hsm,
+        &mut vol,
+        u.slot,
+        &u.volume_key,
+        u.passphrase.as_bytes(),
+    )?;
     let vp_token = vol
         .vp_token()?
         .map(|t| t.token.verification_pattern.to_string());
     let vp_token_matches = match (&vp_token, &volume_key.verification_pattern) {
         (Some(t), Some(k)) => Some(t == k),
         _ => None,
-    };
-    let reencipher_pending = match vol.reencipher_token()? {
-        None => None,
-        Some(t) => {
-            let slot = t.token.unbound_keyslot;
-            let key = vol
-                .slot_key(slot, u.passphrase.as_bytes())
-                .ok()
-                .and_then(|b| SecureKey::parse(&b).ok())
-                .map(|k| key_report(hsm, &name, slot, &k));
-            Some(PendingReport {
-                token_id: t.id,
-                original_keyslot: t.token.original_keyslot,
-                unbound_keyslot: slot,
-                verification_pattern: t.token.verification_pattern.to_string(),
-                key,
-            })
-        }
     };
     let valid = matches!(volume_key.state, KeyState::Current | KeyState::Old)
         && vp_token_matches != Some(false);
