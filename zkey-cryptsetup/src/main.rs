@@ -545,7 +545,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("zkey-cryptsetup: {}", report(&e));
+            eprintln!("zkey-cryptsetup: {}", report(&e).trim_end());
             if e.downcast_ref::<Usage>().is_some() {
                 Exit::Usage.into()
             } else {

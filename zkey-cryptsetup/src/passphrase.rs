@@ -259,6 +259,26 @@ mod tests {
     }
 
     #[test]
+    fn the_origin_names_the_way_out() {
+        let mut s = Supplier::new(Source::KeyFile {
+            path: "-".into(),
+            offset: 0,
+            size: None,
+        });
+        assert_eq!(s.origin(), Origin::KeyFile { path: "-".into() });
+        assert!(s.origin().to_string().contains("'-' (stdin)"));
+        assert!(s.origin().to_string().contains("-l/--keyfile-size"));
+        s = Supplier::new(Source::Given(Passphrase::new(b"pw".to_vec())));
+        s.next("d").unwrap();
+        assert_eq!(s.origin(), Origin::Given);
+        assert_eq!(
+            Origin::Terminal { tries: 1 }.to_string(),
+            "1 try on the terminal used up: check the passphrase (and the keyboard layout); -T/--tries N allows more tries"
+        );
+        assert!(Origin::Stdin.to_string().contains("not a terminal"));
+    }
+
+    #[test]
     fn given_is_one_try_and_redacted() {
         let mut s = Supplier::new(Source::Given(Passphrase::new(b"pw".to_vec())));
         let p = s.next("d").unwrap().unwrap();
