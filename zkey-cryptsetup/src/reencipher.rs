@@ -118,6 +118,9 @@ pub fn reencipher(
                 ));
                 return complete(hsm, &mut vol, &u, t, false, ui);
             }
+            // Everything that can refuse the new stage is checked before the user is asked to
+            // cancel the pending one: a refusal leaves the header as it was.
+            let plan = plan(hsm, &mut vol, &u, opts, ui)?;
             if !ui.confirm(&format!(
                 "A staged re-encipher is pending for device '{name}'. Do you want to cancel it and start a new one?"
             ))? {
@@ -125,9 +128,6 @@ pub fn reencipher(
                     "the pending re-encipher of '{name}' is kept"
                 )));
             }
-            // Everything that can refuse is checked before the pending stage is cancelled:
-            // a refusal must leave the header as it was.
-            let plan = plan(hsm, &mut vol, &u, opts, ui)?;
             // Token first: a crash in between leaves an orphan that prepare adopts or ignores.
             vol.remove_token(t.id)?;
             vol.destroy_keyslot(t.token.unbound_keyslot)?;

@@ -351,8 +351,14 @@ fn staging_is_refused_while_the_new_master_key_is_on_some_apqns_only() {
     f.sim
         .tke_clear_new(&["09.002f".parse().unwrap()], ap_sim::MkType::Aes)
         .unwrap();
-    let o = f.run(&["reencipher", p(&img), "--staged", "-q"], b"disk1pw\n");
+    // Without -q: refused before the question whether to cancel the pending stage is asked.
+    let o = f.run(&["reencipher", p(&img), "--staged"], b"disk1pw\n");
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        !stderr(&o).contains("no terminal to ask on"),
+        "{}",
+        stderr(&o)
+    );
     assert!(
         stderr(&o).contains("NEW MASTER KEYS INCORRECT"),
         "{}",
