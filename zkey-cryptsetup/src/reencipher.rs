@@ -6,7 +6,10 @@
 //! adapters (`--to-new`: CURRENT -> NEW before the SET; `--from-old`: OLD -> CURRENT after it;
 //! by default from the register the key is found in), and add the result as an unbound keyslot
 //! under the same passphrase. Staged: record it in the `paes-reencipher` token and stop. In-place
-//! (the default for a key under OLD): complete at once.
+//! (the default for a key under OLD): complete at once. A re-encipher to NEW first needs the
+//! APQNs that can serve the key to agree on a complete NEW master key ([`require_new`], zkey's
+//! cross-check); that and every other check that can refuse is made before the first header
+//! write, and before a pending stage is cancelled for a new one.
 //!
 //! *Complete* (`--complete`, or no option while a token is pending): check the key of the
 //! unbound keyslot with the adapters (re-enciphering it again, after asking, if the master key
