@@ -13,7 +13,11 @@
 //!   tokens, the `luks2` crash point.
 //! - [`passphrase`]: reading the passphrase from the terminal or a key file, as cryptsetup does.
 //! - [`volume`]: the volume operations that need the adapters: format, validate, setvp, setkey.
-//! - [`reencipher`]: staged, in-place and complete re-encipher of the secure volume key.
+//! - [`reencipher`]: staged, in-place and complete re-encipher of the secure volume key, and the
+//!   cross-check that staging to NEW needs.
+//! - [`status`]: a volume's standing for a readiness model, without a prompt or a write: the
+//!   header alone ([`status::header_status`]), or the keys with a passphrase
+//!   ([`status::key_status`]).
 //! - [`xts`]: an AES-XTS engine bit-compatible with dm-crypt's `aes-xts-plain64`.
 //! - [`fuse`]: the data path: an unlocked volume's decrypted payload served as a file, because
 //!   the kernel has no dm-crypt for the simulator's `paes` (and this machine none at all).
@@ -22,6 +26,7 @@ pub mod fuse;
 pub mod luks2;
 pub mod passphrase;
 pub mod reencipher;
+pub mod status;
 pub mod volume;
 pub mod xts;
 
@@ -38,8 +43,14 @@ pub enum Error {
     NotLuks2 { device: String, why: String },
     #[error("the cipher of '{device}' is '{cipher}', not 'paes': its volume key is not a secure key, so there is nothing to validate or re-encipher (a clear-key volume must be converted first)")]
     NotPaes { device: String, cipher: String },
-    #[error("no key available with this passphrase for '{device}'{}", slot.map(|s| format!(" in keyslot {s}")).unwrap_or_default())]
-    WrongPassphrase { device: String, slot: Option<u32> },
+    /// No keyslot (or not keyslot `slot`) opens with the passphrase. `origin`, set once every
+    /// try is used up, says where the passphrases came from and so what to do about it.
+    #[error("no key available with this passphrase for '{device}'{}{}", slot.map(|s| format!(" in keyslot {s}")).unwrap_or_default(), origin.as_ref().map(|o| format!(": {o}")).unwrap_or_default())]
+    WrongPassphrase {
+        device: String,
+        slot: Option<u32>,
+        origin: Option<passphrase::Origin>,
+    },
     #[error("token {id} ({kind}) of '{device}' is malformed: {why}. Inspect it with 'cryptsetup token export --token-id {id} {device}' and remove it with 'cryptsetup token remove --token-id {id} {device}' if it is stale")]
     BadToken {
         device: String,
@@ -79,6 +90,12 @@ pub enum Error {
         op: &'static str,
         source: LibcryptErr,
     },
+    /// The APQNs do not agree on a complete NEW master key: staging to NEW is refused, in the
+    /// words and table zkey uses.
+    #[error(transparent)]
+    NotReady(#[from] ap_sim::crosscheck::NotReady),
+    #[error("cannot read the AP bus from sysfs (SYSFS_ROOT names where it is, else the simulator's own tree): {0}")]
+    Sysfs(String),
     #[error("operation cancelled: {0}")]
     Declined(String),
     #[error(transparent)]

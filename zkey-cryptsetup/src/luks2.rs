@@ -441,29 +441,109 @@ pub fn format(
     Ok(slot)
 }
 
+/// What [`Volume::load`] found on a device.
+#[derive(Debug)]
+pub enum Loaded {
+    /// A LUKS2 header, whatever its cipher.
+    Luks2(Volume),
+    /// A LUKS1 header.
+    Luks1,
+    /// No LUKS header at all: a blank device, or another format.
+    NoLuks,
+}
+
+/// The LUKS magic of the primary header, and of a LUKS2 secondary header.
+const LUKS_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
+const LUKS2_SECONDARY_MAGIC: &[u8; 6] = b"SKUL\xba\xbe";
+/// Where a LUKS2 secondary header may start: right after a primary of 16 KiB to 4 MiB.
+const LUKS2_SECONDARY_OFFSETS: [u64; 9] = [
+    0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000,
+];
+
+/// The LUKS version whose magic `device` carries, if any: the primary header's, else (2) a
+/// LUKS2 secondary header's. What tells a damaged LUKS2 header from no header at all.
+fn luks_version(device: &Path) -> std::io::Result<Option<u16>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(device)?;
+    let mut at = |offset: u64, buf: &mut [u8; 8]| -> std::io::Result<bool> {
+        f.seek(SeekFrom::Start(offset))?;
+        match f.read_exact(buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(e),
+        }
+    };
+    let mut buf = [0u8; 8];
+    if at(0, &mut buf)? && &buf[..6] == LUKS_MAGIC {
+        return Ok(Some(u16::from_be_bytes([buf[6], buf[7]])));
+    }
+    for offset in LUKS2_SECONDARY_OFFSETS {
+        if !at(offset, &mut buf)? {
+            break;
+        }
+        if &buf[..6] == LUKS2_SECONDARY_MAGIC {
+            return Ok(Some(2));
+        }
+    }
+    Ok(None)
+}
+
 impl Volume {
-    /// Opens the LUKS2 header of `device` and checks that it is a `paes` volume.
-    pub fn open(device: &Path) -> Result<Volume, Error> {
+    /// Reads the LUKS2 header of `device`, whatever its cipher. A device with no LUKS header,
+    /// or a LUKS1 one, is not an error; a device that cannot be read is, and so is a LUKS2
+    /// header that libcryptsetup cannot load (damaged: saying "not formatted" would hide it).
+    pub fn load(device: &Path) -> Result<Loaded, Error> {
         let dev_name = name(device);
         let mut dev = CryptInit::init(device).map_err(|e| Error::Open {
             device: dev_name.clone(),
             source: e,
         })?;
-        if let Err(e) = dev
+        let err = match dev
             .context_handle()
             .load::<()>(Some(EncryptionFormat::Luks2), None)
         {
-            return Err(Error::NotLuks2 {
-                device: dev_name,
-                why: match errno(&e) {
-                    Some(22) => "no LUKS2 header found".to_string(),
-                    _ => e.to_string(),
-                },
-            });
+            Ok(()) => {
+                return Ok(Loaded::Luks2(Volume {
+                    dev,
+                    path: device.to_path_buf(),
+                }))
+            }
+            Err(e) => e,
+        };
+        match luks_version(device) {
+            Ok(None) => Ok(Loaded::NoLuks),
+            Ok(Some(1)) => Ok(Loaded::Luks1),
+            Ok(Some(_)) => Err(Error::NotLuks2 {
+                device: dev_name.clone(),
+                why: format!(
+                    "its LUKS2 header cannot be read ({err}); 'cryptsetup repair {dev_name}' may restore it from the other header copy, or restore a header backup with 'cryptsetup luksHeaderRestore'"
+                ),
+            }),
+            Err(source) => Err(Error::Read {
+                what: "the device",
+                path: dev_name,
+                source,
+            }),
         }
-        let mut vol = Volume {
-            dev,
-            path: device.to_path_buf(),
+    }
+
+    /// Opens the LUKS2 header of `device` and checks that it is a `paes` volume.
+    pub fn open(device: &Path) -> Result<Volume, Error> {
+        let dev_name = name(device);
+        let mut vol = match Volume::load(device)? {
+            Loaded::Luks2(vol) => vol,
+            Loaded::Luks1 => {
+                return Err(Error::NotLuks2 {
+                    device: dev_name,
+                    why: "it is a LUKS1 volume".to_string(),
+                })
+            }
+            Loaded::NoLuks => {
+                return Err(Error::NotLuks2 {
+                    device: dev_name,
+                    why: "no LUKS2 header found".to_string(),
+                })
+            }
         };
         let cipher = vol.cipher();
         if cipher != CIPHER {
@@ -568,11 +648,17 @@ impl Volume {
                 buf.truncate(n);
                 Ok((s as u32, buf))
             }
-            // EPERM is libcryptsetup's "no keyslot opens with this passphrase".
-            Err(e) if errno(&e) == Some(1) => Err(Error::WrongPassphrase {
-                device: self.name(),
-                slot,
-            }),
+            // EPERM is libcryptsetup's "no keyslot opens with this passphrase". Asked for any
+            // keyslot, libcryptsetup 2.6 answers with the error of the last keyslot it looked at,
+            // and an unbound keyslot (a staged re-encipher's) is ENOENT, "unusable for the
+            // volume key": the passphrase opened none of the bound ones all the same.
+            Err(e) if errno(&e) == Some(1) || (slot.is_none() && errno(&e) == Some(2)) => {
+                Err(Error::WrongPassphrase {
+                    device: self.name(),
+                    slot,
+                    origin: None,
+                })
+            }
             Err(e) => Err(self.header_err("open a keyslot")(e)),
         }
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use ap_sim::exit::Exit;
 use ap_sim::hsm::{Direction, Hsm};
 use ap_sim::sim::Simulator;
 use clap::{Args, Parser, Subcommand};
@@ -15,10 +16,29 @@ use zkey_cryptsetup::reencipher::{self, Mode, Outcome};
 use zkey_cryptsetup::volume::{self, KeyState, ValidateReport};
 use zkey_cryptsetup::Ui;
 
+/// The exit codes, the suite's table (`ap_sim::exit::Exit`), as the long help shows them.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done, or nothing to do (reencipher --complete with no re-encipher pending)
+  1  failed: the message says what and what to do; validate: the volume key is unusable or
+     does not match its verification pattern token
+  2  usage: a bad option or argument; nothing was changed
+  3  validate: the volume key works but is at risk: it is enciphered with the OLD master key,
+     or a staged re-encipher waits for 'reencipher --complete' after the SET";
+
 /// Manages LUKS2 volumes whose volume key is an IBM Z secure key (cipher paes).
 #[derive(Parser, Debug)]
-#[command(name = "zkey-cryptsetup")]
+#[command(
+    name = "zkey-cryptsetup",
+    version,
+    infer_subcommands = true,
+    disable_version_flag = true,
+    after_help = EXIT_CODES
+)]
 struct Cli {
+    /// Print the version and exit.
+    #[arg(short = 'v', long = "version", action = clap::ArgAction::Version)]
+    version: Option<bool>,
     /// Answer yes to every question (batch mode).
     #[arg(short = 'q', long = "batch-mode", global = true)]
     batch: bool,
@@ -100,9 +120,9 @@ impl PbkdfOpts {
                 parallel: self.pbkdf_parallel,
                 hash: self.hash.clone(),
             },
-            (Some(_), None) => anyhow::bail!(
-                "--pbkdf needs --pbkdf-force-iterations here (a benchmarked PBKDF other than the default is not offered)"
-            ),
+            (Some(_), None) => return Err(Usage(
+                "--pbkdf needs --pbkdf-force-iterations here (a benchmarked PBKDF other than the default is not offered)".into()
+            ).into()),
         })
     }
 }
@@ -111,7 +131,9 @@ impl PbkdfOpts {
 enum Command {
     /// Re-enciphers the secure volume key after a master key change: staged (--staged, then
     /// --complete after the SET) or in-place.
+    #[command(visible_alias = "re")]
     Reencipher {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         /// Prepare a staged re-encipher (complete it after the SET with --complete).
         #[arg(short = 's', long, conflicts_with_all = ["in_place", "complete"])]
@@ -132,7 +154,9 @@ enum Command {
         key: KeyOpts,
     },
     /// Shows the state of the secure volume key.
+    #[command(visible_alias = "val")]
     Validate {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         /// JSON output (stable schema).
         #[arg(long)]
@@ -141,13 +165,17 @@ enum Command {
         key: KeyOpts,
     },
     /// Writes the verification pattern token from the volume key.
+    #[command(visible_alias = "setv")]
     Setvp {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         #[command(flatten)]
         key: KeyOpts,
     },
     /// Sets a secure key file as the volume key (it must be the same AES key).
+    #[command(visible_alias = "setk")]
     Setkey {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         /// The secure key file.
         #[arg(short = 'm', long = "volume-key-file", value_name = "F")]
@@ -157,12 +185,13 @@ enum Command {
     },
     /// Formats a device or image file as a LUKS2 paes volume with the secure key of a key file.
     Format {
+        /// The block device or image file to format (everything on it is lost).
         device: PathBuf,
         /// The secure key file (one token, or an XTS pair).
         #[arg(short = 'm', long = "volume-key-file", value_name = "F")]
         volume_key_file: PathBuf,
-        /// Encryption sector size in bytes.
-        #[arg(long, default_value_t = 4096)]
+        /// Encryption sector size in bytes: 512, 1024, 2048 or 4096.
+        #[arg(long, default_value_t = 4096, value_parser = parse_sector_size)]
         sector_size: u32,
         /// LUKS2 label.
         #[arg(long)]
@@ -174,13 +203,31 @@ enum Command {
     },
     /// Opens the volume through the FUSE data path.
     Open {
+        /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
+        /// The name of the mapping: the decrypted volume appears as
+        /// $ZKEY_CRYPTSETUP_RUN_DIR/NAME (default /run/zkey-cryptsetup/NAME).
         name: String,
         #[command(flatten)]
         key: KeyOpts,
     },
     /// Closes a volume opened with `open`.
-    Close { name: String },
+    Close {
+        /// The name the volume was opened as.
+        name: String,
+    },
+}
+
+/// A bad combination of options that clap cannot express: exit code 2, as clap's own errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+fn parse_sector_size(s: &str) -> Result<u32, String> {
+    match s.parse() {
+        Ok(n @ (512 | 1024 | 2048 | 4096)) => Ok(n),
+        _ => Err(format!("'{s}' is not 512, 1024, 2048 or 4096")),
+    }
 }
 
 /// The terminal conversation: messages wrapped at 80 columns on stdout (warnings on stderr),
@@ -321,9 +368,12 @@ fn print_validate(r: &ValidateReport) {
     if let Some(p) = &k.problem {
         println!("  Problem:               {p}");
     }
+    if let Some(r) = &r.at_risk {
+        println!("  At risk:               {r}");
+    }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli) -> Result<Exit> {
     let mut ui = Term { batch: cli.batch };
     if cli.debug {
         libcryptsetup_debug();
@@ -349,13 +399,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (_, true) => Some(Direction::FromOld),
                 _ => None,
             };
-            let out = reencipher::reencipher(
+            let out = match reencipher::reencipher(
                 &hsm()?,
                 &device,
                 reencipher::Options { mode, direction },
                 &mut key.supplier(),
                 &mut ui,
-            )
+            ) {
+                // Asked to finish what is already finished (a second --complete): nothing to do.
+                Err(zkey_cryptsetup::Error::NoPending { device }) => {
+                    println!("nothing to do: no re-encipher is pending for device '{device}'");
+                    return Ok(Exit::Done);
+                }
+                r => r,
+            }
             .with_context(|| {
                 format!(
                     "re-enciphering the volume key of '{}' failed",
@@ -389,7 +446,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print_validate(&r);
             }
             if !r.valid {
-                return Ok(ExitCode::FAILURE);
+                return Ok(Exit::Failed);
+            }
+            if r.at_risk.is_some() {
+                return Ok(Exit::AtRisk);
             }
         }
         Command::Setvp { device, key } => {
@@ -471,7 +531,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Close { name } => volume::close(&name)?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done)
 }
 
 fn libcryptsetup_debug() {
@@ -483,12 +543,34 @@ fn main() -> ExitCode {
     ap_sim::durable::default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(code) => code,
+        Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("zkey-cryptsetup: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("zkey-cryptsetup: {}", report(&e).trim_end());
+            if e.downcast_ref::<Usage>().is_some() {
+                Exit::Usage.into()
+            } else {
+                Exit::Failed.into()
+            }
         }
     }
+}
+
+/// The error and its causes on one line, as `{:#}` prints them, but without a cause whose text
+/// is already there: the library's errors name their cause in their own message (so that they
+/// read whole on their own), and printing it again would say everything twice.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -499,6 +581,61 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                // clap's own --help (and the version flag it would add) carry their help.
+                if matches!(arg.get_id().as_str(), "help" | "version") && arg.get_help().is_some() {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path}: {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+        let subs: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        for name in [
+            "reencipher",
+            "validate",
+            "setvp",
+            "setkey",
+            "format",
+            "open",
+            "close",
+        ] {
+            assert!(subs.contains(&name), "{name} missing in {subs:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_names_its_cause_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let e = anyhow::Error::new(zkey_cryptsetup::Error::Read {
+            what: "the key file",
+            path: "/k".into(),
+            source: io,
+        })
+        .context("formatting 'x' failed");
+        assert_eq!(
+            report(&e),
+            "formatting 'x' failed: cannot read the key file '/k': No such file or directory (os error 2)"
+        );
     }
 
     #[test]

@@ -73,58 +73,112 @@ pub enum Source {
     Given(Passphrase),
 }
 
+/// Where the passphrases of a [`Supplier`] came from and how many were tried: what the final
+/// "no key available" error needs to tell the user the way out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Typed on the terminal, `tries` times.
+    Terminal { tries: u32 },
+    /// One line of stdin, which is not a terminal: one try.
+    Stdin,
+    /// A key file (`-` = stdin), used as it is: one try.
+    KeyFile { path: String },
+    /// Given by the calling program.
+    Given,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Terminal { tries } => write!(
+                f,
+                "{tries} {} on the terminal used up: check the passphrase (and the keyboard layout); -T/--tries N allows more tries",
+                if *tries == 1 { "try" } else { "tries" }
+            ),
+            Origin::Stdin => f.write_str(
+                "the passphrase was one line read from stdin, which is not a terminal, so there was one try: pipe the right passphrase, give it with -d/--key-file F, or run on a terminal to be asked up to -T/--tries times",
+            ),
+            Origin::KeyFile { path } => write!(
+                f,
+                "the key file '{path}'{} is used as it is, a trailing newline included, with one try: check its contents and -o/--keyfile-offset and -l/--keyfile-size",
+                if path == "-" { " (stdin)" } else { "" }
+            ),
+            Origin::Given => f.write_str("the passphrase given by the calling program opens no keyslot of the volume key"),
+        }
+    }
+}
+
 /// Hands out passphrases for one device: as many as the source allows tries.
 #[derive(Debug)]
 pub struct Supplier {
     source: Source,
     given: u32,
+    /// Set by the first prompt: whether stdin was a terminal.
+    interactive: Option<bool>,
 }
 
 impl Supplier {
     pub fn new(source: Source) -> Self {
-        Supplier { source, given: 0 }
+        Supplier {
+            source,
+            given: 0,
+            interactive: None,
+        }
+    }
+
+    /// Where the passphrases handed out so far came from, and how many there were.
+    pub fn origin(&self) -> Origin {
+        let handed = self.given.min(self.limit());
+        match &self.source {
+            Source::Prompt { .. } if self.interactive == Some(true) => {
+                Origin::Terminal { tries: handed }
+            }
+            Source::Prompt { .. } => Origin::Stdin,
+            Source::KeyFile { path, .. } => Origin::KeyFile {
+                path: path.display().to_string(),
+            },
+            Source::Given(_) => Origin::Given,
+        }
+    }
+
+    /// How many passphrases this source hands out at most.
+    fn limit(&self) -> u32 {
+        match &self.source {
+            Source::Prompt { tries } if self.interactive != Some(false) => (*tries).max(1),
+            _ => 1,
+        }
     }
 
     /// The next passphrase to try for `device`, or `None` when the tries are used up.
     pub fn next(&mut self, device: &str) -> Result<Option<Passphrase>, Error> {
+        if matches!(self.source, Source::Prompt { .. }) && self.interactive.is_none() {
+            self.interactive = Some(io::stdin().is_terminal());
+        }
         self.given += 1;
-        match &mut self.source {
-            Source::Prompt { tries } => {
-                let interactive = io::stdin().is_terminal();
-                let limit = if interactive { (*tries).max(1) } else { 1 };
-                if self.given > limit {
-                    return Ok(None);
-                }
-                if interactive {
-                    let s = Zeroizing::new(
-                        rpassword::prompt_password(format!("Enter passphrase for '{device}': "))
-                            .map_err(Error::Terminal)?,
-                    );
-                    non_empty(s.as_bytes().to_vec(), "the terminal").map(Some)
-                } else {
-                    let mut line = Zeroizing::new(Vec::new());
-                    io::stdin()
-                        .lock()
-                        .read_until(b'\n', &mut line)
-                        .map_err(Error::Terminal)?;
-                    if line.last() == Some(&b'\n') {
-                        line.pop();
-                    }
-                    non_empty(line.to_vec(), "stdin").map(Some)
-                }
+        if self.given > self.limit() {
+            return Ok(None);
+        }
+        match &self.source {
+            Source::Prompt { .. } if self.interactive == Some(true) => {
+                let s = Zeroizing::new(
+                    rpassword::prompt_password(format!("Enter passphrase for '{device}': "))
+                        .map_err(Error::Terminal)?,
+                );
+                non_empty(s.as_bytes().to_vec(), "the terminal").map(Some)
             }
-            Source::KeyFile { path, offset, size } => {
-                if self.given > 1 {
-                    return Ok(None);
+            Source::Prompt { .. } => {
+                let mut line = Zeroizing::new(Vec::new());
+                io::stdin()
+                    .lock()
+                    .read_until(b'\n', &mut line)
+                    .map_err(Error::Terminal)?;
+                if line.last() == Some(&b'\n') {
+                    line.pop();
                 }
-                read_key_file(path, *offset, *size).map(Some)
+                non_empty(line.to_vec(), "stdin").map(Some)
             }
-            Source::Given(p) => {
-                if self.given > 1 {
-                    return Ok(None);
-                }
-                Ok(Some(Passphrase::new(p.as_bytes().to_vec())))
-            }
+            Source::KeyFile { path, offset, size } => read_key_file(path, *offset, *size).map(Some),
+            Source::Given(p) => Ok(Some(Passphrase::new(p.as_bytes().to_vec()))),
         }
     }
 }
@@ -202,6 +256,26 @@ mod tests {
         ));
         let e = read_key_file(&dir.path().join("missing"), 0, None).unwrap_err();
         assert!(e.to_string().contains("missing"));
+    }
+
+    #[test]
+    fn the_origin_names_the_way_out() {
+        let mut s = Supplier::new(Source::KeyFile {
+            path: "-".into(),
+            offset: 0,
+            size: None,
+        });
+        assert_eq!(s.origin(), Origin::KeyFile { path: "-".into() });
+        assert!(s.origin().to_string().contains("'-' (stdin)"));
+        assert!(s.origin().to_string().contains("-l/--keyfile-size"));
+        s = Supplier::new(Source::Given(Passphrase::new(b"pw".to_vec())));
+        s.next("d").unwrap();
+        assert_eq!(s.origin(), Origin::Given);
+        assert_eq!(
+            Origin::Terminal { tries: 1 }.to_string(),
+            "1 try on the terminal used up: check the passphrase (and the keyboard layout); -T/--tries N allows more tries"
+        );
+        assert!(Origin::Stdin.to_string().contains("not a terminal"));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! adapters (`--to-new`: CURRENT -> NEW before the SET; `--from-old`: OLD -> CURRENT after it;
 //! by default from the register the key is found in), and add the result as an unbound keyslot
 //! under the same passphrase. Staged: record it in the `paes-reencipher` token and stop. In-place
-//! (the default for a key under OLD): complete at once.
+//! (the default for a key under OLD): complete at once. A re-encipher to NEW first needs the
+//! APQNs that can serve the key to agree on a complete NEW master key ([`require_new`], zkey's
+//! cross-check); that and every other check that can refuse is made before the first header
+//! write, and before a pending stage is cancelled for a new one.
 //!
 //! *Complete* (`--complete`, or no option while a token is pending): check the key of the
 //! unbound keyslot with the adapters (re-enciphering it again, after asking, if the master key
@@ -39,8 +42,12 @@
 
 use std::path::Path;
 
+use ap_sim::adapter::Status;
+use ap_sim::crosscheck::{cross_check, NotReady, Purpose};
 use ap_sim::hsm::{Direction, Hsm, HsmError, Register};
+use ap_sim::sysfs::{Reading, SysfsTree};
 use ap_sim::token::SecureKey;
+use ap_sim::Apqn;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
@@ -114,6 +121,9 @@ pub fn reencipher(
                 ));
                 return complete(hsm, &mut vol, &u, t, false, ui);
             }
+            // Everything that can refuse the new stage is checked before the user is asked to
+            // cancel the pending one: a refusal leaves the header as it was.
+            let plan = plan(hsm, &mut vol, &u, opts, ui)?;
             if !ui.confirm(&format!(
                 "A staged re-encipher is pending for device '{name}'. Do you want to cancel it and start a new one?"
             ))? {
@@ -124,19 +134,33 @@ pub fn reencipher(
             // Token first: a crash in between leaves an orphan that prepare adopts or ignores.
             vol.remove_token(t.id)?;
             vol.destroy_keyslot(t.token.unbound_keyslot)?;
-            prepare(hsm, &mut vol, &u, opts, ui)
+            prepare(hsm, &mut vol, &u, plan, ui)
         }
-        (_, None) => prepare(hsm, &mut vol, &u, opts, ui),
+        (_, None) => {
+            let plan = plan(hsm, &mut vol, &u, opts, ui)?;
+            prepare(hsm, &mut vol, &u, plan, ui)
+        }
     }
 }
 
-fn prepare(
+/// What [`prepare`] will do, decided (and every check that can refuse it made) before the
+/// header is touched.
+struct Plan {
+    key: SecureKey,
+    direction: Direction,
+    in_place: bool,
+    vp: Vp,
+    /// The VP token must be written first (there is none).
+    write_vp_token: bool,
+}
+
+fn plan(
     hsm: &Hsm,
     vol: &mut Volume,
     u: &Unlocked,
     opts: Options,
     ui: &mut dyn Ui,
-) -> Result<Outcome, Error> {
+) -> Result<Plan, Error> {
     let name = vol.name();
     let key = parse_key(&name, "the volume key", &u.volume_key)?;
     let v = match hsm.verify(&key, None) {
@@ -163,7 +187,7 @@ fn prepare(
     }
     // VP first: it is what proves, at completion, that the re-enciphered key is the same AES key.
     let vp = vp_of(hsm, &name, "the secure volume key", &key)?;
-    match vol.vp_token()? {
+    let write_vp_token = match vol.vp_token()? {
         Some(t) if t.token.verification_pattern != vp => {
             return Err(Error::VpMismatch {
                 device: name,
@@ -173,14 +197,8 @@ fn prepare(
                 expected_from: format!("the verification pattern token {}", t.id),
             })
         }
-        Some(_) => {}
-        None => {
-            vol.set_vp_token(&VpToken::new(vp.clone()))?;
-        }
-    }
-    let (from, to) = match direction {
-        Direction::ToNew => (Register::Current, Register::New),
-        Direction::FromOld => (Register::Old, Register::Current),
+        Some(_) => false,
+        None => true,
     };
     // FromOld on a key under CURRENT would return it unchanged: nothing to do.
     if direction == Direction::FromOld && v.register == Register::Current {
@@ -188,6 +206,40 @@ fn prepare(
             "the secure volume key of device '{name}' is already enciphered with the CURRENT master key: there is nothing to re-encipher from OLD"
         )));
     }
+    if direction == Direction::ToNew {
+        require_new(hsm, &key)?;
+    }
+    Ok(Plan {
+        key,
+        direction,
+        in_place,
+        vp,
+        write_vp_token,
+    })
+}
+
+fn prepare(
+    hsm: &Hsm,
+    vol: &mut Volume,
+    u: &Unlocked,
+    plan: Plan,
+    ui: &mut dyn Ui,
+) -> Result<Outcome, Error> {
+    let name = vol.name();
+    let Plan {
+        key,
+        direction,
+        in_place,
+        vp,
+        write_vp_token,
+    } = plan;
+    if write_vp_token {
+        vol.set_vp_token(&VpToken::new(vp.clone()))?;
+    }
+    let (from, to) = match direction {
+        Direction::ToNew => (Register::Current, Register::New),
+        Direction::FromOld => (Register::Old, Register::Current),
+    };
     ui.info(&format!(
         "The secure volume key of device '{name}' is enciphered with the {} master key and is being re-enciphered with the {} master key.",
         register_word(from),
@@ -413,4 +465,56 @@ pub(crate) fn offer_destroy(
     }
     vol.destroy_keyslot(old_slot)?;
     Ok(Some(old_slot))
+}
+
+/// The environment variable that says where sysfs is (as in s390-tools and zkey).
+pub const SYSFS_ENV: &str = "SYSFS_ROOT";
+
+/// The kernel's view of the adapters of `hsm`: the sysfs tree at `$SYSFS_ROOT`, else the
+/// simulator's own tree, brought up to date with its state first (as zkey finds it).
+pub fn sysfs_tree(hsm: &Hsm) -> Result<SysfsTree, Error> {
+    let sim = hsm.simulator();
+    sim.bus().map_err(|e| Error::Sysfs(e.to_string()))?;
+    let root = std::env::var_os(SYSFS_ENV)
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| sim.sys_root());
+    Ok(SysfsTree::new(root))
+}
+
+/// Refuses a re-encipher of `key` to NEW unless the APQNs that can serve it agree on a complete
+/// NEW master key, with zkey's cross-check and in its words ([`NotReady`]): otherwise the HSM
+/// would stage to the NEW key of whichever APQN it picks, and a SET on the others (or of another
+/// NEW key) would leave the staged key unusable.
+///
+/// zkey-cryptsetup binds no APQNs, so these are the APQNs the HSM chooses from: every online
+/// APQN of the key's mode, less those that hold the key's master key in none of their registers.
+/// Those belong to another domain group and cannot serve the key, and their NEW registers are
+/// another master key change's business.
+pub fn require_new(hsm: &Hsm, key: &SecureKey) -> Result<(), Error> {
+    let tree = sysfs_tree(hsm)?;
+    let key_type = key.key_type();
+    let mkvp = key.mkvp();
+    let sysfs = |e: ap_sim::sysfs::SysfsError| Error::Sysfs(e.to_string());
+    let online: Vec<Apqn> = tree
+        .queues()
+        .map_err(sysfs)?
+        .into_iter()
+        .filter(|q| q.mode == Some(key_type.mode()) && q.status == Status::Online)
+        .map(|q| q.apqn)
+        .collect();
+    let all = cross_check(&tree, key_type, &online, Some(mkvp), Purpose::ToNew).map_err(sysfs)?;
+    let holds = |r: &Option<Reading>| matches!(r, Some(Reading::Known(v)) if v.mkvp.is_some_and(|m| m.matches(&mkvp)));
+    let serving: Vec<Apqn> = all
+        .apqns
+        .iter()
+        .filter(|a| a.current.is_none() || holds(&a.current) || holds(&a.old) || holds(&a.new))
+        .map(|a| a.apqn)
+        .collect();
+    let cc = cross_check(&tree, key_type, &serving, Some(mkvp), Purpose::ToNew).map_err(sysfs)?;
+    if cc.is_proper() {
+        Ok(())
+    } else {
+        Err(Error::NotReady(NotReady(cc)))
+    }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use ap_sim::hsm::{Hsm, HsmError, Register, Verification};
 use ap_sim::token::SecureKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::luks2::{self, FormatOptions, SlotState, Volume, Vp, VpToken};
@@ -25,7 +25,7 @@ pub struct Unlocked {
 /// Opens a keyslot bound to the volume key, asking for the passphrase as often as `pass` allows.
 pub fn unlock(vol: &mut Volume, pass: &mut Supplier, ui: &mut dyn Ui) -> Result<Unlocked, Error> {
     let device = vol.name();
-    let mut last = None;
+    let mut wrong = false;
     while let Some(p) = pass.next(&device)? {
         match vol.volume_key(p.as_bytes()) {
             Ok((slot, volume_key)) => {
@@ -35,14 +35,22 @@ pub fn unlock(vol: &mut Volume, pass: &mut Supplier, ui: &mut dyn Ui) -> Result<
                     passphrase: p,
                 })
             }
-            Err(e @ Error::WrongPassphrase { .. }) => {
+            Err(Error::WrongPassphrase { .. }) => {
+                // cryptsetup's words, after every wrong try.
                 ui.warn("No key available with this passphrase.");
-                last = Some(e);
+                wrong = true;
             }
             Err(e) => return Err(e),
         }
     }
-    Err(last.unwrap_or(Error::Passphrase(crate::passphrase::Error::NoMoreTries)))
+    if !wrong {
+        return Err(Error::Passphrase(crate::passphrase::Error::NoMoreTries));
+    }
+    Err(Error::WrongPassphrase {
+        device,
+        slot: None,
+        origin: Some(pass.origin()),
+    })
 }
 
 /// Parses header key bytes as a secure key.
@@ -133,7 +141,7 @@ pub fn format(
 }
 
 /// Where a secure key stands with the adapters, for reports.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {
     Current,
@@ -144,7 +152,7 @@ pub enum KeyState {
 }
 
 /// One secure key as validate reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyReport {
     pub keyslot: u32,
     pub key_type: String,
@@ -159,7 +167,7 @@ pub struct KeyReport {
 }
 
 /// A staged re-encipher as validate reports it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PendingReport {
     pub token_id: u32,
     pub original_keyslot: u32,
@@ -185,6 +193,29 @@ pub struct ValidateReport {
     pub reencipher_pending: Option<PendingReport>,
     /// True when the volume key is usable (CURRENT or OLD) and agrees with its VP token.
     pub valid: bool,
+    /// Why a valid volume is at risk, and what to do (`validate` exits 3): its key is under the
+    /// OLD master key, which the next SET destroys, or a staged re-encipher waits for
+    /// `--complete` after the SET. `None` when it is not at risk, and when it is not valid.
+    pub at_risk: Option<String>,
+}
+
+/// Why a volume whose key works now is at risk (see [`ValidateReport::at_risk`]).
+pub(crate) fn risk_of(
+    device: &str,
+    volume_key: &KeyReport,
+    pending: Option<&PendingReport>,
+) -> Option<String> {
+    let staged = pending.and_then(|p| p.key.as_ref());
+    if staged.is_some_and(|k| k.state == KeyState::Current) {
+        return Some(format!(
+            "a staged re-encipher waits for completion since the SET: run 'zkey-cryptsetup reencipher {device} --complete' before the next SET makes the volume key unusable"
+        ));
+    }
+    (volume_key.state == KeyState::Old).then(|| {
+        format!(
+            "the volume key is enciphered with the OLD master key: re-encipher it with 'zkey-cryptsetup reencipher {device}' before the next SET makes it unusable"
+        )
+    })
 }
 
 fn key_report(hsm: &Hsm, device: &str, slot: u32, key: &SecureKey) -> KeyReport {
@@ -209,33 +240,24 @@ fn key_report(hsm: &Hsm, device: &str, slot: u32, key: &SecureKey) -> KeyReport 
     }
 }
 
-/// Validates the secure volume key of `device`: which master key register holds its master key,
-/// its MKVP and VP, whether the VP token agrees, and whether a re-encipher is pending. Changes
-/// nothing.
-pub fn validate(
+/// The reports of the volume key (from keyslot `slot`) and of a pending re-encipher's key,
+/// when `passphrase` opens its unbound keyslot. Reads only.
+pub(crate) fn reports(
     hsm: &Hsm,
-    device: &Path,
-    pass: &mut Supplier,
-    ui: &mut dyn Ui,
-) -> Result<ValidateReport, Error> {
-    let mut vol = Volume::open(device)?;
+    vol: &mut Volume,
+    slot: u32,
+    volume_key: &[u8],
+    passphrase: &[u8],
+) -> Result<(KeyReport, Option<PendingReport>), Error> {
     let name = vol.name();
-    let u = unlock(&mut vol, pass, ui)?;
-    let key = parse_key(&name, "the volume key", &u.volume_key)?;
-    let volume_key = key_report(hsm, &name, u.slot, &key);
-    let vp_token = vol
-        .vp_token()?
-        .map(|t| t.token.verification_pattern.to_string());
-    let vp_token_matches = match (&vp_token, &volume_key.verification_pattern) {
-        (Some(t), Some(k)) => Some(t == k),
-        _ => None,
-    };
-    let reencipher_pending = match vol.reencipher_token()? {
+    let key = parse_key(&name, "the volume key", volume_key)?;
+    let volume_key = key_report(hsm, &name, slot, &key);
+    let pending = match vol.reencipher_token()? {
         None => None,
         Some(t) => {
             let slot = t.token.unbound_keyslot;
             let key = vol
-                .slot_key(slot, u.passphrase.as_bytes())
+                .slot_key(slot, passphrase)
                 .ok()
                 .and_then(|b| SecureKey::parse(&b).ok())
                 .map(|k| key_report(hsm, &name, slot, &k));
@@ -248,8 +270,40 @@ pub fn validate(
             })
         }
     };
+    Ok((volume_key, pending))
+}
+
+/// Validates the secure volume key of `device`: which master key register holds its master key,
+/// its MKVP and VP, whether the VP token agrees, and whether a re-encipher is pending. Changes
+/// nothing.
+pub fn validate(
+    hsm: &Hsm,
+    device: &Path,
+    pass: &mut Supplier,
+    ui: &mut dyn Ui,
+) -> Result<ValidateReport, Error> {
+    let mut vol = Volume::open(device)?;
+    let name = vol.name();
+    let u = unlock(&mut vol, pass, ui)?;
+    let (volume_key, reencipher_pending) = reports(
+        hsm,
+        &mut vol,
+        u.slot,
+        &u.volume_key,
+        u.passphrase.as_bytes(),
+    )?;
+    let vp_token = vol
+        .vp_token()?
+        .map(|t| t.token.verification_pattern.to_string());
+    let vp_token_matches = match (&vp_token, &volume_key.verification_pattern) {
+        (Some(t), Some(k)) => Some(t == k),
+        _ => None,
+    };
     let valid = matches!(volume_key.state, KeyState::Current | KeyState::Old)
         && vp_token_matches != Some(false);
+    let at_risk = valid
+        .then(|| risk_of(&name, &volume_key, reencipher_pending.as_ref()))
+        .flatten();
     Ok(ValidateReport {
         device: name,
         cipher: format!("{}-{}", vol.cipher(), vol.cipher_mode()),
@@ -260,6 +314,7 @@ pub fn validate(
         vp_token_matches,
         reencipher_pending,
         valid,
+        at_risk,
     })
 }
 

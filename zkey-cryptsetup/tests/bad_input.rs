@@ -62,6 +62,61 @@ fn wrong_passphrase() {
 }
 
 #[test]
+fn wrong_passphrase_while_a_re_encipher_is_pending() {
+    let f = Fixture::new();
+    let img = f.format("v.img", true);
+    f.load_new();
+    let o = f.run(&["reencipher", p(&img), "--staged"], b"disk1pw\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    f.set();
+    let kf = f.dir.path().join("kf");
+    std::fs::write(&kf, b"disk1pw\n").unwrap();
+    for (args, way_out) in [
+        (
+            vec!["reencipher", p(&img), "--complete", "-q"],
+            "stdin, which is not a terminal, so there was one try",
+        ),
+        (vec!["reencipher", p(&img), "-q"], "not a terminal"),
+        (vec!["validate", p(&img)], "not a terminal"),
+        (
+            vec![
+                "reencipher",
+                p(&img),
+                "-c",
+                "-q",
+                "-d",
+                kf.to_str().unwrap(),
+            ],
+            "a trailing newline included",
+        ),
+    ] {
+        let dump = luks_dump(&img);
+        let o = f.run(&args, b"nope\n");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let err = flat(&stderr(&o));
+        assert_eq!(
+            err.matches("No key available with this passphrase.")
+                .count(),
+            1,
+            "{args:?}: one try off a terminal: {err}"
+        );
+        assert!(err.contains(way_out), "{args:?}: {err}");
+        assert!(!err.contains("os error"), "{args:?}: {err}");
+        assert_eq!(dump, luks_dump(&img), "{args:?} changed the header");
+        refused(
+            &f,
+            &img,
+            &args,
+            b"nope\n",
+            &[
+                "No key available with this passphrase",
+                "no key available with this passphrase for",
+            ],
+        );
+    }
+}
+
+#[test]
 fn cipher_not_paes() {
     let f = Fixture::new();
     let img = f.image("aes.img");

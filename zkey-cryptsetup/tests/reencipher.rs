@@ -70,10 +70,20 @@ fn staged_then_complete_across_one_rotation() {
     assert_eq!(j["volume_key"]["state"], "current");
     assert_eq!(j["valid"], true);
     assert!(j["reencipher_pending"].is_null());
-    // --complete with nothing pending is an error.
+    // --complete with nothing pending has nothing to do: exit 0 (the suite's exit code table),
+    // and the header is left alone.
+    let before = header_bytes(&img);
     let o = f.run(&["reencipher", p(&img), "--complete", "-q"], b"disk1pw\n");
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("no staged re-encipher is pending"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "nothing to do: no re-encipher is pending for device '{}'",
+            p(&img)
+        )),
+        "{}",
+        stdout(&o)
+    );
+    assert!(before == header_bytes(&img));
 }
 
 #[test]
@@ -295,4 +305,118 @@ fn close_of_a_name_that_is_not_open_is_an_error() {
     let o = f.run(&["close", "never-opened"], b"");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("never-opened"), "{}", stderr(&o));
+}
+
+#[test]
+fn staging_is_refused_while_the_new_master_key_is_on_some_apqns_only() {
+    let f = Fixture::new();
+    let img = f.format("v.img", true);
+    // The security officer loaded the NEW key on 08.002f but not on its peer 09.002f.
+    f.sim
+        .tke_load_random(&["08.002f".parse().unwrap()], ap_sim::MkType::Aes)
+        .unwrap();
+    let dump = luks_dump(&img);
+    let before = header_bytes(&img);
+    for args in [
+        vec!["reencipher", p(&img), "--staged"],
+        vec!["reencipher", p(&img), "--staged", "--to-new"],
+        vec!["reencipher", p(&img), "--in-place", "--to-new", "-q"],
+        vec!["reencipher", p(&img)],
+    ] {
+        let o = f.run(&args, b"disk1pw\n");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stdout(&o));
+        let err = stderr(&o);
+        assert!(err.contains("NEW MASTER KEYS INCORRECT"), "{args:?}: {err}");
+        // zkey's words and table.
+        assert!(
+            err.contains("the APQNs are not ready for re-enciphering to the NEW master key; nothing was changed"),
+            "{err}"
+        );
+        assert!(
+            err.contains("CARD.DOMAIN") && err.contains("09.002f"),
+            "{err}"
+        );
+        assert!(err.contains("Your master key setup is improper."), "{err}");
+        assert!(before == header_bytes(&img), "{args:?} touched the header");
+        assert_eq!(dump, luks_dump(&img));
+    }
+    // A pending stage is not cancelled for a re-stage that would be refused.
+    f.sim
+        .tke_clear_new(&["08.002f".parse().unwrap()], ap_sim::MkType::Aes)
+        .unwrap();
+    f.load_new();
+    let o = f.run(&["reencipher", p(&img), "--staged"], b"disk1pw\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let staged = header_bytes(&img);
+    f.sim
+        .tke_clear_new(&["09.002f".parse().unwrap()], ap_sim::MkType::Aes)
+        .unwrap();
+    // Without -q: refused before the question whether to cancel the pending stage is asked.
+    let o = f.run(&["reencipher", p(&img), "--staged"], b"disk1pw\n");
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        !stderr(&o).contains("no terminal to ask on"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("NEW MASTER KEYS INCORRECT"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        staged == header_bytes(&img),
+        "the pending stage was touched"
+    );
+}
+
+#[test]
+fn staging_goes_ahead_with_the_new_master_key_on_every_apqn_of_the_group() {
+    let f = Fixture::new();
+    let img = f.format("v.img", true);
+    f.load_new();
+    let o = f.run(&["reencipher", p(&img), "--staged"], b"disk1pw\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(token_of(&img, "paes-reencipher").is_some());
+    assert_eq!(
+        validate_json(&f, &img)["reencipher_pending"]["key"]["state"],
+        "new"
+    );
+}
+
+#[test]
+fn another_domain_group_without_a_new_master_key_does_not_block_staging() {
+    use ap_sim::sim::{Layout, Simulator};
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout {
+        domains: vec![0x002f, 0x0030],
+        ..Layout::default()
+    };
+    let sim = Simulator::init(dir.path().join("sim"), &layout, false).unwrap();
+    let hsm = ap_sim::hsm::Hsm::new(sim.clone());
+    let f = Fixture { dir, sim, hsm };
+    // The key is made under 002f's master key; domain 0030 is another group with its own.
+    let key = f
+        .hsm
+        .generate(
+            ap_sim::token::KeyType::CcaAesData,
+            256,
+            true,
+            Some(&Fixture::cca_apqns()),
+        )
+        .unwrap();
+    let img = f.image("v.img");
+    zkey_cryptsetup::volume::format(
+        &f.hsm,
+        &img,
+        &key.to_bytes(),
+        &fast(),
+        PW,
+        &mut zkey_cryptsetup::Recorder::answering(true),
+    )
+    .unwrap();
+    f.load_new(); // on 08.002f and 09.002f only
+    let o = f.run(&["reencipher", p(&img), "--staged"], b"disk1pw\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(token_of(&img, "paes-reencipher").is_some());
 }
