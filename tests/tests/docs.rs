@@ -8,7 +8,7 @@ use std::process::Command;
 
 use tests::bin_dir;
 
-const BINS: &[&str] = &["ap-sim", "zkey"];
+const BINS: &[&str] = &["ap-sim", "zkey", "zkey-cryptsetup"];
 
 fn help(bin: &str, path: &[String]) -> String {
     let o = Command::new(bin_dir().join(bin))

@@ -33,6 +33,7 @@ Exit codes:
     version,
     infer_subcommands = true,
     disable_version_flag = true,
+    arg_required_else_help = true,
     after_help = EXIT_CODES
 )]
 struct Cli {
@@ -48,8 +49,10 @@ struct Cli {
     /// libcryptsetup debug messages on stderr (never key material).
     #[arg(short = 'D', long, global = true)]
     debug: bool,
+    #[command(flatten)]
+    docs: infra::docs::DocsArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 /// How the passphrase is read (as cryptsetup reads it).
@@ -378,7 +381,10 @@ fn run(cli: Cli) -> Result<Exit> {
     if cli.debug {
         libcryptsetup_debug();
     }
-    match cli.command {
+    let Some(command) = cli.command else {
+        return Err(Usage("name a command: 'zkey-cryptsetup --help' lists them".into()).into());
+    };
+    match command {
         Command::Reencipher {
             device,
             staged,
@@ -542,6 +548,9 @@ fn main() -> ExitCode {
     ap_sim::durable::arm_crash_points();
     ap_sim::durable::default_sigpipe();
     let cli = Cli::parse();
+    if let Some(code) = cli.docs.run::<Cli>() {
+        return code;
+    }
     match run(cli) {
         Ok(code) => code.into(),
         Err(e) => {

@@ -465,7 +465,6 @@ fn volume_verdict(
     v: &Volume,
     new_loaded: bool,
 ) -> (Verdict, String, Option<String>) {
-    use zkey_cryptsetup::luks2::Volume as Header;
     let device = crate::crypttab::device_path(v.device());
     let dev = crate::keyname::quote(&device.display().to_string());
     if !device.exists() {
@@ -475,12 +474,20 @@ fn volume_verdict(
             Some(format!("attach the device, or drop the association with 'zkey change -N {} --volumes -{v}'", crate::keyname::quote(e.name.as_str()))),
         );
     }
-    let mut h = match Header::open(&device) {
-        Ok(h) => h,
-        Err(zkey_cryptsetup::Error::NotLuks2 { .. }) => {
+    use zkey_cryptsetup::status::HeaderStatus;
+    let h = match zkey_cryptsetup::status::header_status(&device) {
+        Ok(HeaderStatus::Luks2(h)) => h,
+        Ok(HeaderStatus::NotFormatted { .. }) => {
             return (
                 Verdict::Safe,
                 "not formatted yet: the device holds no key".into(),
+                None,
+            )
+        }
+        Ok(HeaderStatus::Luks1 { .. }) => {
+            return (
+                Verdict::Unknown,
+                "a LUKS1 volume: it holds no secure key zkey can re-encipher".into(),
                 None,
             )
         }
@@ -488,31 +495,20 @@ fn volume_verdict(
             return (
                 Verdict::Unknown,
                 format!("the LUKS2 header cannot be read: {err}"),
-                None,
+                Some(format!("zkey-cryptsetup validate {dev}")),
             )
         }
     };
-    let vp_token = h.vp_token().ok().flatten();
-    if let (Some(t), Some(vp)) = (&vp_token, st.verification_pattern.as_deref()) {
-        if t.token.verification_pattern.as_str() != vp {
+    if let (Some(t), Some(vp)) = (&h.verification_pattern, st.verification_pattern.as_deref()) {
+        if t != vp {
             return (
                 Verdict::Unknown,
-                format!("the volume's verification pattern {} is not key '{}''s: the volume holds another key", t.token.verification_pattern, e.name),
+                format!("the volume's verification pattern {t} is not key '{}''s: the volume holds another key", e.name),
                 Some(format!("zkey-cryptsetup validate {dev}")),
             );
         }
     }
-    let pending = match h.reencipher_token() {
-        Ok(p) => p.is_some(),
-        Err(err) => {
-            return (
-                Verdict::Unknown,
-                format!("the re-encipher token cannot be read: {err}"),
-                Some(format!("zkey-cryptsetup validate {dev}")),
-            )
-        }
-    };
-    drop(h);
+    let pending = h.reencipher_pending.is_some();
     match (pending, new_loaded) {
         (true, true) => (
             Verdict::Staged,
@@ -542,7 +538,6 @@ fn by_passphrase(
     device: &std::path::Path,
     dev: &str,
 ) -> (Verdict, String, Option<String>) {
-    use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
     use zkey_cryptsetup::volume::KeyState;
     let validate = Some(format!("zkey-cryptsetup validate {dev}"));
     if !e.has_pass {
@@ -556,9 +551,7 @@ fn by_passphrase(
         .read_pass(&e.name)
         .map_err(|e| e.to_string())
         .and_then(|p| {
-            let mut s = Supplier::new(Source::Given(Passphrase::new(p.to_vec())));
-            zkey_cryptsetup::volume::validate(&ad.hsm, device, &mut s, &mut Quiet)
-                .map_err(|e| e.to_string())
+            zkey_cryptsetup::status::key_status(&ad.hsm, device, &p).map_err(|e| e.to_string())
         });
     match report {
         Err(err) => (
@@ -588,16 +581,6 @@ fn by_passphrase(
                 None,
             ),
         },
-    }
-}
-
-struct Quiet;
-
-impl zkey_cryptsetup::Ui for Quiet {
-    fn info(&mut self, _: &str) {}
-    fn warn(&mut self, _: &str) {}
-    fn confirm(&mut self, _: &str) -> Result<bool, zkey_cryptsetup::Error> {
-        Ok(false)
     }
 }
 
