@@ -14,7 +14,7 @@ use ap_sim::apqn::{Apqn, ApqnList};
 use ap_sim::audit::Event;
 use ap_sim::durable;
 use ap_sim::exit::Exit;
-use ap_sim::hsm::{Direction, Register};
+use ap_sim::hsm::Register;
 use ap_sim::table::Table;
 use ap_sim::token::{KeyType, SecureKey};
 
@@ -22,7 +22,7 @@ use zkey::adapters::Adapters;
 use zkey::crypttab::{shell_line, Action, VolumePlan};
 use zkey::keyops::{self, KeyStatus, NewKey};
 use zkey::reencipher::{self, Mode, Options, Outcome, Selection, Way};
-use zkey::repository::{self, DummyPassphrase, Reader, Repository, Writer};
+use zkey::repository::{self, DummyPassphrase, Reader, Repository};
 use zkey::volume::{Edit, SectorSize, Volume, VolumeType};
 use zkey::{KeyName, KeyProperties, Pattern};
 
@@ -64,6 +64,9 @@ enum Cmd {
         /// The repository key to export
         #[arg(short = 'N', long)]
         name: KeyName,
+        /// Replace FILE if it exists (by rename: a link there is replaced, not followed)
+        #[arg(short = 'F', long)]
+        force: bool,
     },
     /// List the keys of the repository
     #[command(visible_alias = "li")]
@@ -590,12 +593,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Validate(a) => validate(a),
         Cmd::Reencipher(a) => reencipher_cmd(a),
         Cmd::Import(a) => import(a).map(|_| ExitCode::SUCCESS),
-        Cmd::Export { file, name } => {
+        Cmd::Export { file, name, force } => {
             let repo = open_repo()?;
-            let r = repo.read(lock_wait())?;
-            let e = r.entry(&name)?;
-            durable::write_atomic(&file, &e.secure_key, 0o600)
-                .with_context(|| format!("writing {}", file.display()))?;
+            zkey::ops::export(&repo.read(lock_wait())?, &name, &file, force)?;
             println!("Key '{name}' exported to {}.", file.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -603,18 +603,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Remove { name, force } => remove(&name, force).map(|_| ExitCode::SUCCESS),
         Cmd::Change(a) => change(a).map(|_| ExitCode::SUCCESS),
         Cmd::Rename { name, new_name } => {
-            let ad = adapters()?;
-            let repo = open_repo()?;
-            let w = repo.write(lock_wait())?;
-            w.rename_key(&name, &new_name)?;
-            record(
-                &repo,
-                &ad,
-                Event {
-                    details: Some(format!("renamed to '{new_name}'")),
-                    ..event("rename", &[&name, &new_name], &[])
-                },
-            )?;
+            let (repo, ad) = (open_repo()?, adapters()?);
+            zkey::ops::rename(&repo.write(lock_wait())?, &ad, &name, &new_name)?;
             println!("Key '{name}' renamed to '{new_name}'.");
             Ok(ExitCode::SUCCESS)
         }
@@ -623,26 +613,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             new_name,
             volumes,
         } => {
-            let ad = adapters()?;
-            let repo = open_repo()?;
-            let w = repo.write(lock_wait())?;
-            let e = w.entry(&name)?;
-            let mut props = e.properties.clone();
-            props.volumes = match volumes {
+            let volumes = match volumes {
                 Some(v) => parse_volumes(&v, false)?,
                 None => Vec::new(),
             };
-            keyops::check_volumes_free(&w, &new_name, &props.volumes)?;
-            props.creation_time = Some(zkey::properties::Timestamp::now());
-            w.copy_key(&name, &new_name, &props)?;
-            record(
-                &repo,
-                &ad,
-                Event {
-                    details: Some(format!("copied to '{new_name}'")),
-                    ..event("copy", &[&name, &new_name], &props.apqns)
-                },
-            )?;
+            let (repo, ad) = (open_repo()?, adapters()?);
+            zkey::ops::copy(&repo.write(lock_wait())?, &ad, &name, &new_name, volumes)?;
             println!("Key '{name}' copied to '{new_name}'.");
             Ok(ExitCode::SUCCESS)
         }
@@ -698,27 +674,9 @@ fn adapters() -> Result<Adapters> {
 fn parse_volumes(s: &str, check: bool) -> Result<Vec<Volume>> {
     let v = zkey::volume::parse_volume_list(s)?;
     if check {
-        v.iter().try_for_each(check_volume)?;
+        v.iter().try_for_each(zkey::volume::check_device)?;
     }
     Ok(v)
-}
-
-/// A volume must exist as a block device or an image file, unless it is named by UUID.
-fn check_volume(v: &Volume) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    if v.device().starts_with("UUID=") {
-        return Ok(());
-    }
-    let md = std::fs::metadata(v.device()).map_err(|e| {
-        anyhow!(
-            "volume device {}: {e} (use --no-volume-check for a device that does not exist yet)",
-            v.device()
-        )
-    })?;
-    if !(md.file_type().is_block_device() || md.is_file()) {
-        bail!("volume device {} is neither a block device nor an image file (use --no-volume-check to associate it anyway)", v.device());
-    }
-    Ok(())
 }
 
 fn read_secret_file(p: &Path) -> Result<Zeroizing<Vec<u8>>> {
@@ -769,6 +727,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let ad = adapters()?;
     let spec = new_key_spec(&a.meta, a.key_type, a.keybits, a.xts)?;
     let clear = a.clearkey.as_deref().map(read_secret_file).transpose()?;
+    let source = clear
+        .as_deref()
+        .map_or(zkey::ops::Source::Random, |c| zkey::ops::Source::Clear(c));
     match (&a.file, &a.name) {
         (Some(file), None) => {
             if a.meta.volumes.is_some()
@@ -778,12 +739,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             {
                 bail!("--volumes, --description and dummy passphrases need a repository key: use --name instead of a file");
             }
-            if file.exists() {
-                bail!("{} exists: zkey does not overwrite a key file; remove it or choose another name", file.display());
-            }
-            let key = keyops::make_key(&ad, &spec, clear.as_deref().map(|c| &c[..]))?;
-            durable::write_atomic(file, &key.to_bytes(), 0o600)
-                .with_context(|| format!("writing {}", file.display()))?;
+            let key = zkey::ops::generate_file(&ad, file, &spec, source)?;
             println!(
                 "Secure key generated: {} ({}, {} bytes).",
                 file.display(),
@@ -794,25 +750,13 @@ fn generate(a: GenerateArgs) -> Result<()> {
         (None, Some(name)) => {
             let repo = open_or_create_repo()?;
             let w = repo.write(lock_wait())?;
-            let bound = zkey::kms::KmsConf::load(&w)?.is_some() && !a.local;
-            let key = if bound {
-                if a.clearkey.is_some() || a.meta.apqns.is_some() {
-                    bail!("a key of a KMS-bound repository is generated in the KMS and uses the plug-in's APQNs: drop --clearkey/--apqns, or add --local for a local key");
-                }
-                let (key, props) = zkey::kms::generate(&w, &ad, name, &spec)?;
-                w.create_key(name, &key.to_bytes(), &props, dummy_pass(&a.meta)?)?;
-                key
-            } else {
-                let key = keyops::make_key(&ad, &spec, clear.as_deref().map(|c| &c[..]))?;
-                keyops::store_new(&w, &ad, name, &key, &spec, dummy_pass(&a.meta)?)?;
-                key
-            };
-            record(&repo, &ad, key_event("generate", name, &key, &spec.apqns))?;
-            stage_if_change_open(&w, &ad, name)?;
+            let added =
+                zkey::ops::generate(&w, &ad, name, &spec, source, a.local, dummy_pass(&a.meta)?)?;
+            print_added(&added);
             println!(
                 "Secure key '{name}' generated in the repository ({}, {} bytes).",
-                key.key_type(),
-                key.len()
+                added.key.key_type(),
+                added.key.len()
             );
         }
         _ => bail!("name the key with --name (repository) or give a FILE"),
@@ -820,23 +764,28 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// What the library says about a key it added, besides the key itself.
+fn print_added(added: &zkey::ops::Added) {
+    added.notices.iter().for_each(|n| println!("{n}"));
+    if let Some(id) = &added.staged_in {
+        println!(
+            "Master key change {id} is open on this key's APQNs: the key was staged for it too."
+        );
+    }
+}
+
 fn import(a: ImportArgs) -> Result<()> {
     let ad = adapters()?;
-    let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let bytes = zkey::ops::read_key_file(&a.file)?;
     let key = SecureKey::parse(&bytes).map_err(|e| anyhow!("{}: {e}", a.file.display()))?;
     let spec = new_key_spec(&a.meta, key.key_type(), key.key_bits(), key.is_xts())?;
-    let v = ad.hsm.verify(&key, spec.apqn_slice())?;
-    if spec.apqn_check && !spec.apqns.is_empty() {
-        keyops::check_binding(&ad, key.key_type(), &spec.apqns, Some(key.mkvp()))?;
-    }
-    if v.register == Register::Old {
-        eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", a.name);
-    }
     let repo = open_or_create_repo()?;
     let w = repo.write(lock_wait())?;
-    keyops::store_new(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
-    record(&repo, &ad, key_event("import", &a.name, &key, &spec.apqns))?;
-    stage_if_change_open(&w, &ad, &a.name)?;
+    let added = zkey::ops::import(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
+    if added.under_old {
+        eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", zkey::keyname::quote(a.name.as_str()));
+    }
+    print_added(&added);
     println!("Secure key '{}' imported into the repository.", a.name);
     Ok(())
 }
@@ -1018,10 +967,16 @@ fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
     };
     let ad = adapters()?;
     if let Some(file) = &a.file {
-        return reencipher_file(&ad, file, a.output.as_deref(), way, mode);
-    }
-    if way == Some(Way::ToNew) && mode == Some(Mode::InPlace) && !confirm("In-place re-enciphering to NEW makes the keys unusable until the security officer SETs the new master key, and lost if the NEW key is cleared instead. Continue?", a.force)? {
-        bail!("nothing was re-enciphered (use --staged to keep the keys usable until the SET)");
+        zkey::ops::reencipher_file(&ad, file, a.output.as_deref(), way, mode)?;
+        println!(
+            "Secure key {} re-enciphered{}.",
+            file.display(),
+            a.output
+                .as_ref()
+                .map(|o| format!(" into {}", o.display()))
+                .unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let repo = open_repo()?;
     let w = repo.write(lock_wait())?;
@@ -1029,47 +984,36 @@ fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
         names: a.name.clone(),
         apqns: apqn_patterns(&a.apqns),
     };
-    if way.is_some_and(|w| w != Way::FromOld) && mode != Some(Mode::Complete) {
-        reencipher::preflight_to_new(&ad, &w, &sel)?;
-    }
     let tty = std::io::stderr().is_terminal() && !a.json;
     let mut n = 0;
-    let report = reencipher::reencipher_repository(&w, &ad, &sel, &Options { way, mode }, |r| {
-        n += 1;
-        if tty {
-            eprint!("\r\x1b[2K[{n}] {}", r.name);
-        }
-        if !a.json {
-            if tty {
-                eprint!("\r\x1b[2K");
-            }
-            print_result(r);
-        }
-    })?;
-    record_reencipher(&repo, &ad, &report)?;
-    let rd = zkey::readiness::assess(
+    let done = zkey::ops::reencipher(
         &w,
         &ad,
-        &zkey::readiness::Scope {
-            keys: sel.clone(),
-            without_plugin_keys: true,
-            ..Default::default()
+        &sel,
+        &Options { way, mode },
+        a.force,
+        &mut TermUi,
+        |r| {
+            n += 1;
+            if tty {
+                eprint!("\r\x1b[2K[{n}] {}", r.name);
+            }
+            if !a.json {
+                if tty {
+                    eprint!("\r\x1b[2K");
+                }
+                print_result(r);
+            }
         },
-        &[],
     )?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "keys": report.keys, "summary": report.summary, "readiness": rd })
-            )?
-        );
+        println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
-        println!("{}", report.summary);
-        print_readiness(&rd);
-        println!("{}", rd.headline());
+        println!("{}", done.report.summary);
+        print_readiness(&done.readiness);
+        println!("{}", done.readiness.headline());
     }
-    Ok(exit_if(report.summary.failed > 0, Exit::Failed))
+    Ok(exit_if(done.report.summary.failed > 0, Exit::Failed))
 }
 
 fn print_result(r: &reencipher::KeyResult) {
@@ -1091,46 +1035,6 @@ fn print_result(r: &reencipher::KeyResult) {
             r.luks2_volumes.join(", ")
         );
     }
-}
-
-fn reencipher_file(
-    ad: &Adapters,
-    file: &Path,
-    output: Option<&Path>,
-    way: Option<Way>,
-    mode: Option<Mode>,
-) -> Result<ExitCode> {
-    if matches!(mode, Some(Mode::Staged | Mode::Complete)) {
-        bail!("--staged and --complete work on repository keys; a key file is re-enciphered in place (or to --output)");
-    }
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let key = SecureKey::parse(&bytes).map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let way = match way {
-        Some(w) => w,
-        None if ad.hsm.verify(&key, None)?.register == Register::Old => Way::FromOld,
-        None => Way::ToNew,
-    };
-    let new = match way {
-        Way::ToNew => ad.hsm.reencipher(&key, Direction::ToNew, None)?,
-        Way::FromOld => ad.hsm.reencipher(&key, Direction::FromOld, None)?,
-        Way::FromOldToNew => {
-            let cur = ad.hsm.reencipher(&key, Direction::FromOld, None)?;
-            ad.hsm.reencipher(&cur, Direction::ToNew, None)?
-        }
-    };
-    let out = output.unwrap_or(file);
-    durable::write_atomic(out, &new.to_bytes(), 0o600)
-        .with_context(|| format!("writing {}", out.display()))?;
-    println!(
-        "Secure key {} re-enciphered{}.",
-        file.display(),
-        if output.is_some() {
-            format!(" into {}", out.display())
-        } else {
-            String::new()
-        }
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 fn list(a: ListArgs) -> Result<ExitCode> {
@@ -1360,106 +1264,38 @@ fn confirm(question: &str, force: bool) -> Result<bool> {
 }
 
 fn remove(name: &KeyName, force: bool) -> Result<()> {
-    let ad = adapters()?;
-    let repo = open_repo()?;
-    let w = repo.write(lock_wait())?;
-    let volumes = match w.entry(name) {
-        Ok(e) => e.properties.volumes.clone(),
-        Err(zkey::RepoError::Damaged(_)) if force => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
-    let mut q = format!("Remove key '{name}'? The key is destroyed: data encrypted with it can no longer be decrypted");
-    if !volumes.is_empty() {
-        q.push_str(&format!(
-            " (volumes: {})",
-            zkey::volume::format_volume_list(&volumes)
-        ));
-    }
-    if !confirm(&q, force)? {
-        bail!("key '{name}' was not removed");
-    }
-    // A KMS-bound key is deactivated in the KMS first; if that fails nothing is removed.
-    if let Ok(e) = w.entry(name) {
-        if e.properties.is_kms_bound() {
-            zkey::kms::remove(&w, &e.properties).context("the key was not removed")?;
-        }
-    }
-    w.remove_key(name)?;
-    record(&repo, &ad, event("remove", &[name], &[]))?;
+    let (repo, ad) = (open_repo()?, adapters()?);
+    zkey::ops::remove(&repo.write(lock_wait())?, &ad, name, force, &mut TermUi)?;
     println!("Key '{name}' removed.");
     Ok(())
 }
 
 fn change(a: ChangeArgs) -> Result<()> {
-    let ad = adapters()?;
-    let repo = open_repo()?;
-    let w = repo.write(lock_wait())?;
-    let e = w.entry(&a.name)?;
-    let mut p = e.properties.clone();
-    if let Some(d) = a.description {
-        p.description = (!d.is_empty()).then_some(d);
-    }
-    if let Some(v) = &a.volumes {
-        let edit: Edit<Volume> = Edit::parse(v)?;
-        if !a.no_volume_check {
-            edit.items()
-                .iter()
-                .filter(|_| !matches!(edit, Edit::Remove(_)))
-                .try_for_each(check_volume)?;
-        }
-        edit.apply(&mut p.volumes)?;
-        keyops::check_volumes_free(&w, &a.name, &p.volumes)?;
-    }
-    if let Some(s) = &a.apqns {
-        let edit: Edit<Apqn> = Edit::parse(s)?;
-        let before = p.apqns.clone();
-        edit.apply(&mut p.apqns)?;
-        let added: Vec<Apqn> = p
-            .apqns
-            .iter()
-            .filter(|x| !before.contains(x))
-            .copied()
-            .collect();
-        if !a.no_apqn_check && !added.is_empty() {
-            let key = SecureKey::parse(&e.secure_key)?;
-            keyops::check_binding(&ad, key.key_type(), &added, Some(key.mkvp()))?;
-        }
-    }
-    if let Some(s) = a.sector_size {
-        p.sector_size = s;
-    }
-    if let Some(t) = a.volume_type {
-        if t != VolumeType::Luks2
-            && e.has_pass
-            && !a.remove_dummy_passphrase
-            && !confirm(
-                "Leaving LUKS2 removes the key's dummy passphrase. Continue?",
-                a.force,
-            )?
-        {
-            bail!("nothing was changed");
-        }
-        p.volume_type = t;
-    }
-    w.write_info(&a.name, &p)?;
-    if a.gen_dummy_passphrase {
-        w.write_pass(&a.name, DummyPassphrase::Generate)?;
+    use zkey::ops::PassphraseChange;
+    let passphrase = if a.gen_dummy_passphrase {
+        Some(PassphraseChange::Set(DummyPassphrase::Generate))
     } else if let Some(f) = &a.set_dummy_passphrase {
-        w.write_pass(&a.name, DummyPassphrase::Given(read_secret_file(f)?))?;
+        Some(PassphraseChange::Set(DummyPassphrase::Given(
+            read_secret_file(f)?,
+        )))
     } else if a.remove_dummy_passphrase {
-        if !confirm(&format!("Remove the dummy passphrase of '{}'? Volumes that open only with it can no longer be opened", a.name), a.force)? {
-            bail!("the dummy passphrase was not removed");
-        }
-        w.remove_pass(&a.name)?;
-    }
-    record(
-        &repo,
-        &ad,
-        Event {
-            details: Some("properties changed".into()),
-            ..event("change", &[&a.name], &p.apqns)
-        },
-    )?;
+        Some(PassphraseChange::Remove)
+    } else {
+        None
+    };
+    let c = zkey::ops::Change {
+        description: a.description,
+        volumes: a.volumes.as_deref().map(Edit::parse).transpose()?,
+        volume_check: !a.no_volume_check,
+        apqns: a.apqns.as_deref().map(Edit::parse).transpose()?,
+        apqn_check: !a.no_apqn_check,
+        sector_size: a.sector_size,
+        volume_type: a.volume_type,
+        passphrase,
+        force: a.force,
+    };
+    let (repo, ad) = (open_repo()?, adapters()?);
+    zkey::ops::change(&repo.write(lock_wait())?, &ad, &a.name, c, &mut TermUi)?;
     println!("Key '{}' changed.", a.name);
     Ok(())
 }
@@ -1611,28 +1447,6 @@ fn event(name: &str, keys: &[&KeyName], apqns: &[Apqn]) -> Event {
 fn record(repo: &Repository, ad: &Adapters, ev: Event) -> Result<()> {
     zkey::audit::record(repo, ad.hsm.simulator(), ev)
         .context("the action was done, but recording it in the audit log failed")
-}
-
-fn key_event(name: &str, key_name: &KeyName, key: &SecureKey, apqns: &[Apqn]) -> Event {
-    Event {
-        mktype: Some(key.key_type().mk_type()),
-        new_mkvp: Some(key.mkvp()),
-        details: Some(format!(
-            "{}, {} bits{}",
-            key.key_type(),
-            key.key_bits() * if key.is_xts() { 2 } else { 1 },
-            if key.is_xts() { " (XTS)" } else { "" }
-        )),
-        ..event(name, &[key_name], apqns)
-    }
-}
-
-/// Records what a re-encipher did: one record per kind of result.
-fn record_reencipher(repo: &Repository, ad: &Adapters, report: &reencipher::Report) -> Result<()> {
-    for ev in zkey::audit::reencipher_events(report) {
-        record(repo, ad, ev)?;
-    }
-    Ok(())
 }
 
 fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
@@ -2114,16 +1928,6 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
     }
 }
 
-/// A key made while a master key change is open on its APQNs is staged at once (no lost update).
-fn stage_if_change_open(w: &Writer<'_>, ad: &Adapters, name: &KeyName) -> Result<()> {
-    if let Some(id) = zkey::mkchange::stage_new_key(w, ad, &w.entry(name)?)? {
-        println!(
-            "Master key change {id} is open on this key's APQNs: the key was staged for it too."
-        );
-    }
-    Ok(())
-}
-
 fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     use kms_plugin::plugin::{ConfigureStatus, MkDirection, ReencipherMode};
     if let KmsCmd::Plugins { json } = cmd {
@@ -2365,7 +2169,7 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             json,
         } => {
             let outs = zkey::kms::import(&w, &ad, label.as_deref(), name.as_ref(), |v| {
-                no_volume_check || check_volume(v).is_ok()
+                no_volume_check || zkey::volume::check_device(v).is_ok()
             })?;
             let names: Vec<String> = outs
                 .iter()

@@ -182,12 +182,18 @@ pub fn import(
     })
 }
 
-/// Copies a repository key out into a file (mode 0600); refuses an existing file or link.
-pub fn export(w: &Writer<'_>, name: &KeyName, file: &Path) -> Result<(), ZkeyError> {
-    let e = w.entry(name)?;
-    if std::fs::symlink_metadata(file).is_ok() {
+/// Copies a repository key out into a file (mode 0600). An existing file is replaced only with
+/// `force`, and then by rename: a link planted there is replaced, never written through.
+pub fn export(
+    r: &crate::repository::Reader<'_>,
+    name: &KeyName,
+    file: &Path,
+    force: bool,
+) -> Result<(), ZkeyError> {
+    let e = r.entry(name)?;
+    if !force && std::fs::symlink_metadata(file).is_ok() {
         return Err(ZkeyError::Invalid(format!(
-            "{} exists: zkey does not overwrite it; remove it or choose another file",
+            "{} exists: zkey does not overwrite it; remove it, choose another file, or add --force",
             file.display()
         )));
     }
