@@ -288,21 +288,28 @@ struct ChangeArgs {
 }
 
 #[derive(Subcommand)]
+#[command(infer_subcommands = true)]
 enum KmsCmd {
     /// The plug-ins of kms-plugins.conf ($ZKEY_KMS_PLUGINS)
     Plugins {
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Bind the repository to a plug-in
-    Bind { plugin: String },
+    Bind {
+        /// The plug-in's name in kms-plugins.conf (see 'zkey kms plugins'), e.g. KMIP
+        plugin: String,
+    },
     /// Unbind: the keys stay, as local keys
     Unbind {
+        /// Do not ask
         #[arg(short = 'F', long)]
         force: bool,
     },
     /// The binding and what the plug-in reports
     Info {
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
@@ -334,44 +341,59 @@ enum KmsCmd {
         plugin_options: Vec<String>,
     },
     /// Re-encipher the plug-in's own keys (identity key, wrapping key)
+    #[command(visible_alias = "re")]
     Reencipher {
+        /// From the OLD to the CURRENT master key (after a SET; in place by default)
         #[arg(short = 'o', long)]
         from_old: bool,
+        /// From the CURRENT to the NEW master key (before the SET; staged by default)
         #[arg(short = 'n', long)]
         to_new: bool,
+        /// Replace the keys right away (to NEW: unusable until the SET)
         #[arg(short = 'i', long, conflicts_with_all = ["staged", "complete"])]
         in_place: bool,
+        /// Write re-enciphered copies beside the keys, to be completed after the SET
         #[arg(short = 's', long, conflicts_with = "complete")]
         staged: bool,
+        /// After the SET: install the staged copies
         #[arg(short = 'p', short_alias = 'c', long)]
         complete: bool,
     },
     /// The keys in the KMS
+    #[command(visible_alias = "li")]
     List {
         /// KMS labels (wildcards allowed)
         #[arg(short = 'B', long)]
         label: Option<String>,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Rebuild repository keys from the KMS (names and volumes included)
+    #[command(visible_alias = "im")]
     Import {
+        /// Only KMS keys with these labels (wildcards allowed)
         #[arg(short = 'B', long)]
         label: Option<String>,
+        /// Only keys with these zkey names (wildcards allowed)
         #[arg(short = 'N', long)]
         name: Option<Pattern>,
+        /// Import keys whose volumes do not exist on this system
         #[arg(long)]
         no_volume_check: bool,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Re-import bound keys under the CURRENT master key (checked against their VP)
     Refresh {
+        /// Only keys with these names (wildcards allowed)
         #[arg(short = 'N', long)]
         name: Option<Pattern>,
         /// Also reload the description and volume associations from the KMS
         #[arg(short = 'P', long)]
         refresh_properties: bool,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
@@ -2008,6 +2030,17 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     let ad = adapters()?;
     let repo = open_or_create_repo()?;
     let w = repo.write(lock_wait())?;
+    // What the plug-in reports besides its results (a failover, a wrapping key it replaced)
+    // reaches the user on every command; on stderr when stdout is JSON, to keep that parseable.
+    let show_notices = |notices: &[String], json: bool| {
+        for n in notices {
+            if json {
+                eprintln!("zkey: KMS plug-in: {n}");
+            } else {
+                println!("KMS plug-in: {n}");
+            }
+        }
+    };
     let print_outcomes =
         |outs: &[zkey::kms::KeyOutcome], json: bool, what: &str| -> Result<ExitCode> {
             if json {
@@ -2017,9 +2050,10 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
                 );
             } else {
                 for o in outs {
-                    match &o.error {
-                        None => println!("Key '{}': {}.", o.name, o.result),
-                        Some(e) => println!("Key '{}': FAILED: {e}", o.name),
+                    match (&o.error, &o.note) {
+                        (Some(e), _) => println!("Key '{}': FAILED: {e}", o.name),
+                        (None, Some(n)) => println!("Key '{}': {}: {n}.", o.name, o.result),
+                        (None, None) => println!("Key '{}': {}.", o.name, o.result),
                     }
                 }
                 let failed = outs.iter().filter(|o| o.error.is_some()).count();
@@ -2038,7 +2072,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     match cmd {
         KmsCmd::Plugins { .. } => unreachable!("handled above"),
         KmsCmd::Bind { plugin } => {
-            let c = zkey::kms::bind(&w, &plugin)?;
+            let (c, notices) = zkey::kms::bind(&w, &plugin)?;
+            show_notices(&notices, false);
             record(
                 &repo,
                 &ad,
@@ -2054,7 +2089,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             if !confirm(&format!("Unbind the repository from the KMS plug-in '{}'? Its keys stay, as local keys that can no longer be refreshed from the KMS", c.kms), force)? {
                 bail!("the repository stays bound");
             }
-            let n = zkey::kms::unbind(&w)?;
+            let (n, notices) = zkey::kms::unbind(&w)?;
+            show_notices(&notices, false);
             record(
                 &repo,
                 &ad,
@@ -2069,10 +2105,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             );
         }
         KmsCmd::Info { json } => {
-            let c = zkey::kms::require(&w)?;
-            let mut client = c.client()?;
-            let info = client.info().map_err(|e| anyhow!("KMS plug-in: {e}"))?;
-            client.close().ok();
+            let (c, info, notices) = zkey::kms::info(&w)?;
+            show_notices(&notices, json);
             if json {
                 println!(
                     "{}",
@@ -2131,7 +2165,7 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
                 opts.insert(k.to_string(), v.to_string());
             }
             let (r, notices) = zkey::kms::configure(&w, &ad, apqns.map(ApqnList::into_vec), opts)?;
-            notices.iter().for_each(|n| println!("{n}"));
+            show_notices(&notices, false);
             record(&repo, &ad, event("kms-configure", &[], &[]))?;
             match r.status {
                 ConfigureStatus::Complete => println!("The KMS plug-in is configured."),
@@ -2163,23 +2197,54 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             } else {
                 ReencipherMode::Auto
             };
-            let (rep, notices) = zkey::kms::reencipher(&w, mode, direction, None)?;
-            notices.iter().for_each(|n| println!("{n}"));
+            let (rep, notices) = zkey::kms::reencipher(&w, &ad, mode, direction, None)?;
+            show_notices(&notices, false);
             for k in &rep.keys {
-                println!("{}: {} ({})", k.key, k.action, k.detail);
+                match k.mktype {
+                    Some(t) => println!(
+                        "{} ({}): {}: {}",
+                        k.key,
+                        t.name().to_uppercase(),
+                        k.action,
+                        k.detail
+                    ),
+                    None => println!("{}: {}: {}", k.key, k.action, k.detail),
+                }
             }
-            record(
-                &repo,
-                &ad,
-                Event {
-                    keys: rep.keys.iter().map(|k| k.key.clone()).collect(),
-                    details: Some(format!("{mode:?}, {direction:?}").to_lowercase()),
-                    ..event("kms-reencipher", &[], &[])
-                },
-            )?;
+            let changed: Vec<String> = rep
+                .keys
+                .iter()
+                .filter(|k| k.changed())
+                .map(|k| k.key.clone())
+                .collect();
+            if changed.is_empty() {
+                println!("Nothing to do: no key of the plug-in is affected.");
+            } else {
+                let mut counts: Vec<(&str, usize)> = Vec::new();
+                for k in &rep.keys {
+                    match counts.iter_mut().find(|(a, _)| *a == k.action) {
+                        Some((_, n)) => *n += 1,
+                        None => counts.push((&k.action, 1)),
+                    }
+                }
+                let line: Vec<String> = counts.iter().map(|(a, n)| format!("{n} {a}")).collect();
+                println!("{}", line.join(", "));
+            }
+            if !changed.is_empty() {
+                record(
+                    &repo,
+                    &ad,
+                    Event {
+                        keys: changed,
+                        details: Some(format!("{mode:?}, {direction:?}").to_lowercase()),
+                        ..event("kms-reencipher", &[], &[])
+                    },
+                )?;
+            }
         }
         KmsCmd::List { label, json } => {
-            let keys = zkey::kms::list(&w, label.as_deref())?;
+            let (keys, notices) = zkey::kms::list(&w, label.as_deref())?;
+            show_notices(&notices, json);
             if json {
                 println!(
                     "{}",
@@ -2215,9 +2280,11 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             no_volume_check,
             json,
         } => {
-            let outs = zkey::kms::import(&w, &ad, label.as_deref(), name.as_ref(), |v| {
-                no_volume_check || check_volume(v).is_ok()
-            })?;
+            let (outs, notices) =
+                zkey::kms::import(&w, &ad, label.as_deref(), name.as_ref(), |v| {
+                    no_volume_check || check_volume(v).is_ok()
+                })?;
+            show_notices(&notices, json);
             let names: Vec<String> = outs
                 .iter()
                 .filter(|o| o.result == "imported")
@@ -2238,7 +2305,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             refresh_properties,
             json,
         } => {
-            let outs = zkey::kms::refresh(&w, &ad, name.as_ref(), refresh_properties)?;
+            let (outs, notices) = zkey::kms::refresh(&w, &ad, name.as_ref(), refresh_properties)?;
+            show_notices(&notices, json);
             let names: Vec<String> = outs
                 .iter()
                 .filter(|o| o.error.is_none())
