@@ -436,6 +436,10 @@ fn kms_generate_rolls_back_and_import_skips_a_broken_entry() {
     w.ok("zkey", &["generate", "-N", "y"]);
     assert_eq!(active_in_kms(&w), ["x", "y"]);
 
+    // A name the repository has is refused before the KMS makes anything.
+    let err = w.fails("zkey", &["generate", "-N", "y"]);
+    assert!(err.contains("key 'y' already exists"), "{err}");
+    assert_eq!(active_in_kms(&w), ["x", "y"]);
     // A name the KMS holds already (the repository lost it) is refused before anything is made.
     for f in ["x.skey", "x.info"] {
         fs::remove_file(w.repo.join(f)).unwrap();
@@ -455,7 +459,10 @@ fn kms_generate_rolls_back_and_import_skips_a_broken_entry() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("could not all be removed"), "{err}");
+    assert!(
+        err.contains("could be removed again: revoke KMS ID"),
+        "{err}"
+    );
     assert_eq!(active_in_kms(&w), ["broken", "x", "y"]);
 
     // Import: x comes back, y is there already, the broken entry fails alone and is named.

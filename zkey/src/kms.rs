@@ -57,12 +57,12 @@ pub enum KmsError {
         id: String,
         label: String,
     },
-    #[error("{cause}; the key(s) it had created in the KMS ({}) were removed again, so nothing is left behind: fix the cause and generate the key again", .removed.join(", "))]
+    #[error("{cause}; what it had created in the KMS (KMS ID {}) was removed again, so nothing is left behind: fix the cause and generate the key again", .removed.join(", "))]
     RolledBack {
         cause: Box<ZkeyError>,
         removed: Vec<String>,
     },
-    #[error("{cause}; the key(s) it had created in the KMS could not all be removed again: remove (revoke) {} in the KMS by hand, 'zkey kms list' shows them{}", .left.join(", "), notices_suffix(.notices))]
+    #[error("{cause}; not all it had created in the KMS could be removed again: revoke KMS ID {} with the KMS's own tools ('zkey kms list' shows it; 'zkey kms import' fails on it until then){}", .left.join(", "), notices_suffix(.notices))]
     LeftBehind {
         cause: Box<ZkeyError>,
         left: Vec<String>,
@@ -444,6 +444,14 @@ pub fn generate_with_notices(
     spec: &NewKey,
 ) -> Result<(SecureKey, KeyProperties, Notices), ZkeyError> {
     let mut conf = require(w)?;
+    // A name the repository has already would fail only after the KMS made the key: refuse
+    // it before, with the repository's own words.
+    if crate::repository::KeyFile::ALL
+        .iter()
+        .any(|f| w.repository().key_file(name, *f).exists())
+    {
+        return Err(crate::repository::RepoError::KeyExists { name: name.clone() }.into());
+    }
     keyops::check_volumes_free(w, name, &spec.volumes)?;
     let binding = match conf.id.clone() {
         Some(id) => id,
