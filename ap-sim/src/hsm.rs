@@ -518,10 +518,11 @@ impl Hsm {
     /// Generates a P-256 private key enciphered with the APKA master key.
     pub fn generate_ecc(&self, apqns: Option<&[Apqn]>) -> Result<EccKeyToken, HsmError> {
         let (cands, why) = self.candidates(Mode::Cca, MkType::Apka, apqns)?;
-        let mk = cands.iter().find_map(|c| c.current.as_ref()).ok_or_else(|| HsmError::NoApqn {
-            key_type: KeyType::CcaAesData,
-            within: within(apqns),
-            why: format!("an ECC key needs an online CCA APQN with a valid CURRENT APKA master key ({why})"),
+        let mk = cands.iter().find_map(|c| c.current.as_ref()).ok_or_else(|| {
+            no_ecc_apqn(
+                apqns,
+                format!("an ECC key needs an online CCA APQN with a valid CURRENT APKA master key ({why})"),
+            )
         })?;
         let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
         Ok(EccKeyToken::wrap(&secret, mk))
@@ -603,16 +604,26 @@ impl Hsm {
                 pick(Register::Old, |c| c.current.as_ref())
             }
         };
-        let (from, to) = found.ok_or_else(|| HsmError::NoApqn {
-            key_type: KeyType::CcaAesData,
-            within: within(apqns),
-            why: match direction {
-                Direction::ToNew => "no CCA APQN holds the ECC key's APKA master key as CURRENT with a full NEW APKA master key".into(),
-                Direction::FromOld => "no CCA APQN holds the ECC key's APKA master key as OLD".into(),
-            },
+        let (from, to) = found.ok_or_else(|| {
+            no_ecc_apqn(
+                apqns,
+                match direction {
+                    Direction::ToNew => "no CCA APQN holds the ECC key's APKA master key as CURRENT with a full NEW APKA master key".into(),
+                    Direction::FromOld => "no CCA APQN holds the ECC key's APKA master key as OLD".into(),
+                },
+            )
         })?;
         Ok(token.rewrap(from, to)?)
     }
+}
+
+/// No APQN can serve an APKA-enciphered ECC key. Not [`HsmError::NoApqn`]: that names an AES
+/// key type, and an ECC key is none of them.
+fn no_ecc_apqn(apqns: Option<&[Apqn]>, why: String) -> HsmError {
+    HsmError::Invalid(format!(
+        "no usable APQN for the APKA-enciphered ECC key{}: {why}",
+        within(apqns)
+    ))
 }
 
 fn candidate(bus: &Bus, apqn: Apqn, mktype: MkType) -> Candidate {

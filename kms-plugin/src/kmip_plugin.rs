@@ -63,13 +63,16 @@ use crate::identity::IdentityKey;
 use crate::kmip::{self, ttlv::Value, Client, Endpoint, KmipError, State, TlsSettings};
 use crate::plugin::{
     to_value, ConfigureResult, ConfigureStatus, ErrorCode, GeneratedKey, Hello, ImportedKey,
-    KmsKey, MkDirection, OptionSpec, Plugin, PluginInfo, ReencipherMode, ReencipherReport,
-    ReencipheredKey, Request, WireError, XtsPart, PROTOCOL_VERSION,
+    KeyStatusReport, KmsKey, MkDirection, OptionSpec, Plugin, PluginInfo, PluginKeyStatus,
+    ReencipherMode, ReencipherReport, ReencipheredKey, Request, WireError, XtsPart,
+    PROTOCOL_VERSION,
 };
 
 pub const NAME: &str = "KMIP";
 const CONF: &str = "kmip.conf";
 const IDENTITY: &str = "identity-key";
+/// The identity key's type, as `key_status` reports it.
+const IDENTITY_KEY_TYPE: &str = "CCA-ECC-P256";
 const WRAPPING: &str = "wrapping-key";
 const CLIENT_CERT: &str = "client-cert.pem";
 const SERVER_CA: &str = "server-ca.pem";
@@ -624,6 +627,12 @@ impl KmipPlugin {
         mut properties: BTreeMap<String, String>,
         notices: &mut Vec<String>,
     ) -> Result<GeneratedKey, WireError> {
+        // Test fault (compiled in only with the `failpoints` feature): a KMS that refuses to
+        // create a key, e.g. the second half of an XTS key, to test zkey's rollback.
+        fail::fail_point!("kms-generate", |_| Err(err(
+            ErrorCode::ServerError,
+            "the KMS refused to create the key (fail point kms-generate)"
+        )));
         let kt = Self::key_type(key_type)?;
         if !matches!(bits, 128 | 192 | 256) {
             return Err(err(
@@ -673,6 +682,10 @@ impl KmipPlugin {
         changes: BTreeMap<String, Option<String>>,
         notices: &mut Vec<String>,
     ) -> Result<(), WireError> {
+        fail::fail_point!("kms-set-properties", |_| Err(err(
+            ErrorCode::ServerError,
+            "the KMS refused to change the key's attributes (fail point kms-set-properties)"
+        )));
         let c = self.client(notices)?;
         let attrs = c.get_attributes(id, &["Application Specific Information"])?;
         let index = attrs
@@ -759,16 +772,24 @@ impl KmipPlugin {
     /// Re-enciphers the plug-in's keys; `mktype` (option `mktype`: `apka` or `aes`) limits it
     /// to the key under that master key type (identity key: APKA, wrapping key: AES), so that a
     /// change of one type does not need the other type's NEW key.
+    ///
+    /// Each key is handled on its own: a key whose master key type has no NEW key loaded on
+    /// the plug-in's APQNs is not affected by the change and is skipped, so that a change of
+    /// the AES master key alone stages the wrapping key without touching (or failing on) the
+    /// identity key. A key that is affected but cannot be re-enciphered makes the answer an
+    /// error naming it; the other keys are still done, and the notices say what happened to
+    /// them, so that a re-run after the cause is fixed has only the failed key left to do.
     fn reencipher(
         &mut self,
         mode: ReencipherMode,
         direction: MkDirection,
         mktype: Option<&str>,
+        notices: &mut Vec<String>,
     ) -> Result<ReencipherReport, WireError> {
         let only = match mktype {
             None => None,
-            Some("apka") => Some(IDENTITY),
-            Some("aes") => Some(WRAPPING),
+            Some("apka") => Some(Kind::Ecc),
+            Some("aes") => Some(Kind::Aes),
             Some(other) => {
                 return Err(err(
                     ErrorCode::InvalidRequest,
@@ -781,87 +802,122 @@ impl KmipPlugin {
         let hsm = self.hsm()?;
         let apqns = Self::apqns(&conf.cca_apqns)?;
         let mut keys = Vec::new();
-        for name in [IDENTITY, WRAPPING]
+        let mut failed: Vec<(Kind, WireError)> = Vec::new();
+        for kind in [Kind::Ecc, Kind::Aes]
             .into_iter()
-            .filter(|n| only.is_none_or(|o| o == *n))
+            .filter(|k| only.is_none_or(|o| o == *k))
         {
-            let skey = format!("{name}.skey");
-            let reenc = format!("{name}.reenc");
-            let Some(current) = self.read_opt(&skey)? else {
+            let Some(current) = self.read_opt(&format!("{}.skey", kind.name()))? else {
                 continue;
             };
-            let staged = self.read_opt(&reenc)?;
-            let kind = if name == IDENTITY {
-                Kind::Ecc
-            } else {
-                Kind::Aes
-            };
-            let r = self.reencipher_one(
+            let staged = self.read_opt(&format!("{}.reenc", kind.name()))?;
+            match self.reencipher_one(
                 &hsm,
+                &conf,
                 apqns.as_deref(),
                 kind,
-                name,
                 &current,
                 staged,
                 mode,
                 direction,
-            )?;
-            keys.push(r);
+            ) {
+                Ok(r) => keys.push(r),
+                Err(e) => failed.push((kind, e)),
+            }
+        }
+        if let Some((_, first)) = failed.first() {
+            for k in &keys {
+                notices.push(format!(
+                    "{} ({}): {}: {}",
+                    k.key,
+                    Kind::of(&k.key).map(Kind::mk).unwrap_or_default(),
+                    k.action,
+                    k.detail
+                ));
+            }
+            let why: Vec<String> = failed
+                .iter()
+                .map(|(k, e)| format!("{} ({}): {}", k.name(), k.mk(), e.message))
+                .collect();
+            return Err(err(first.code, why.join("; ")));
         }
         Ok(ReencipherReport { keys })
+    }
+
+    /// Whether any of `apqns` (all CCA APQNs when none are configured) has something in its
+    /// NEW register of `kind`'s master key type: only then is the key affected by a change.
+    /// A partial NEW key counts, so that staging then fails and says why instead of skipping.
+    fn new_loaded(hsm: &Hsm, kind: Kind, apqns: Option<&[Apqn]>) -> Result<bool, WireError> {
+        let status = hsm.simulator().register_status(apqns).map_err(|e| {
+            err(
+                ErrorCode::Hsm,
+                format!("cannot read the master key registers: {e}"),
+            )
+        })?;
+        Ok(status.iter().flat_map(|a| a.registers.iter()).any(|r| {
+            r.mktype == kind.mktype() && r.new.state != ap_sim::registers::RegState::Empty
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn reencipher_one(
         &self,
         hsm: &Hsm,
+        conf: &KmipConf,
         apqns: Option<&[Apqn]>,
         kind: Kind,
-        name: &str,
         current: &[u8],
         staged: Option<Vec<u8>>,
         mode: ReencipherMode,
         direction: MkDirection,
     ) -> Result<ReencipheredKey, WireError> {
+        let name = kind.name();
+        let mk = kind.mk();
+        let on = if conf.cca_apqns.is_empty() {
+            "the CCA APQNs".to_string()
+        } else {
+            conf.cca_apqns.join(",")
+        };
         let skey = format!("{name}.skey");
         let reenc = format!("{name}.reenc");
-        let done = |action: &str, detail: String| ReencipheredKey {
-            key: name.into(),
-            action: action.into(),
-            detail,
-        };
+        let done = |action: &str, detail: String| Ok(kind.outcome(action, detail));
         // A pending staged copy: AUTO means complete (as IBM's plug-ins do).
         let complete =
             mode == ReencipherMode::Complete || (mode == ReencipherMode::Auto && staged.is_some());
         if complete {
             let Some(staged) = staged else {
-                // A re-run after a crash that completed this key already: nothing left to do.
-                if matches!(kind.register(hsm, current, apqns), Ok(Register::Current)) {
-                    return Ok(done(
-                        "unchanged",
-                        format!("nothing staged; {skey} is under the CURRENT master key"),
-                    ));
-                }
-                return Err(err(
-                    ErrorCode::InvalidRequest,
-                    format!("there is no staged {name} to complete: run reencipher --staged first"),
-                ));
+                // Nothing staged: a key whose master key did not change (or a re-run after a
+                // crash that completed it already) has nothing to do.
+                return match kind.register(hsm, current, apqns) {
+                    Ok(Register::Current) => done(
+                        ReencipheredKey::SKIPPED,
+                        format!("nothing staged, and {skey} is enciphered with the CURRENT {mk} master key: not affected by this change"),
+                    ),
+                    Ok(r) => Err(err(
+                        ErrorCode::InvalidRequest,
+                        format!("nothing is staged for the {name} ({mk}), and it is enciphered with the {} {mk} master key: the {mk} master key was set without staging it first; run 'zkey kms reencipher --from-old --in-place' now, before the next {mk} master key change", r.name()),
+                    )),
+                    Err(e) => Err(hsm_err(&format!("nothing is staged for the {name} ({mk}), and it is unusable"), e)),
+                };
             };
             match kind.register(hsm, &staged, apqns) {
                 Ok(Register::Current) => {}
-                Ok(r) => return Err(err(ErrorCode::Hsm, format!("the staged {name} is enciphered with the {} master key, not CURRENT: complete it after the SET", r.name()))),
-                Err(e) => return Err(hsm_err(&format!("the staged {name} is not usable yet (run the SET of the new master key first)"), e)),
+                Ok(r) => return Err(err(ErrorCode::Hsm, format!("the staged {name} ({mk}) is enciphered with the {} {mk} master key, not CURRENT: complete it after the SET of the {mk} master key", r.name()))),
+                Err(e) => return Err(hsm_err(&format!("the staged {name} ({mk}) is not usable yet (run the SET of the new {mk} master key first)"), e)),
             }
             // Rename by copy + remove: a crash between the two leaves both files equal, and a
             // re-run completes again to the same result.
             self.write_key_file(&skey, &staged)?;
             durable::remove_durable(&self.path(&reenc)?)
                 .map_err(|e| io_err(Path::new(&reenc), e))?;
-            return Ok(done("completed", format!("{reenc} replaced {skey}")));
+            return done(
+                ReencipheredKey::COMPLETED,
+                format!("{reenc} replaced {skey}"),
+            );
         }
         let reg = kind
             .register(hsm, current, apqns)
-            .map_err(|e| hsm_err(&format!("the {name} is unusable"), e))?;
+            .map_err(|e| hsm_err(&format!("the {name} ({mk}) is unusable"), e))?;
         let dir = match direction {
             MkDirection::FromOld => Direction::FromOld,
             MkDirection::ToNew => Direction::ToNew,
@@ -869,17 +925,30 @@ impl KmipPlugin {
             MkDirection::Auto => Direction::ToNew,
         };
         if dir == Direction::FromOld && reg == Register::Current {
-            return Ok(done(
-                "unchanged",
-                "already enciphered with the CURRENT master key".into(),
-            ));
+            return done(
+                ReencipheredKey::SKIPPED,
+                format!("already enciphered with the CURRENT {mk} master key"),
+            );
+        }
+        if dir == Direction::ToNew && !Self::new_loaded(hsm, kind, apqns)? {
+            return done(
+                ReencipheredKey::SKIPPED,
+                format!("no NEW {mk} master key is loaded on {on}: not affected by this change"),
+            );
         }
         let out = match kind.reencipher(hsm, current, dir, apqns) {
             Ok(b) => b,
-            Err(e) if mode == ReencipherMode::Auto && direction == MkDirection::Auto => {
-                return Ok(done("unchanged", format!("nothing to do: {e}")));
+            Err(e) => {
+                let to = if dir == Direction::ToNew {
+                    "NEW"
+                } else {
+                    "CURRENT"
+                };
+                return Err(hsm_err(
+                    &format!("cannot re-encipher the {name} ({mk}) to the {to} {mk} master key"),
+                    e,
+                ));
             }
-            Err(e) => return Err(hsm_err(&format!("cannot re-encipher the {name}"), e)),
         };
         let staged_mode = match mode {
             ReencipherMode::Staged => true,
@@ -888,27 +957,118 @@ impl KmipPlugin {
         };
         if staged_mode {
             self.write_key_file(&reenc, &out)?;
-            Ok(done(
-                "staged",
-                format!("re-enciphered to the NEW master key into {reenc}; complete after the SET"),
-            ))
+            done(
+                ReencipheredKey::STAGED,
+                format!(
+                    "re-enciphered to the NEW {mk} master key into {reenc}; complete after the SET"
+                ),
+            )
         } else {
             self.write_key_file(&skey, &out)?;
-            Ok(done(
-                "re-enciphered",
+            done(
+                ReencipheredKey::REENCIPHERED,
                 format!("{skey} re-enciphered in place"),
-            ))
+            )
         }
+    }
+
+    /// `key_status`: the facts of the plug-in's own keys, from their tokens only.
+    fn key_status(&self) -> Result<KeyStatusReport, WireError> {
+        let p = self.path(LOCK)?;
+        // Shared: a re-encipher in progress finishes its files first.
+        let _lock = Lock::acquire(&p, LockKind::Shared).map_err(|e| io_err(&p, e))?;
+        let conf = self.load_conf()?;
+        let apqns = Self::apqns(&conf.cca_apqns)?.unwrap_or_default();
+        let mut keys = Vec::new();
+        for kind in [Kind::Ecc, Kind::Aes] {
+            let Some(current) = self.read_opt(&format!("{}.skey", kind.name()))? else {
+                continue;
+            };
+            let (key_type, mkvp) = kind.facts(&current)?;
+            let staged_mkvp = match self.read_opt(&format!("{}.reenc", kind.name()))? {
+                Some(b) => Some(kind.facts(&b)?.1),
+                None => None,
+            };
+            keys.push(PluginKeyStatus {
+                key: kind.name().into(),
+                mktype: kind.mktype(),
+                key_type,
+                apqns: apqns.clone(),
+                mkvp,
+                staged_mkvp,
+            });
+        }
+        Ok(KeyStatusReport { keys })
     }
 }
 
-#[derive(Copy, Clone)]
+/// The plug-in's own keys.
+#[derive(Copy, Clone, PartialEq, Eq)]
 enum Kind {
+    /// The identity key: an APKA-wrapped P-256 key.
     Ecc,
+    /// The wrapping key: a CCA-AESDATA key.
     Aes,
 }
 
 impl Kind {
+    fn of(name: &str) -> Option<Kind> {
+        [Kind::Ecc, Kind::Aes]
+            .into_iter()
+            .find(|k| k.name() == name)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ecc => IDENTITY,
+            Kind::Aes => WRAPPING,
+        }
+    }
+
+    fn mktype(self) -> ap_sim::MkType {
+        match self {
+            Kind::Ecc => ap_sim::MkType::Apka,
+            Kind::Aes => ap_sim::MkType::Aes,
+        }
+    }
+
+    /// The master key type as messages name it.
+    fn mk(self) -> String {
+        self.mktype().name().to_uppercase()
+    }
+
+    fn outcome(self, action: &str, detail: String) -> ReencipheredKey {
+        ReencipheredKey {
+            key: self.name().into(),
+            action: action.into(),
+            detail,
+            mktype: Some(self.mktype()),
+        }
+    }
+
+    /// The key type and MKVP a token of this kind carries.
+    fn facts(self, bytes: &[u8]) -> Result<(String, ap_sim::Mkvp), WireError> {
+        let damaged = |e: ap_sim::token::TokenError| {
+            err(
+                ErrorCode::Hsm,
+                format!(
+                    "the {} file is damaged ({e}): run 'zkey kms configure' to replace it",
+                    self.name()
+                ),
+            )
+        };
+        Ok(match self {
+            Kind::Ecc => {
+                let t = EccKeyToken::parse(bytes).map_err(damaged)?;
+                (IDENTITY_KEY_TYPE.to_string(), t.mkvp())
+            }
+            Kind::Aes => {
+                let k = SecureKey::parse(bytes).map_err(damaged)?;
+                (k.key_type().name().to_string(), k.mkvp())
+            }
+        })
+    }
+
     fn register(
         self,
         hsm: &Hsm,
@@ -1157,6 +1317,11 @@ impl Plugin for KmipPlugin {
                 to_value(&Self::properties_of(&a).unwrap_or_default())
             }
             Request::RemoveKey { key_id, options } => {
+                // Test fault: a KMS that cannot revoke, to test what zkey reports then.
+                fail::fail_point!("kms-remove", |_| Err(err(
+                    ErrorCode::ServerError,
+                    "the KMS refused to revoke the key (fail point kms-remove)"
+                )));
                 let c = self.client(notices)?;
                 c.revoke(&key_id, "removed with zkey")?;
                 if options.contains_key("destroy") {
@@ -1182,7 +1347,9 @@ impl Plugin for KmipPlugin {
                 mode,
                 direction,
                 options.get("mktype").map(String::as_str),
+                notices,
             )?),
+            Request::KeyStatus => to_value(&self.key_status()?),
         }
     }
 }

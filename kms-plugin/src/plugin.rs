@@ -47,6 +47,14 @@
 //! | `list_keys` | `label` (glob, optional), `properties` (all must match), `options` | list of [`KmsKey`] |
 //! | `import_key` | `key_id`, `key_type` | [`ImportedKey`]: a secure key under the CURRENT master key |
 //! | `reencipher` | `mode` (`auto`,`in_place`,`staged`,`complete`), `direction` (`auto`,`from_old`,`to_new`), `options` | [`ReencipherReport`] |
+//! | `key_status` | | [`KeyStatusReport`]: the plug-in's own keys, their master key types, APQNs and MKVPs, read from their tokens (no HSM call, nothing changes) |
+//!
+//! `reencipher` reports every one of the plug-in's own keys with an `action`: `staged`,
+//! `completed`, `re-enciphered` or `skipped` (not affected: no NEW master key of the key's
+//! type is loaded on its APQNs, or nothing is staged and the key is under CURRENT; `detail`
+//! says which). A key that is affected but cannot be re-enciphered makes the response an
+//! error whose message names it and says what to do; the plug-in still does the other keys
+//! and reports them in `notices`.
 //!
 //! Properties are zkey's (`zkey-name`, `volumes`, `cipher`, `xts-key`, ...); a plug-in stores
 //! them in the KMS verbatim.
@@ -161,6 +169,7 @@ pub enum Request {
         #[serde(default)]
         options: BTreeMap<String, String>,
     },
+    KeyStatus,
 }
 
 /// Error codes on the wire.
@@ -278,14 +287,52 @@ pub struct ImportedKey {
 pub struct ReencipheredKey {
     /// The plug-in's name for its internal key (`identity-key`, `wrapping-key`).
     pub key: String,
-    /// What happened: `staged`, `completed`, `re-enciphered`, `unchanged`.
+    /// What happened: `staged`, `completed`, `re-enciphered`, `skipped`.
     pub action: String,
     pub detail: String,
+    /// The master key type the key is enciphered with (optional on the wire, so that a plug-in
+    /// that does not say is still understood).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mktype: Option<ap_sim::MkType>,
+}
+
+impl ReencipheredKey {
+    pub const STAGED: &'static str = "staged";
+    pub const COMPLETED: &'static str = "completed";
+    pub const REENCIPHERED: &'static str = "re-enciphered";
+    pub const SKIPPED: &'static str = "skipped";
+
+    /// Whether the key was changed (staged, completed or re-enciphered).
+    pub fn changed(&self) -> bool {
+        self.action != Self::SKIPPED
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReencipherReport {
     pub keys: Vec<ReencipheredKey>,
+}
+
+/// `key_status`: one of the plug-in's own keys, as its token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginKeyStatus {
+    /// The plug-in's name for the key (`identity-key`, `wrapping-key`).
+    pub key: String,
+    /// The master key type it is enciphered with (`apka`, `aes`, `ep11`).
+    pub mktype: ap_sim::MkType,
+    /// The key's type, e.g. `CCA-ECC-P256`, `CCA-AESDATA`.
+    pub key_type: String,
+    /// The APQNs the plug-in uses the key on.
+    pub apqns: Vec<ap_sim::Apqn>,
+    /// The master key verification pattern in the live key's token.
+    pub mkvp: ap_sim::Mkvp,
+    /// That of its staged re-enciphered copy, when one is pending.
+    pub staged_mkvp: Option<ap_sim::Mkvp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyStatusReport {
+    pub keys: Vec<PluginKeyStatus>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -777,6 +824,11 @@ impl PluginClient {
         })
     }
 
+    /// The plug-in's own keys and their master key verification patterns.
+    pub fn key_status(&mut self) -> Result<KeyStatusReport, ClientError> {
+        self.request(&Request::KeyStatus)
+    }
+
     fn unhex(&self, s: &str) -> Result<Vec<u8>, ClientError> {
         hex::decode(s).map_err(|_| ClientError::Protocol {
             exe: self.exe.clone(),
@@ -859,6 +911,32 @@ mod tests {
                 ..
             }
         ));
+        assert_eq!(
+            serde_json::to_string(&Request::KeyStatus).unwrap(),
+            r#"{"op":"key_status"}"#
+        );
+        let st = PluginKeyStatus {
+            key: "identity-key".into(),
+            mktype: ap_sim::MkType::Apka,
+            key_type: "CCA-ECC-P256".into(),
+            apqns: vec!["08.002f".parse().unwrap()],
+            mkvp: "0123456789abcdef".parse().unwrap(),
+            staged_mkvp: None,
+        };
+        let json = serde_json::to_value(&KeyStatusReport {
+            keys: vec![st.clone()],
+        })
+        .unwrap();
+        assert_eq!(json["keys"][0]["mktype"], "apka");
+        assert_eq!(json["keys"][0]["apqns"][0], "08.002f");
+        assert_eq!(json["keys"][0]["staged_mkvp"], serde_json::Value::Null);
+        let back: KeyStatusReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back.keys, [st]);
+        // A report without the optional mktype (an older plug-in) still parses.
+        let k: ReencipheredKey =
+            serde_json::from_str(r#"{"key":"wrapping-key","action":"skipped","detail":"x"}"#)
+                .unwrap();
+        assert_eq!(k.mktype, None);
     }
 
     struct Echo;

@@ -423,3 +423,67 @@ fn a_hanging_or_crashing_plugin_is_an_error() {
     p.close().unwrap();
     assert!(PluginClient::open("NOPE", None).is_err());
 }
+
+/// `key_status`: the plug-in's own keys with the MKVPs of their tokens, live and staged, and
+/// the master key types a readiness check needs; a staging that skips the key whose type has
+/// no NEW master key loaded.
+#[test]
+fn key_status_reports_the_plugin_keys_and_reencipher_skips_unaffected_ones() {
+    let srv = Server::start();
+    let env = Env::new();
+    let cca: Vec<Apqn> = ["08.002f", "09.002f"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let mut p = env.configure(&srv, &srv.addr(), &srv.ca());
+    let current = |t: MkType| {
+        let st = env.sim().register_status(Some(&cca[..1])).unwrap();
+        let r = st[0].registers.iter().find(|r| r.mktype == t).unwrap();
+        (r.current.mkvp.unwrap(), r.new.mkvp)
+    };
+    let st = p.key_status().unwrap();
+    let by = |st: &kms_plugin::plugin::KeyStatusReport, k: &str| {
+        st.keys.iter().find(|s| s.key == k).unwrap().clone()
+    };
+    let id = by(&st, "identity-key");
+    let wk = by(&st, "wrapping-key");
+    assert_eq!(st.keys.len(), 2, "{st:?}");
+    assert_eq!(
+        (id.mktype, id.key_type.as_str(), id.apqns.as_slice()),
+        (MkType::Apka, "CCA-ECC-P256", &cca[..1])
+    );
+    assert_eq!(
+        (wk.mktype, wk.key_type.as_str()),
+        (MkType::Aes, "CCA-AESDATA")
+    );
+    assert_eq!(id.mkvp, current(MkType::Apka).0);
+    assert_eq!(wk.mkvp, current(MkType::Aes).0);
+    assert_eq!((id.staged_mkvp, wk.staged_mkvp), (None, None));
+
+    // Only the AES master key changes: the wrapping key is staged, the identity key skipped.
+    env.sim().tke_load_random(&cca, MkType::Aes).unwrap();
+    let r = p
+        .reencipher(ReencipherMode::Staged, MkDirection::ToNew, BTreeMap::new())
+        .unwrap();
+    let action = |k: &str| {
+        let e = r.keys.iter().find(|e| e.key == k).unwrap();
+        (e.action.clone(), e.detail.clone(), e.mktype)
+    };
+    let (a, d, t) = action("identity-key");
+    assert_eq!((a.as_str(), t), ("skipped", Some(MkType::Apka)), "{d}");
+    assert!(
+        d.contains("no NEW APKA master key is loaded on 08.002f"),
+        "{d}"
+    );
+    assert_eq!(action("wrapping-key").0, "staged", "{r:?}");
+    assert!(!env.cfg().join("identity-key.reenc").exists());
+    let st = p.key_status().unwrap();
+    assert_eq!(by(&st, "wrapping-key").staged_mkvp, current(MkType::Aes).1);
+    assert_eq!(
+        by(&st, "wrapping-key").mkvp,
+        wk.mkvp,
+        "the live key is untouched"
+    );
+    assert_eq!(by(&st, "identity-key").staged_mkvp, None);
+    p.close().unwrap();
+}

@@ -40,6 +40,9 @@ pub enum ZkeyError {
     /// Staging to NEW refused by the APQN cross-check (split or missing NEW registers).
     #[error(transparent)]
     NotReady(#[from] ap_sim::crosscheck::NotReady),
+    /// A KMS plug-in's error with its notices, or a KMS key zkey refused or rolled back.
+    #[error(transparent)]
+    Kms(#[from] crate::kms::KmsError),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kms_plugin::plugin::{
-    ConfigureResult, KmsKey, MkDirection, PluginClient, ReencipherMode, ReencipherReport, XtsPart,
+    ClientError, ConfigureResult, KmsKey, MkDirection, PluginClient, PluginInfo, PluginKeyStatus,
+    ReencipherMode, ReencipherReport, XtsPart,
 };
 use serde::Serialize;
 
@@ -33,6 +34,82 @@ use crate::KeyName;
 
 const CONF: &str = "kms.conf";
 
+/// What a plug-in reported besides its results (that it failed over to another server, that it
+/// registered a new wrapping key and revoked the old one, ...): lines for the user. Every
+/// function here that talks to the plug-in returns them with its result; the caller prints
+/// them, one per line, whatever else it prints.
+pub type Notices = Vec<String>;
+
+/// The KMS errors that are more than a plug-in's error message.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    /// A plug-in error, with what the plug-in reported before it, so that nothing it said
+    /// (e.g. which server it tried) is lost.
+    #[error("KMS plug-in: {error}{}", notices_suffix(.notices))]
+    Plugin {
+        error: ClientError,
+        notices: Notices,
+    },
+    #[error("the KMS already holds an active key {what} (KMS ID {id}, label '{label}'): import it with 'zkey kms import -N {name}', remove it with 'zkey remove -N {name}' after importing it, or choose another name")]
+    Duplicate {
+        name: String,
+        what: String,
+        id: String,
+        label: String,
+    },
+    #[error("{cause}; what it had created in the KMS (KMS ID {}) was removed again, so nothing is left behind: fix the cause and generate the key again", .removed.join(", "))]
+    RolledBack {
+        cause: Box<ZkeyError>,
+        removed: Vec<String>,
+    },
+    #[error("{cause}; not all it had created in the KMS could be removed again: revoke KMS ID {} with the KMS's own tools ('zkey kms list' shows it; 'zkey kms import' fails on it until then){}", .left.join(", "), notices_suffix(.notices))]
+    LeftBehind {
+        cause: Box<ZkeyError>,
+        left: Vec<String>,
+        notices: Notices,
+    },
+}
+
+fn notices_suffix(n: &[String]) -> String {
+    if n.is_empty() {
+        String::new()
+    } else {
+        format!(" (the plug-in also reported: {})", n.join("; "))
+    }
+}
+
+/// A session with the bound plug-in that keeps its notices with its errors.
+struct Session(PluginClient);
+
+impl Session {
+    fn open(conf: &KmsConf) -> Result<Session, ZkeyError> {
+        conf.client().map(Session)
+    }
+
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut PluginClient) -> Result<T, ClientError>,
+    ) -> Result<T, ZkeyError> {
+        f(&mut self.0).map_err(|error| {
+            KmsError::Plugin {
+                error,
+                notices: self.0.take_notices(),
+            }
+            .into()
+        })
+    }
+
+    /// Ends the session; the notices of all of it.
+    fn close(mut self) -> Result<Notices, ZkeyError> {
+        let n = self.0.take_notices();
+        self.0.close().map_err(|error| KmsError::Plugin {
+            error,
+            notices: n.clone(),
+        })?;
+        Ok(n)
+    }
+}
+
 /// The binding of a repository.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct KmsConf {
@@ -40,7 +117,15 @@ pub struct KmsConf {
     pub config: PathBuf,
     pub cca_apqns: Vec<Apqn>,
     pub ep11_apqns: Vec<Apqn>,
+    /// A random ID of this binding (`id=` in kms.conf), kept with every key generated in the
+    /// KMS as `zkey-repository`: a KMS is shared by many hosts and repositories, each with its
+    /// own `disk1`, so a name is a duplicate only among the keys of one repository. Made on the
+    /// first generate of a repository bound before it existed.
+    pub id: Option<String>,
 }
+
+/// The KMS property with the binding's [`KmsConf::id`].
+pub const REPOSITORY_PROPERTY: &str = "zkey-repository";
 
 fn plugin_err(e: kms_plugin::plugin::ClientError) -> ZkeyError {
     ZkeyError::Invalid(format!("KMS plug-in: {e}"))
@@ -86,6 +171,7 @@ impl KmsConf {
                 "config" => c.config = PathBuf::from(v.trim()),
                 "cca_apqns" => c.cca_apqns = list(v)?,
                 "ep11_apqns" => c.ep11_apqns = list(v)?,
+                "id" if !v.trim().is_empty() => c.id = Some(v.trim().to_string()),
                 _ => {}
             }
         }
@@ -106,7 +192,7 @@ impl KmsConf {
             .chain(&self.ep11_apqns)
             .copied()
             .collect();
-        let text = format!(
+        let mut text = format!(
             "kms={}\nconfig={}\napqns={}\ncca_apqns={}\nep11_apqns={}\n",
             self.kms,
             self.config.display(),
@@ -114,6 +200,9 @@ impl KmsConf {
             apqn::format_list(&self.cca_apqns),
             apqn::format_list(&self.ep11_apqns)
         );
+        if let Some(id) = &self.id {
+            text.push_str(&format!("id={id}\n"));
+        }
         durable::write_atomic(&p, text.as_bytes(), w.repository().file_mode()).map_err(|source| {
             ZkeyError::Io {
                 action: "writing",
@@ -143,7 +232,7 @@ pub fn require(r: &Reader<'_>) -> Result<KmsConf, ZkeyError> {
 }
 
 /// Binds the repository to the plug-in `name` (from kms-plugins.conf).
-pub fn bind(w: &Writer<'_>, name: &str) -> Result<KmsConf, ZkeyError> {
+pub fn bind(w: &Writer<'_>, name: &str) -> Result<(KmsConf, Notices), ZkeyError> {
     if let Some(c) = KmsConf::load(w)? {
         return Err(ZkeyError::Invalid(format!("the repository is already bound to the KMS plug-in '{}': unbind it first ('zkey kms unbind')", c.kms)));
     }
@@ -158,16 +247,39 @@ pub fn bind(w: &Writer<'_>, name: &str) -> Result<KmsConf, ZkeyError> {
         path: dir.clone(),
         source,
     })?;
-    let mut client = PluginClient::open(name, None).map_err(plugin_err)?;
-    client.bind(&dir).map_err(plugin_err)?;
-    client.close().map_err(plugin_err)?;
+    let mut s = Session(PluginClient::open(name, None).map_err(plugin_err)?);
+    s.call(|c| c.bind(&dir))?;
+    let notices = s.close()?;
     let conf = KmsConf {
         kms: name.to_string(),
         config: dir,
+        id: Some(new_binding_id()),
         ..KmsConf::default()
     };
     conf.save(w)?;
-    Ok(conf)
+    Ok((conf, notices))
+}
+
+/// The binding and what the plug-in reports about itself (`zkey kms info`).
+pub fn info(r: &Reader<'_>) -> Result<(KmsConf, PluginInfo, Notices), ZkeyError> {
+    let conf = require(r)?;
+    let mut s = Session::open(&conf)?;
+    let info = s.call(|c| c.info())?;
+    let notices = s.close()?;
+    Ok((conf, info, notices))
+}
+
+/// The plug-in's own keys (identity key, wrapping key): their master key types, APQNs and the
+/// MKVPs of the live and the staged tokens, without re-enciphering or using anything.
+/// Nothing (and no notices) when the repository is not bound.
+pub fn key_status(r: &Reader<'_>) -> Result<(Vec<PluginKeyStatus>, Notices), ZkeyError> {
+    let Some(conf) = KmsConf::load(r)? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut s = Session::open(&conf)?;
+    let rep = s.call(|c| c.key_status())?;
+    let notices = s.close()?;
+    Ok((rep.keys, notices))
 }
 
 /// Configures the plug-in: APQNs (cross-checked, split by mode) and plug-in options.
@@ -201,18 +313,17 @@ pub fn configure(
         cca = Some(c);
         ep11 = Some(e);
     }
-    let mut client = conf.client()?;
-    let result = client
-        .configure(
+    let mut s = Session::open(&conf)?;
+    let result = s.call(|c| {
+        c.configure(
             cca.as_ref()
                 .map(|v| v.iter().map(Apqn::to_string).collect()),
             ep11.as_ref()
                 .map(|v| v.iter().map(Apqn::to_string).collect()),
             options,
         )
-        .map_err(plugin_err)?;
-    let notices = client.take_notices();
-    client.close().map_err(plugin_err)?;
+    })?;
+    let notices = s.close()?;
     if let Some(c) = cca {
         conf.cca_apqns = c;
     }
@@ -240,11 +351,11 @@ pub fn configure(
 
 /// Unbinds: the plug-in is deconfigured first (nothing changes if that fails), then the keys
 /// become local keys, then the plug-in directory and kms.conf go.
-pub fn unbind(w: &Writer<'_>) -> Result<usize, ZkeyError> {
+pub fn unbind(w: &Writer<'_>) -> Result<(usize, Notices), ZkeyError> {
     let conf = require(w)?;
-    let mut client = conf.client()?;
-    client.deconfigure().map_err(plugin_err)?;
-    client.close().map_err(plugin_err)?;
+    let mut s = Session::open(&conf)?;
+    s.call(|c| c.deconfigure())?;
+    let notices = s.close()?;
     let mut n = 0;
     for e in w
         .entries()?
@@ -276,13 +387,18 @@ pub fn unbind(w: &Writer<'_>) -> Result<usize, ZkeyError> {
             source,
         })?;
     }
-    Ok(n)
+    Ok((n, notices))
+}
+
+fn new_binding_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
 }
 
 /// The properties zkey keeps with a key in the KMS, so a lost repository can be rebuilt.
-fn kms_properties(name: &str, p: &KeyProperties) -> BTreeMap<String, String> {
+fn kms_properties(name: &str, binding: &str, p: &KeyProperties) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("zkey-name".into(), name.to_string());
+    m.insert(REPOSITORY_PROPERTY.into(), binding.to_string());
     m.insert("cipher".into(), "paes".into());
     m.insert("iv-mode".into(), "plain64".into());
     m.insert(
@@ -302,18 +418,146 @@ fn kms_properties(name: &str, p: &KeyProperties) -> BTreeMap<String, String> {
 
 /// Generates a repository key in the KMS. The key type is the requested one if the plug-in
 /// supports it, else the first it supports of AESDATA, AESCIPHER, EP11.
+///
+/// Drops the plug-in's notices: [`generate_with_notices`] returns them.
 pub fn generate(
     w: &Writer<'_>,
     ad: &Adapters,
     name: &KeyName,
     spec: &NewKey,
 ) -> Result<(SecureKey, KeyProperties), ZkeyError> {
-    let conf = require(w)?;
+    generate_with_notices(w, ad, name, spec).map(|(k, p, _)| (k, p))
+}
+
+/// [`generate`], with the plug-in's notices for the user.
+///
+/// A name (or KMS label) that an active key in the KMS has already is refused before anything
+/// is made: two KMS keys with one zkey name would make `zkey kms import` ambiguous. When the
+/// generation fails after the KMS created a key (the second XTS half, the link between the
+/// halves, the VP), what was created is removed (revoked and destroyed) again, so that no
+/// half-made key stays active in the KMS; the error says so, or names the keys it could not
+/// remove.
+pub fn generate_with_notices(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    name: &KeyName,
+    spec: &NewKey,
+) -> Result<(SecureKey, KeyProperties, Notices), ZkeyError> {
+    let mut conf = require(w)?;
+    // A name the repository has already would fail only after the KMS made the key: refuse
+    // it before, with the repository's own words.
+    if crate::repository::KeyFile::ALL
+        .iter()
+        .any(|f| w.repository().key_file(name, *f).exists())
+    {
+        return Err(crate::repository::RepoError::KeyExists { name: name.clone() }.into());
+    }
     keyops::check_volumes_free(w, name, &spec.volumes)?;
-    let mut client = conf.client()?;
+    let binding = match conf.id.clone() {
+        Some(id) => id,
+        None => {
+            let id = new_binding_id();
+            conf.id = Some(id.clone());
+            conf.save(w)?;
+            id
+        }
+    };
+    let mut s = Session::open(&conf)?;
+    refuse_duplicate(&mut s, name, spec.xts, &binding)?;
+    let mut created = Vec::new();
+    match generate_in_kms(&mut s, ad, &conf, name, spec, &mut created) {
+        Ok((key, props)) => {
+            let notices = s.close()?;
+            Ok((key, props, notices))
+        }
+        Err(cause) if created.is_empty() => Err(cause),
+        Err(cause) => {
+            let mut left = Vec::new();
+            for id in &created {
+                let destroy = BTreeMap::from([("destroy".to_string(), "yes".to_string())]);
+                if s.call(|c| c.remove_key(id, destroy)).is_err() {
+                    left.push(id.clone());
+                }
+            }
+            let notices = s.0.take_notices();
+            let _ = s.0.close();
+            Err(if left.is_empty() {
+                KmsError::RolledBack {
+                    cause: Box::new(cause),
+                    removed: created,
+                }
+            } else {
+                KmsError::LeftBehind {
+                    cause: Box::new(cause),
+                    left,
+                    notices,
+                }
+            }
+            .into())
+        }
+    }
+}
+
+/// Whether a key in the KMS is still in use (not revoked, destroyed or compromised).
+fn is_live(k: &KmsKey) -> bool {
+    matches!(
+        k.state.to_ascii_lowercase().as_str(),
+        "active" | "pre-active" | "preactive"
+    )
+}
+
+/// Refuses `name` when an active key of this repository in the KMS has it as zkey name or
+/// label. Keys of other repositories sharing the KMS do not count; keys from before bindings
+/// had IDs do, since they cannot be told apart.
+fn refuse_duplicate(
+    s: &mut Session,
+    name: &KeyName,
+    xts: bool,
+    binding: &str,
+) -> Result<(), ZkeyError> {
+    let labels: Vec<String> = if xts {
+        vec![format!("{name}.xts1"), format!("{name}.xts2")]
+    } else {
+        vec![name.to_string()]
+    };
+    let keys = s.call(|c| c.list_keys(None, BTreeMap::new(), BTreeMap::new()))?;
+    let ours = |k: &KmsKey| {
+        k.properties
+            .get(REPOSITORY_PROPERTY)
+            .is_none_or(|b| b == binding)
+    };
+    for k in keys.iter().filter(|k| is_live(k) && ours(k)) {
+        let what = if k.properties.get("zkey-name").map(String::as_str) == Some(name.as_str()) {
+            format!("named '{name}'")
+        } else if labels.contains(&k.label) {
+            format!("labelled '{}'", k.label)
+        } else {
+            continue;
+        };
+        return Err(KmsError::Duplicate {
+            name: name.to_string(),
+            what,
+            id: k.key_id.clone(),
+            label: k.label.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The KMS part of [`generate_with_notices`]; `created` collects the KMS IDs of the keys made,
+/// for the rollback.
+fn generate_in_kms(
+    s: &mut Session,
+    ad: &Adapters,
+    conf: &KmsConf,
+    name: &KeyName,
+    spec: &NewKey,
+    created: &mut Vec<String>,
+) -> Result<(SecureKey, KeyProperties), ZkeyError> {
     let mut kt = None;
     for t in std::iter::once(spec.key_type).chain(KeyType::ALL) {
-        if client.supports_key_type(t.name()).map_err(plugin_err)? {
+        if s.call(|c| c.supports_key_type(t.name()))? {
             kt = Some(t);
             break;
         }
@@ -337,60 +581,59 @@ pub fn generate(
             }
         )));
     }
-    let mut props = KeyProperties {
+    let props = KeyProperties {
         volumes: spec.volumes.clone(),
         volume_type: spec.volume_type,
         sector_size: spec.sector_size,
         description: spec.description.clone(),
         ..KeyProperties::default()
     };
-    let mut kprops = kms_properties(name.as_str(), &props);
+    let binding = conf.id.as_deref().unwrap_or_default();
+    let mut kprops = kms_properties(name.as_str(), binding, &props);
     let (key, ids) = if spec.xts {
         kprops.insert("xts-key".into(), "XTS-KEY-1".into());
-        let (k1, id1, l1) = client
-            .generate_key(
+        let label1 = format!("{name}.xts1");
+        let (k1, id1, l1) = s.call(|c| {
+            c.generate_key(
                 kt.name(),
                 spec.bits,
                 XtsPart::Xts1,
-                Some(&format!("{name}.xts1")),
+                Some(&label1),
                 kprops.clone(),
             )
-            .map_err(plugin_err)?;
+        })?;
+        created.push(id1.clone());
         kprops.insert("xts-key".into(), "XTS-KEY-2".into());
         kprops.insert("xts-key1-id".into(), id1.clone());
-        let (k2, id2, l2) = client
-            .generate_key(
-                kt.name(),
-                spec.bits,
-                XtsPart::Xts2,
-                Some(&format!("{name}.xts2")),
-                kprops,
-            )
-            .map_err(plugin_err)?;
-        client
-            .set_key_properties(
+        let label2 = format!("{name}.xts2");
+        let (k2, id2, l2) =
+            s.call(|c| c.generate_key(kt.name(), spec.bits, XtsPart::Xts2, Some(&label2), kprops))?;
+        created.push(id2.clone());
+        s.call(|c| {
+            c.set_key_properties(
                 &id1,
                 BTreeMap::from([("xts-key2-id".to_string(), Some(id2.clone()))]),
             )
-            .map_err(plugin_err)?;
+        })?;
         (
             SecureKey::xts(Token::parse(&k1)?, Token::parse(&k2)?)?,
             vec![(id1, l1), (id2, l2)],
         )
     } else {
-        let (k, id, l) = client
-            .generate_key(
+        let (k, id, l) = s.call(|c| {
+            c.generate_key(
                 kt.name(),
                 spec.bits,
                 XtsPart::None,
                 Some(name.as_str()),
                 kprops,
             )
-            .map_err(plugin_err)?;
+        })?;
+        created.push(id.clone());
         (SecureKey::single(Token::parse(&k)?), vec![(id, l)])
     };
     let base = keyops::properties_for(ad, &key, &spec)?;
-    props = KeyProperties {
+    let mut props = KeyProperties {
         kms: Some(conf.kms.clone()),
         ..base
     };
@@ -398,15 +641,14 @@ pub fn generate(
     // The VP is known only now: record it in the KMS for refresh and disaster recovery.
     if let Some(vp) = props.verification_pattern {
         for (id, _) in &ids {
-            client
-                .set_key_properties(
+            s.call(|c| {
+                c.set_key_properties(
                     id,
                     BTreeMap::from([("verification-pattern".to_string(), Some(vp.to_string()))]),
                 )
-                .map_err(plugin_err)?;
+            })?;
         }
     }
-    client.close().map_err(plugin_err)?;
     Ok((key, props))
 }
 
@@ -436,28 +678,27 @@ pub fn key_ids(p: &KeyProperties) -> Vec<String> {
 }
 
 /// Deactivates a bound key in the KMS (before zkey removes it locally).
+///
+/// Drops the plug-in's notices: [`remove_with_notices`] returns them.
 pub fn remove(r: &Reader<'_>, p: &KeyProperties) -> Result<(), ZkeyError> {
-    let conf = require(r)?;
-    let mut client = conf.client()?;
-    for id in key_ids(p) {
-        client
-            .remove_key(&id, BTreeMap::new())
-            .map_err(plugin_err)?;
-    }
-    client.close().map_err(plugin_err)
+    remove_with_notices(r, p).map(drop)
 }
 
-fn import_secure_key(
-    client: &mut PluginClient,
-    ids: &[String],
-    kt: KeyType,
-) -> Result<SecureKey, ZkeyError> {
+/// [`remove`], with the plug-in's notices for the user.
+pub fn remove_with_notices(r: &Reader<'_>, p: &KeyProperties) -> Result<Notices, ZkeyError> {
+    let conf = require(r)?;
+    let mut s = Session::open(&conf)?;
+    for id in key_ids(p) {
+        s.call(|c| c.remove_key(&id, BTreeMap::new()))?;
+    }
+    s.close()
+}
+
+fn import_secure_key(s: &mut Session, ids: &[String], kt: KeyType) -> Result<SecureKey, ZkeyError> {
     let tokens = ids
         .iter()
         .map(|id| {
-            client
-                .import_key(id, kt.name())
-                .map_err(plugin_err)
+            s.call(|c| c.import_key(id, kt.name()))
                 .and_then(|b| Ok(Token::parse(&b)?))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -478,23 +719,38 @@ pub struct KeyOutcome {
     pub result: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// More about the result (why a key was skipped, a staged copy that was kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Re-imports bound keys under the CURRENT master key, each checked against its stored VP.
+///
+/// A pending staged re-encipher (`<name>.renc`) is kept: it is the same effective key (the
+/// refreshed key's VP was just checked against the one stored in the KMS, and `zkey
+/// reencipher --complete` checks the staged key's VP before it installs it), so dropping it
+/// would silently undo the staging of a rotation in progress and leave the key under what
+/// becomes the OLD master key at the SET. The outcome's note says that it was kept.
 pub fn refresh(
     w: &Writer<'_>,
     ad: &Adapters,
     names: Option<&crate::Pattern>,
     reload_properties: bool,
-) -> Result<Vec<KeyOutcome>, ZkeyError> {
+) -> Result<(Vec<KeyOutcome>, Notices), ZkeyError> {
     let conf = require(w)?;
-    let mut client = conf.client()?;
+    let mut s = Session::open(&conf)?;
     let mut out = Vec::new();
     for e in w.entries()?.into_iter().flatten() {
         if !e.properties.is_kms_bound() || names.is_some_and(|p| !p.matches_name(&e.name)) {
             continue;
         }
-        let res = refresh_one(w, ad, &mut client, &e, reload_properties);
+        let res = refresh_one(w, ad, &mut s, &e, reload_properties);
+        let note = (res.is_ok() && e.staged.is_some()).then(|| {
+            format!(
+                "its staged re-encipher {name}.renc is kept: complete it after the SET with 'zkey reencipher -N {name} --complete'",
+                name = e.name
+            )
+        });
         out.push(KeyOutcome {
             name: e.name.to_string(),
             result: if res.is_ok() {
@@ -503,16 +759,17 @@ pub fn refresh(
                 "failed".into()
             },
             error: res.err().map(|e| e.to_string()),
+            note,
         });
     }
-    client.close().map_err(plugin_err)?;
-    Ok(out)
+    let notices = s.close()?;
+    Ok((out, notices))
 }
 
 fn refresh_one(
     w: &Writer<'_>,
     ad: &Adapters,
-    client: &mut PluginClient,
+    client: &mut Session,
     e: &KeyEntry,
     reload: bool,
 ) -> Result<(), ZkeyError> {
@@ -536,14 +793,14 @@ fn refresh_one(
     }
     let mut p = e.properties.clone();
     if reload {
-        let kp = client.get_key_properties(&ids[0]).map_err(plugin_err)?;
+        let kp = client.call(|c| c.get_key_properties(&ids[0]))?;
         apply_kms_properties(&mut p, &kp)?;
     }
     p.reencipher_time = Some(Timestamp::now());
     w.write_skey(&e.name, &key.to_bytes())?;
     w.write_info(&e.name, &p)?;
-    // A staged copy belongs to the key that was just replaced.
-    w.remove_staged(&e.name)?;
+    // A staged copy stays (see `refresh`): it is the same effective key, re-enciphered for
+    // the coming SET, and `--complete` verifies it before installing it.
     Ok(())
 }
 
@@ -577,34 +834,34 @@ fn apply_kms_properties(
 }
 
 /// The keys in the KMS (first XTS halves and single keys), with their zkey properties.
-pub fn list(r: &Reader<'_>, label: Option<&str>) -> Result<Vec<KmsKey>, ZkeyError> {
+pub fn list(r: &Reader<'_>, label: Option<&str>) -> Result<(Vec<KmsKey>, Notices), ZkeyError> {
     let conf = require(r)?;
-    let mut client = conf.client()?;
-    let keys = client
-        .list_keys(label, BTreeMap::new(), BTreeMap::new())
-        .map_err(plugin_err)?;
-    client.close().map_err(plugin_err)?;
-    Ok(keys
-        .into_iter()
-        .filter(|k| k.properties.get("xts-key").map(String::as_str) != Some("XTS-KEY-2"))
-        .collect())
+    let mut s = Session::open(&conf)?;
+    let keys = s.call(|c| c.list_keys(label, BTreeMap::new(), BTreeMap::new()))?;
+    let notices = s.close()?;
+    Ok((
+        keys.into_iter()
+            .filter(|k| k.properties.get("xts-key").map(String::as_str) != Some("XTS-KEY-2"))
+            .collect(),
+        notices,
+    ))
 }
 
 /// Rebuilds repository keys from the KMS (a new host, a lost repository): each active key with
 /// a zkey name becomes a repository key, names and volume associations included. Keys whose
-/// name exists already are skipped.
+/// name exists already, and keys that were removed (revoked, destroyed) in the KMS, are
+/// skipped, with a note why. A broken entry (an XTS half without its link, an invalid
+/// property, a VP mismatch) fails on its own: the others are still imported.
 pub fn import(
     w: &Writer<'_>,
     ad: &Adapters,
     label: Option<&str>,
     names: Option<&crate::Pattern>,
     volume_check: impl Fn(&Volume) -> bool,
-) -> Result<Vec<KeyOutcome>, ZkeyError> {
+) -> Result<(Vec<KeyOutcome>, Notices), ZkeyError> {
     let conf = require(w)?;
-    let mut client = conf.client()?;
-    let keys = client
-        .list_keys(label, BTreeMap::new(), BTreeMap::new())
-        .map_err(plugin_err)?;
+    let mut client = Session::open(&conf)?;
+    let keys = client.call(|c| c.list_keys(label, BTreeMap::new(), BTreeMap::new()))?;
     let mut out = Vec::new();
     for k in keys
         .iter()
@@ -617,43 +874,57 @@ pub fn import(
             continue;
         }
         let res = import_one(w, ad, &conf, &mut client, k, name, &volume_check);
+        let (result, note, error) = match res {
+            Ok(Imported::Yes) => ("imported", None, None),
+            Ok(Imported::Skipped(why)) => ("skipped", Some(why), None),
+            Err(e) => (
+                "failed",
+                None,
+                Some(format!("KMS key {} ({}): {e}", k.key_id, k.label)),
+            ),
+        };
         out.push(KeyOutcome {
             name: name.clone(),
-            result: match &res {
-                Ok(true) => "imported".into(),
-                Ok(false) => "skipped".into(),
-                Err(_) => "failed".into(),
-            },
-            error: res.err().map(|e| e.to_string()),
+            result: result.into(),
+            error,
+            note,
         });
     }
-    client.close().map_err(plugin_err)?;
-    Ok(out)
+    let notices = client.close()?;
+    Ok((out, notices))
+}
+
+enum Imported {
+    Yes,
+    Skipped(String),
 }
 
 fn import_one(
     w: &Writer<'_>,
     ad: &Adapters,
     conf: &KmsConf,
-    client: &mut PluginClient,
+    client: &mut Session,
     k: &KmsKey,
     name: &str,
     volume_check: &dyn Fn(&Volume) -> bool,
-) -> Result<bool, ZkeyError> {
-    if k.state != "active" && k.state != "Active" {
-        return Err(ZkeyError::Invalid(format!(
-            "the key is {} in the KMS",
-            k.state
+) -> Result<Imported, ZkeyError> {
+    if !k.state.eq_ignore_ascii_case("active") {
+        // Removed with zkey (revoked) or in the KMS: not a key to bring back.
+        return Ok(Imported::Skipped(format!(
+            "KMS key {} is {} in the KMS",
+            k.key_id, k.state
         )));
     }
     let name = KeyName::new(name).map_err(|e| ZkeyError::Invalid(e.to_string()))?;
     if w.list_names()?.contains(&name) {
-        return Ok(false);
+        return Ok(Imported::Skipped(format!(
+            "the repository has a key '{name}' already"
+        )));
     }
     let xts = k.properties.get("xts-key").map(String::as_str) == Some("XTS-KEY-1");
     let ids: Vec<String> = if xts {
         let second = k.properties.get("xts-key2-id").ok_or_else(|| {
-            ZkeyError::Invalid("the first XTS key has no link to the second (xts-key2-id)".into())
+            ZkeyError::Invalid("the first XTS key has no link to the second (xts-key2-id): it is a half-made key of a failed 'zkey generate'; remove it in the KMS (revoke it)".into())
         })?;
         vec![k.key_id.clone(), second.clone()]
     } else {
@@ -661,9 +932,7 @@ fn import_one(
     };
     let mut kt = None;
     for t in KeyType::ALL {
-        if conf.apqns_for(t).is_empty()
-            || !client.supports_key_type(t.name()).map_err(plugin_err)?
-        {
+        if conf.apqns_for(t).is_empty() || !client.call(|c| c.supports_key_type(t.name()))? {
             continue;
         }
         kt = Some(t);
@@ -732,28 +1001,103 @@ fn import_one(
     set_ids(&mut props, &labels);
     keyops::check_volumes_free(w, &name, &props.volumes)?;
     w.create_key(&name, &key.to_bytes(), &props, None)?;
-    Ok(true)
+    Ok(Imported::Yes)
 }
 
 /// Re-enciphers the plug-in's own keys (identity key, wrapping key); `only` limits it to the
 /// key under one master key type (`apka`: the identity key, `aes`: the wrapping key).
+///
+/// Before anything is staged towards NEW, every master key type of the plug-in's keys that
+/// has a NEW key loaded on their APQNs must have the same complete NEW key on all of them
+/// (the cross-check every staging command makes): otherwise [`ZkeyError::NotReady`] and
+/// nothing changed. A type with nothing in NEW on any of them is not affected by the change;
+/// the plug-in reports its key `skipped`. The report says per key what happened; a key
+/// reported `failed` is the caller's error to raise (see [`ReencipherReport`]).
 pub fn reencipher(
     r: &Reader<'_>,
+    ad: &Adapters,
     mode: ReencipherMode,
     direction: MkDirection,
     only: Option<ap_sim::MkType>,
-) -> Result<(ReencipherReport, Vec<String>), ZkeyError> {
+) -> Result<(ReencipherReport, Notices), ZkeyError> {
     let conf = require(r)?;
-    let mut client = conf.client()?;
+    let mut s = Session::open(&conf)?;
+    if mode != ReencipherMode::Complete && direction != MkDirection::FromOld {
+        // Which types and APQNs the plug-in's keys use; a plug-in without `key_status` (an
+        // older one) keeps its keys, as the KMIP plug-in does, under APKA and AES on its CCA
+        // APQNs.
+        let types: Vec<(ap_sim::MkType, Vec<Apqn>)> = match s.0.key_status() {
+            Ok(rep) => rep
+                .keys
+                .into_iter()
+                .map(|k| {
+                    let apqns = if k.apqns.is_empty() {
+                        conf.cca_apqns.clone()
+                    } else {
+                        k.apqns
+                    };
+                    (k.mktype, apqns)
+                })
+                .collect(),
+            Err(e) if e.code() == Some(kms_plugin::plugin::ErrorCode::InvalidRequest) => {
+                [ap_sim::MkType::Apka, ap_sim::MkType::Aes]
+                    .into_iter()
+                    .map(|t| (t, conf.cca_apqns.clone()))
+                    .collect()
+            }
+            Err(error) => {
+                return Err(KmsError::Plugin {
+                    error,
+                    notices: s.0.take_notices(),
+                }
+                .into())
+            }
+        };
+        for (t, apqns) in types.iter().filter(|(t, _)| only.is_none_or(|o| o == *t)) {
+            require_new_if_loaded(ad, *t, apqns)?;
+        }
+    }
     let options = only
         .map(|t| BTreeMap::from([("mktype".to_string(), t.to_string())]))
         .unwrap_or_default();
-    let rep = client
-        .reencipher(mode, direction, options)
-        .map_err(plugin_err)?;
-    let notices = client.take_notices();
-    client.close().map_err(plugin_err)?;
+    let rep = s.call(|c| c.reencipher(mode, direction, options))?;
+    let notices = s.close()?;
     Ok((rep, notices))
+}
+
+/// The staging cross-check for `mktype` on `apqns`, unless no NEW register of that type on
+/// them holds anything (then the type is not part of the change). A partial or unreadable NEW
+/// register counts as loaded, so that the check says what is wrong with it.
+fn require_new_if_loaded(
+    ad: &Adapters,
+    mktype: ap_sim::MkType,
+    apqns: &[Apqn],
+) -> Result<(), ZkeyError> {
+    use ap_sim::registers::{RegState, RegView};
+    use ap_sim::sysfs::Reading;
+    if apqns.is_empty() {
+        return Ok(());
+    }
+    match ap_sim::crosscheck::require_new(&ad.sysfs, mktype, apqns)? {
+        Ok(_) => Ok(()),
+        Err(not_ready) => {
+            let nothing_loaded = not_ready.0.apqns.len() == apqns.len()
+                && not_ready.0.apqns.iter().all(|row| {
+                    matches!(
+                        row.new,
+                        Some(Reading::Known(RegView {
+                            state: RegState::Empty,
+                            ..
+                        }))
+                    )
+                });
+            if nothing_loaded {
+                Ok(())
+            } else {
+                Err(not_ready.into())
+            }
+        }
+    }
 }
 
 /// The plug-ins named in kms-plugins.conf.

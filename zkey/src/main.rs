@@ -322,21 +322,28 @@ struct ChangeArgs {
 }
 
 #[derive(Subcommand)]
+#[command(infer_subcommands = true)]
 enum KmsCmd {
     /// The plug-ins of kms-plugins.conf ($ZKEY_KMS_PLUGINS)
     Plugins {
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Bind the repository to a plug-in
-    Bind { plugin: String },
+    Bind {
+        /// The plug-in's name in kms-plugins.conf (see 'zkey kms plugins'), e.g. KMIP
+        plugin: String,
+    },
     /// Unbind: the keys stay, as local keys
     Unbind {
+        /// Do not ask
         #[arg(short = 'F', long)]
         force: bool,
     },
     /// The binding and what the plug-in reports
     Info {
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
@@ -368,44 +375,59 @@ enum KmsCmd {
         plugin_options: Vec<String>,
     },
     /// Re-encipher the plug-in's own keys (identity key, wrapping key)
+    #[command(visible_alias = "re")]
     Reencipher {
+        /// From the OLD to the CURRENT master key (after a SET; in place by default)
         #[arg(short = 'o', long)]
         from_old: bool,
+        /// From the CURRENT to the NEW master key (before the SET; staged by default)
         #[arg(short = 'n', long)]
         to_new: bool,
+        /// Replace the keys right away (to NEW: unusable until the SET)
         #[arg(short = 'i', long, conflicts_with_all = ["staged", "complete"])]
         in_place: bool,
+        /// Write re-enciphered copies beside the keys, to be completed after the SET
         #[arg(short = 's', long, conflicts_with = "complete")]
         staged: bool,
+        /// After the SET: install the staged copies
         #[arg(short = 'p', short_alias = 'c', long)]
         complete: bool,
     },
     /// The keys in the KMS
+    #[command(visible_alias = "li")]
     List {
         /// KMS labels (wildcards allowed)
         #[arg(short = 'B', long)]
         label: Option<String>,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Rebuild repository keys from the KMS (names and volumes included)
+    #[command(visible_alias = "im")]
     Import {
+        /// Only KMS keys with these labels (wildcards allowed)
         #[arg(short = 'B', long)]
         label: Option<String>,
+        /// Only keys with these zkey names (wildcards allowed)
         #[arg(short = 'N', long)]
         name: Option<Pattern>,
+        /// Import keys whose volumes do not exist on this system
         #[arg(long)]
         no_volume_check: bool,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
     /// Re-import bound keys under the CURRENT master key (checked against their VP)
     Refresh {
+        /// Only keys with these names (wildcards allowed)
         #[arg(short = 'N', long)]
         name: Option<Pattern>,
         /// Also reload the description and volume associations from the KMS
         #[arg(short = 'P', long)]
         refresh_properties: bool,
+        /// Print JSON
         #[arg(long)]
         json: bool,
     },
@@ -766,7 +788,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
 
 /// What the library says about a key it added, besides the key itself.
 fn print_added(added: &zkey::ops::Added) {
-    added.notices.iter().for_each(|n| println!("{n}"));
+    show_notices(&added.notices, false);
     if let Some(id) = &added.staged_in {
         println!(
             "Master key change {id} is open on this key's APQNs: the key was staged for it too."
@@ -1265,7 +1287,8 @@ fn confirm(question: &str, force: bool) -> Result<bool> {
 
 fn remove(name: &KeyName, force: bool) -> Result<()> {
     let (repo, ad) = (open_repo()?, adapters()?);
-    zkey::ops::remove(&repo.write(lock_wait())?, &ad, name, force, &mut TermUi)?;
+    let notices = zkey::ops::remove(&repo.write(lock_wait())?, &ad, name, force, &mut TermUi)?;
+    show_notices(&notices, false);
     println!("Key '{name}' removed.");
     Ok(())
 }
@@ -1928,6 +1951,17 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
     }
 }
 
+/// What a KMS plug-in said: on stdout, or on stderr when stdout is JSON.
+fn show_notices(notices: &[String], json: bool) {
+    for n in notices {
+        if json {
+            eprintln!("zkey: KMS plug-in: {n}");
+        } else {
+            println!("KMS plug-in: {n}");
+        }
+    }
+}
+
 fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     use kms_plugin::plugin::{ConfigureStatus, MkDirection, ReencipherMode};
     if let KmsCmd::Plugins { json } = cmd {
@@ -1961,6 +1995,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     let ad = adapters()?;
     let repo = open_or_create_repo()?;
     let w = repo.write(lock_wait())?;
+    // What the plug-in reports besides its results (a failover, a wrapping key it replaced)
+    // reaches the user on every command; on stderr when stdout is JSON, to keep that parseable.
     let print_outcomes =
         |outs: &[zkey::kms::KeyOutcome], json: bool, what: &str| -> Result<ExitCode> {
             if json {
@@ -1970,9 +2006,10 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
                 );
             } else {
                 for o in outs {
-                    match &o.error {
-                        None => println!("Key '{}': {}.", o.name, o.result),
-                        Some(e) => println!("Key '{}': FAILED: {e}", o.name),
+                    match (&o.error, &o.note) {
+                        (Some(e), _) => println!("Key '{}': FAILED: {e}", o.name),
+                        (None, Some(n)) => println!("Key '{}': {}: {n}.", o.name, o.result),
+                        (None, None) => println!("Key '{}': {}.", o.name, o.result),
                     }
                 }
                 let failed = outs.iter().filter(|o| o.error.is_some()).count();
@@ -1991,7 +2028,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     match cmd {
         KmsCmd::Plugins { .. } => unreachable!("handled above"),
         KmsCmd::Bind { plugin } => {
-            let c = zkey::kms::bind(&w, &plugin)?;
+            let (c, notices) = zkey::kms::bind(&w, &plugin)?;
+            show_notices(&notices, false);
             record(
                 &repo,
                 &ad,
@@ -2007,7 +2045,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             if !confirm(&format!("Unbind the repository from the KMS plug-in '{}'? Its keys stay, as local keys that can no longer be refreshed from the KMS", c.kms), force)? {
                 bail!("the repository stays bound");
             }
-            let n = zkey::kms::unbind(&w)?;
+            let (n, notices) = zkey::kms::unbind(&w)?;
+            show_notices(&notices, false);
             record(
                 &repo,
                 &ad,
@@ -2022,10 +2061,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             );
         }
         KmsCmd::Info { json } => {
-            let c = zkey::kms::require(&w)?;
-            let mut client = c.client()?;
-            let info = client.info().map_err(|e| anyhow!("KMS plug-in: {e}"))?;
-            client.close().ok();
+            let (c, info, notices) = zkey::kms::info(&w)?;
+            show_notices(&notices, json);
             if json {
                 println!(
                     "{}",
@@ -2084,7 +2121,7 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
                 opts.insert(k.to_string(), v.to_string());
             }
             let (r, notices) = zkey::kms::configure(&w, &ad, apqns.map(ApqnList::into_vec), opts)?;
-            notices.iter().for_each(|n| println!("{n}"));
+            show_notices(&notices, false);
             record(&repo, &ad, event("kms-configure", &[], &[]))?;
             match r.status {
                 ConfigureStatus::Complete => println!("The KMS plug-in is configured."),
@@ -2116,23 +2153,54 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             } else {
                 ReencipherMode::Auto
             };
-            let (rep, notices) = zkey::kms::reencipher(&w, mode, direction, None)?;
-            notices.iter().for_each(|n| println!("{n}"));
+            let (rep, notices) = zkey::kms::reencipher(&w, &ad, mode, direction, None)?;
+            show_notices(&notices, false);
             for k in &rep.keys {
-                println!("{}: {} ({})", k.key, k.action, k.detail);
+                match k.mktype {
+                    Some(t) => println!(
+                        "{} ({}): {}: {}",
+                        k.key,
+                        t.name().to_uppercase(),
+                        k.action,
+                        k.detail
+                    ),
+                    None => println!("{}: {}: {}", k.key, k.action, k.detail),
+                }
             }
-            record(
-                &repo,
-                &ad,
-                Event {
-                    keys: rep.keys.iter().map(|k| k.key.clone()).collect(),
-                    details: Some(format!("{mode:?}, {direction:?}").to_lowercase()),
-                    ..event("kms-reencipher", &[], &[])
-                },
-            )?;
+            let changed: Vec<String> = rep
+                .keys
+                .iter()
+                .filter(|k| k.changed())
+                .map(|k| k.key.clone())
+                .collect();
+            if changed.is_empty() {
+                println!("Nothing to do: no key of the plug-in is affected.");
+            } else {
+                let mut counts: Vec<(&str, usize)> = Vec::new();
+                for k in &rep.keys {
+                    match counts.iter_mut().find(|(a, _)| *a == k.action) {
+                        Some((_, n)) => *n += 1,
+                        None => counts.push((&k.action, 1)),
+                    }
+                }
+                let line: Vec<String> = counts.iter().map(|(a, n)| format!("{n} {a}")).collect();
+                println!("{}", line.join(", "));
+            }
+            if !changed.is_empty() {
+                record(
+                    &repo,
+                    &ad,
+                    Event {
+                        keys: changed,
+                        details: Some(format!("{mode:?}, {direction:?}").to_lowercase()),
+                        ..event("kms-reencipher", &[], &[])
+                    },
+                )?;
+            }
         }
         KmsCmd::List { label, json } => {
-            let keys = zkey::kms::list(&w, label.as_deref())?;
+            let (keys, notices) = zkey::kms::list(&w, label.as_deref())?;
+            show_notices(&notices, json);
             if json {
                 println!(
                     "{}",
@@ -2168,9 +2236,11 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             no_volume_check,
             json,
         } => {
-            let outs = zkey::kms::import(&w, &ad, label.as_deref(), name.as_ref(), |v| {
-                no_volume_check || zkey::volume::check_device(v).is_ok()
-            })?;
+            let (outs, notices) =
+                zkey::kms::import(&w, &ad, label.as_deref(), name.as_ref(), |v| {
+                    no_volume_check || zkey::volume::check_device(v).is_ok()
+                })?;
+            show_notices(&notices, json);
             let names: Vec<String> = outs
                 .iter()
                 .filter(|o| o.result == "imported")
@@ -2191,7 +2261,8 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             refresh_properties,
             json,
         } => {
-            let outs = zkey::kms::refresh(&w, &ad, name.as_ref(), refresh_properties)?;
+            let (outs, notices) = zkey::kms::refresh(&w, &ad, name.as_ref(), refresh_properties)?;
+            show_notices(&notices, json);
             let names: Vec<String> = outs
                 .iter()
                 .filter(|o| o.error.is_none())
@@ -2238,7 +2309,6 @@ mod tests {
     fn every_option_and_command_has_help() {
         let mut missing = Vec::new();
         walk(&Cli::command(), "zkey", &mut missing);
-        missing.retain(|m| !m.starts_with("zkey kms ")); // MERGE: the kms branch adds them
         assert!(missing.is_empty(), "without help text: {missing:#?}");
     }
 }

@@ -1021,7 +1021,7 @@ fn volumes_and_plugin_keys(
     }
     for i in 0..op.plugin_keys.len() {
         if op.plugin_keys[i].state != done {
-            plugin_step(w, &mut op.plugin_keys[i], complete);
+            plugin_step(w, ad, &mut op.plugin_keys[i], complete);
             save(w, op)?;
         }
     }
@@ -1122,15 +1122,26 @@ fn plugin_mktype(key: &str) -> MkType {
 
 /// Stages (before the SET) or completes (after it) one plug-in key through the plug-in. A
 /// complete re-run after a crash finds nothing staged: the key is then checked to be CURRENT.
-fn plugin_step(w: &Writer<'_>, item: &mut PluginItem, complete: bool) {
+fn plugin_step(w: &Writer<'_>, ad: &Adapters, item: &mut PluginItem, complete: bool) {
     use kms_plugin::plugin::{MkDirection, ReencipherMode};
     let t = Some(item.mktype);
+    // Staging must stage: a key the plug-in skipped (no NEW master key of its type loaded)
+    // is not staged for this change.
+    let run = |mode, direction| {
+        let (rep, _) = crate::kms::reencipher(w, ad, mode, direction, t)?;
+        match rep.keys.iter().find(|k| !complete && !k.changed()) {
+            Some(k) => Err(ZkeyError::Invalid(format!(
+                "{}: {}: {}",
+                k.key, k.action, k.detail
+            ))),
+            None => Ok(rep),
+        }
+    };
     let res = if complete {
-        crate::kms::reencipher(w, ReencipherMode::Complete, MkDirection::Auto, t).or_else(|_| {
-            crate::kms::reencipher(w, ReencipherMode::InPlace, MkDirection::FromOld, t)
-        })
+        run(ReencipherMode::Complete, MkDirection::Auto)
+            .or_else(|_| run(ReencipherMode::InPlace, MkDirection::FromOld))
     } else {
-        crate::kms::reencipher(w, ReencipherMode::Staged, MkDirection::ToNew, t)
+        run(ReencipherMode::Staged, MkDirection::ToNew)
     };
     match res {
         Ok(_) => {

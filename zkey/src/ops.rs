@@ -138,9 +138,9 @@ pub fn generate(
         if matches!(source, Source::Clear(_)) || !spec.apqns.is_empty() {
             return Err(ZkeyError::Invalid("a key of a KMS-bound repository is generated in the KMS and uses the plug-in's APQNs: drop --clearkey/--apqns, or add --local for a local key".into()));
         }
-        let (key, props) = crate::kms::generate(w, ad, name, spec)?;
+        let (key, props, notices) = crate::kms::generate_with_notices(w, ad, name, spec)?;
         w.create_key(name, &key.to_bytes(), &props, pass)?;
-        (key, Vec::new())
+        (key, notices)
     } else {
         let key = keyops::make_key(ad, spec, clear(source))?;
         keyops::store_new(w, ad, name, &key, spec, pass)?;
@@ -201,14 +201,15 @@ pub fn export(
 }
 
 /// Removes a key after asking (a KMS-bound key is deactivated in the KMS first; if that fails
-/// nothing is removed). `force` also removes a damaged key, without asking.
+/// nothing is removed). `force` also removes a damaged key, without asking. Returns what the
+/// KMS plug-in said.
 pub fn remove(
     w: &Writer<'_>,
     ad: &Adapters,
     name: &KeyName,
     force: bool,
     ui: &mut dyn Ui,
-) -> Result<(), ZkeyError> {
+) -> Result<crate::kms::Notices, ZkeyError> {
     let volumes = match w.entry(name) {
         Ok(e) => e.properties.volumes.clone(),
         Err(crate::RepoError::Damaged(_)) if force => Vec::new(),
@@ -224,14 +225,16 @@ pub fn remove(
     if !ask(ui, &q, force)? {
         return Err(ZkeyError::Invalid(format!("key '{name}' was not removed")));
     }
+    let mut notices = Vec::new();
     if let Ok(e) = w.entry(name) {
         if e.properties.is_kms_bound() {
-            crate::kms::remove(w, &e.properties)
+            notices = crate::kms::remove_with_notices(w, &e.properties)
                 .map_err(|e| ZkeyError::Invalid(format!("{e}; the key was not removed")))?;
         }
     }
     w.remove_key(name)?;
-    record(w, ad, event("remove", &[name], &[]))
+    record(w, ad, event("remove", &[name], &[]))?;
+    Ok(notices)
 }
 
 /// Renames a key.
@@ -412,7 +415,7 @@ pub fn reencipher(
             without_plugin_keys: true,
             ..Default::default()
         },
-        &[],
+        &crate::readiness::PluginKeys::Unbound,
     )?;
     Ok(Reenciphered { report, readiness })
 }

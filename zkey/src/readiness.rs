@@ -244,15 +244,18 @@ impl Scope {
     }
 }
 
-/// The facts a KMS plug-in reports about one of its own keys.
-#[derive(Clone, Debug)]
-pub struct PluginKeyFacts {
-    pub plugin: String,
-    pub key: String,
-    pub mktype: MkType,
-    pub apqns: Vec<Apqn>,
-    pub mkvp: Mkvp,
-    pub staged_mkvp: Option<Mkvp>,
+/// What the bound KMS plug-in reports about its own keys.
+#[derive(Clone, Debug, Default)]
+pub enum PluginKeys {
+    /// The repository is not bound to a KMS.
+    #[default]
+    Unbound,
+    Known {
+        plugin: String,
+        keys: Vec<kms_plugin::plugin::PluginKeyStatus>,
+    },
+    /// The plug-in could not be asked: its keys are `unknown`.
+    Unreadable { plugin: String, error: String },
 }
 
 /// Assesses every object in `scope`. The caller holds the repository lock (shared is enough).
@@ -260,7 +263,7 @@ pub fn assess(
     r: &Reader<'_>,
     ad: &Adapters,
     scope: &Scope,
-    plugin_keys: &[PluginKeyFacts],
+    plugin_keys: &PluginKeys,
 ) -> Result<Readiness, ZkeyError> {
     let mut pending = pending(ad)?;
     if let Some((apqns, types)) = &scope.change {
@@ -296,10 +299,24 @@ pub fn assess(
         }
     }
     if !scope.without_plugin_keys {
-        for p in plugin_keys {
-            if scope.touches(p.mktype, &p.apqns) {
-                objects.push(plugin_object(ad, p)?);
+        match plugin_keys {
+            PluginKeys::Unbound => {}
+            PluginKeys::Known { plugin, keys } => {
+                for k in keys {
+                    if scope.touches(k.mktype, &k.apqns) {
+                        objects.push(plugin_object(ad, plugin, k)?);
+                    }
+                }
             }
+            PluginKeys::Unreadable { plugin, error } => objects.push(Object {
+                kind: Kind::PluginKey,
+                name: format!("{plugin} keys"),
+                key: None,
+                mktype: None,
+                verdict: Verdict::Unknown,
+                reason: format!("the KMS plug-in cannot report its keys: {error}"),
+                action: Some("zkey kms info".into()),
+            }),
         }
     }
     Ok(Readiness::new(pending, objects, keys))
@@ -623,7 +640,11 @@ fn complete(r: Reading) -> Option<Mkvp> {
 }
 
 /// A plug-in key's verdict from its MKVPs and the registers of its APQNs.
-fn plugin_object(ad: &Adapters, p: &PluginKeyFacts) -> Result<Object, ZkeyError> {
+fn plugin_object(
+    ad: &Adapters,
+    plugin: &str,
+    p: &kms_plugin::plugin::PluginKeyStatus,
+) -> Result<Object, ZkeyError> {
     let (mut cur, mut old, mut new) = (Vec::new(), Vec::new(), Vec::new());
     for &a in &p.apqns {
         let Some(q) = ad.sysfs.queue(a)? else {
@@ -702,7 +723,7 @@ fn plugin_object(ad: &Adapters, p: &PluginKeyFacts) -> Result<Object, ZkeyError>
     };
     Ok(Object {
         kind: Kind::PluginKey,
-        name: format!("{} {}", p.plugin, p.key),
+        name: format!("{plugin} {}", p.key),
         key: None,
         mktype: Some(p.mktype),
         verdict,
@@ -711,7 +732,20 @@ fn plugin_object(ad: &Adapters, p: &PluginKeyFacts) -> Result<Object, ZkeyError>
     })
 }
 
-/// The facts of the bound KMS plug-in's own keys (none when the repository is not bound).
-pub fn plugin_facts(_r: &Reader<'_>) -> Result<Vec<PluginKeyFacts>, ZkeyError> {
-    Ok(Vec::new())
+/// What the bound KMS plug-in reports about its own keys (nothing when the repository is not
+/// bound). A plug-in that cannot be asked makes its keys `unknown`, not the command fail.
+pub fn plugin_facts(r: &Reader<'_>) -> Result<PluginKeys, ZkeyError> {
+    let Some(conf) = crate::kms::KmsConf::load(r)? else {
+        return Ok(PluginKeys::Unbound);
+    };
+    Ok(match crate::kms::key_status(r) {
+        Ok((keys, _)) => PluginKeys::Known {
+            plugin: conf.kms,
+            keys,
+        },
+        Err(e) => PluginKeys::Unreadable {
+            plugin: conf.kms,
+            error: e.to_string(),
+        },
+    })
 }
