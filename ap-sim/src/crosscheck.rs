@@ -74,6 +74,22 @@ impl CrossCheck {
             .filter(|f| f.severity == Severity::Error)
     }
 
+    /// Every one of `expected` APQNs shows an empty NEW register: no change of this type is
+    /// in preparation there, so nothing of the type is to be staged (not an error). A partial
+    /// or unreadable NEW register counts as loaded, so that the check says what is wrong.
+    pub fn nothing_new(&self, expected: usize) -> bool {
+        self.apqns.len() == expected
+            && self.apqns.iter().all(|row| {
+                matches!(
+                    row.new,
+                    Some(Reading::Known(RegView {
+                        state: RegState::Empty,
+                        ..
+                    }))
+                )
+            })
+    }
+
     /// The reference's `CARD.DOMAIN  NEW MK  CURRENT MK  OLD MK  TYPE` table.
     pub fn table(&self) -> String {
         let ep11_only = self.apqns.iter().all(|a| a.old.is_none());

@@ -259,3 +259,36 @@ fn every_command_reports_the_same_verdicts() {
         |o| o["name"].as_str() == Some(&format!("{img}:enc-vol1")) && o["verdict"] == "at-risk"
     ));
 }
+
+#[test]
+fn seed_004_step_3_for_a_change_of_another_master_key_type_is_nothing_to_do() {
+    let w = World::new();
+    w.ok("zkey", &["generate", "-N", "k1", "-a", CCA]);
+    // An APKA change: the repository's AES keys are not affected.
+    w.load_new(CCA, "apka");
+    let before = w.repo_snapshot();
+    let out = w.ok(
+        "zkey",
+        &["reencipher", "--apqns", CCA, "--to-new", "--staged"],
+    );
+    assert!(
+        out.contains("no NEW AES master key is loaded on its APQNs: not affected by this change"),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 re-enciphered, 1 skipped, 0 failed"),
+        "{out}"
+    );
+    assert_eq!(w.repo_snapshot(), before);
+    // A NEW AES key on one APQN of the group only is still refused.
+    w.ok(
+        "ap-sim",
+        &["tke", "load-new", "-a", "08.002f", "-t", "aes", "--random"],
+    );
+    let err = w.fails(
+        "zkey",
+        &["reencipher", "--apqns", CCA, "--to-new", "--staged"],
+    );
+    assert!(err.contains("NEW MASTER KEYS INCORRECT"), "{err}");
+    assert_eq!(w.repo_snapshot(), before);
+}

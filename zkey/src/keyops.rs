@@ -167,6 +167,18 @@ pub enum Risk {
 }
 
 impl Risk {
+    /// Why the next SET hurts the key, without the command that helps (see [`Risk::advice`]).
+    pub fn why(&self, key_type: KeyType) -> &'static str {
+        match self {
+            Risk::Lost => "the key is unusable: its master key is gone",
+            Risk::EncipheredWithOld => "enciphered with the OLD master key: the next SET destroys it",
+            Risk::NotStaged if key_type == KeyType::Ep11Aes => "a NEW wrapping key is loaded and the key is not staged: the SET makes it unusable",
+            Risk::NotStaged => "a NEW master key is loaded and the key is not staged: after the SET it is under OLD, and the following SET destroys it",
+            Risk::CompletePending => "the master key was SET and the staged key is not installed yet",
+            Risk::AwaitingSet => "the key is enciphered with the NEW master key and cannot be used until the security officer SETs it",
+        }
+    }
+
     pub fn advice(&self, key_type: KeyType, name: &str) -> String {
         match self {
             Risk::Lost => "the key is unusable: its master key is gone (restore it from a KMS with 'zkey kms refresh', or from a backup)".into(),

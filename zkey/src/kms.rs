@@ -1073,30 +1073,12 @@ fn require_new_if_loaded(
     mktype: ap_sim::MkType,
     apqns: &[Apqn],
 ) -> Result<(), ZkeyError> {
-    use ap_sim::registers::{RegState, RegView};
-    use ap_sim::sysfs::Reading;
     if apqns.is_empty() {
         return Ok(());
     }
     match ap_sim::crosscheck::require_new(&ad.sysfs, mktype, apqns)? {
-        Ok(_) => Ok(()),
-        Err(not_ready) => {
-            let nothing_loaded = not_ready.0.apqns.len() == apqns.len()
-                && not_ready.0.apqns.iter().all(|row| {
-                    matches!(
-                        row.new,
-                        Some(Reading::Known(RegView {
-                            state: RegState::Empty,
-                            ..
-                        }))
-                    )
-                });
-            if nothing_loaded {
-                Ok(())
-            } else {
-                Err(not_ready.into())
-            }
-        }
+        Err(not_ready) if !not_ready.0.nothing_new(apqns.len()) => Err(not_ready.into()),
+        _ => Ok(()),
     }
 }
 

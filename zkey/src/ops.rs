@@ -387,7 +387,7 @@ pub struct Reenciphered {
 
 /// Re-enciphers the selected repository keys: the staging preflight (one complete NEW key on
 /// every APQN, or nothing changes), each key, one audit record per kind of result, and the
-/// readiness of what was selected afterwards. In place towards NEW asks first.
+/// readiness of the whole host afterwards. In place towards NEW asks first.
 pub fn reencipher(
     w: &Writer<'_>,
     ad: &Adapters,
@@ -407,15 +407,12 @@ pub fn reencipher(
     for ev in crate::audit::reencipher_events(&report) {
         record(w, ad, ev)?;
     }
+    // Whether the SET is safe now is a question about the whole host, not the selection.
     let readiness = crate::readiness::assess(
         w,
         ad,
-        &crate::readiness::Scope {
-            keys: sel.clone(),
-            without_plugin_keys: true,
-            ..Default::default()
-        },
-        &crate::readiness::PluginKeys::Unbound,
+        &crate::readiness::Scope::all(),
+        &crate::readiness::plugin_facts(w)?,
     )?;
     Ok(Reenciphered { report, readiness })
 }

@@ -139,6 +139,9 @@ pub struct Readiness {
     pub safe_to_set: bool,
     /// Something would be lost or hurt: the "at risk" exit code.
     pub at_risk: bool,
+    /// The scope was a selection (a `-N`/`-a` filter, no plug-in keys): `safe_to_set` speaks
+    /// for it only, and the headline says so.
+    pub partial: bool,
     /// The full status of each repository key in scope, in repository order (damaged keys
     /// included), for the commands that show more than the verdict.
     #[serde(skip)]
@@ -146,7 +149,12 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    fn new(pending: Vec<Pending>, objects: Vec<Object>, keys: Vec<KeyStatus>) -> Readiness {
+    fn new(
+        pending: Vec<Pending>,
+        objects: Vec<Object>,
+        keys: Vec<KeyStatus>,
+        partial: bool,
+    ) -> Readiness {
         let mut s = Summary::default();
         for o in &objects {
             match o.verdict {
@@ -166,6 +174,7 @@ impl Readiness {
             summary: s,
             safe_to_set,
             at_risk,
+            partial,
             keys,
         }
     }
@@ -191,7 +200,12 @@ impl Readiness {
             "{} safe, {} staged, {} at risk, {} lost, {} unknown",
             s.safe, s.staged, s.at_risk, s.lost, s.unknown
         );
-        if self.safe_to_set {
+        if self.safe_to_set && self.partial {
+            format!(
+                "The selected objects are safe or staged for the new {} master key ({counts}); 'zkey validate --all' says whether the whole host is safe to SET.",
+                self.pending_types()
+            )
+        } else if self.safe_to_set {
             format!(
                 "SAFE TO SET: every key, volume and plug-in key is safe or staged for the new {} master key ({counts}).",
                 self.pending_types()
@@ -231,6 +245,18 @@ pub struct Scope {
     pub without_plugin_keys: bool,
     /// Cross-check each key's APQNs too (`validate` without `--no-apqn-check`).
     pub apqn_check: bool,
+}
+
+impl Scope {
+    /// Everything on this host: every repository key, its volumes, the plug-in's keys.
+    pub fn all() -> Scope {
+        Scope::default()
+    }
+
+    /// Less than everything: the verdict speaks for the selection only.
+    pub fn is_partial(&self) -> bool {
+        self.keys.is_filtered() || self.without_plugin_keys
+    }
 }
 
 impl Scope {
@@ -319,7 +345,7 @@ pub fn assess(
             }),
         }
     }
-    Ok(Readiness::new(pending, objects, keys))
+    Ok(Readiness::new(pending, objects, keys, scope.is_partial()))
 }
 
 /// The changes that can be SET now: per master key type, the online APQNs with a complete NEW
@@ -381,7 +407,10 @@ fn damaged(d: &DamagedKey) -> Object {
 
 /// A repository key's verdict from its status.
 pub fn key_verdict(st: &KeyStatus) -> (Verdict, String) {
-    let reason = |r: &Risk| st.advice.clone().unwrap_or_else(|| format!("{r:?}"));
+    let reason = |r: &Risk| match st.key_type {
+        Some(t) => r.why(t).to_string(),
+        None => st.advice.clone().unwrap_or_else(|| format!("{r:?}")),
+    };
     match &st.risk {
         _ if st.vp_mismatch => (
             Verdict::Lost,

@@ -268,7 +268,7 @@ pub fn reencipher_key(
     let way = match (opts.way, &status) {
         (Some(w), _) => w,
         (None, Ok(v)) if v.register == Register::Old => Way::FromOld,
-        (None, Ok(_)) if !new_loaded(ad, &key, apqns) => {
+        (None, Ok(_)) if !crate::keyops::new_loaded(ad, &key, apqns) => {
             return Ok(Outcome::Skipped {
                 reason: "the key is enciphered with the CURRENT master key and no NEW master key is loaded: nothing to do".into(),
             })
@@ -284,6 +284,14 @@ pub fn reencipher_key(
     } else {
         Mode::Staged
     });
+    if way == Way::ToNew && status.is_ok() && !crate::keyops::new_loaded(ad, &key, apqns) {
+        return Ok(Outcome::Skipped {
+            reason: format!(
+                "no NEW {} master key is loaded on its APQNs: not affected by this change",
+                key.key_type().mk_type().to_string().to_uppercase()
+            ),
+        });
+    }
     let (from, to, new) = match way {
         Way::ToNew => (
             Register::Current,
@@ -343,10 +351,6 @@ pub fn reencipher_key(
         }
         Mode::Complete => unreachable!("handled above"),
     }
-}
-
-fn new_loaded(ad: &Adapters, key: &SecureKey, apqns: Option<&[Apqn]>) -> bool {
-    ad.hsm.reencipher(key, Direction::ToNew, apqns).is_ok()
 }
 
 /// Promotes `<name>.renc` once it is valid under CURRENT and names the same effective key.
@@ -423,7 +427,9 @@ pub fn preflight_to_new(ad: &Adapters, w: &Writer<'_>, sel: &Selection) -> Resul
             None,
             crate::crosscheck::Purpose::ToNew,
         )?;
-        if !cc.is_proper() {
+        // Keys whose master key type has nothing in NEW are not part of a change: each is
+        // skipped with a line that says so; a NEW key on some APQNs only is refused.
+        if !cc.is_proper() && !cc.nothing_new(apqns.len()) {
             return Err(ZkeyError::NotReady(crate::crosscheck::NotReady(cc)));
         }
     }
