@@ -110,6 +110,28 @@ pub fn record(repo: &Repository, sim: &Simulator, event: Event) -> Result<(), Au
     repository_log(repo, sim).append(event).map(drop)
 }
 
+/// A repository event as the operations write it: `name` is the event (`generate`,
+/// `kms-bind`...), the command is `zkey` and its first word.
+pub fn event(name: &str, keys: &[&crate::KeyName], apqns: &[ap_sim::Apqn]) -> Event {
+    Event {
+        event: name.to_string(),
+        command: format!("zkey {}", name.split('-').next().unwrap_or(name)),
+        apqns: apqns.to_vec(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        result: "ok".into(),
+        ..Event::default()
+    }
+}
+
+/// Records `event` in the repository's log, after the action was done.
+pub fn record_done(
+    w: &crate::repository::Writer<'_>,
+    ad: &crate::adapters::Adapters,
+    event: Event,
+) -> Result<(), crate::ZkeyError> {
+    record(w.repository(), ad.hsm.simulator(), event).map_err(crate::ZkeyError::Audit)
+}
+
 /// The records of a re-encipher: one per kind of result (staged, in place, completed, failed),
 /// naming the keys, with the master key patterns where all keys of the kind share them.
 pub fn reencipher_events(report: &crate::reencipher::Report) -> Vec<Event> {

@@ -712,11 +712,38 @@ fn import_secure_key(s: &mut Session, ids: &[String], kt: KeyType) -> Result<Sec
     })
 }
 
+/// What a refresh or import did with one key (serialised as the lowercase word).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Done {
+    Imported,
+    Refreshed,
+    Skipped,
+    Failed,
+}
+
+impl Done {
+    pub fn word(self) -> &'static str {
+        match self {
+            Done::Imported => "imported",
+            Done::Refreshed => "refreshed",
+            Done::Skipped => "skipped",
+            Done::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
 /// What a refresh or import did with one key.
 #[derive(Clone, Debug, Serialize)]
 pub struct KeyOutcome {
     pub name: String,
-    pub result: String,
+    pub result: Done,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// More about the result (why a key was skipped, a staged copy that was kept).
@@ -754,9 +781,9 @@ pub fn refresh(
         out.push(KeyOutcome {
             name: e.name.to_string(),
             result: if res.is_ok() {
-                "refreshed".into()
+                Done::Refreshed
             } else {
-                "failed".into()
+                Done::Failed
             },
             error: res.err().map(|e| e.to_string()),
             note,
@@ -875,17 +902,17 @@ pub fn import(
         }
         let res = import_one(w, ad, &conf, &mut client, k, name, &volume_check);
         let (result, note, error) = match res {
-            Ok(Imported::Yes) => ("imported", None, None),
-            Ok(Imported::Skipped(why)) => ("skipped", Some(why), None),
+            Ok(Imported::Yes) => (Done::Imported, None, None),
+            Ok(Imported::Skipped(why)) => (Done::Skipped, Some(why), None),
             Err(e) => (
-                "failed",
+                Done::Failed,
                 None,
                 Some(format!("KMS key {} ({}): {e}", k.key_id, k.label)),
             ),
         };
         out.push(KeyOutcome {
             name: name.clone(),
-            result: result.into(),
+            result,
             error,
             note,
         });

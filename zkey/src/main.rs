@@ -10,8 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use ap_sim::apqn::{Apqn, ApqnList};
-use ap_sim::audit::Event;
+use ap_sim::apqn::ApqnList;
 use ap_sim::durable;
 use ap_sim::exit::Exit;
 use ap_sim::hsm::Register;
@@ -1455,23 +1454,6 @@ impl zkey_cryptsetup::Ui for TermUi {
     }
 }
 
-fn event(name: &str, keys: &[&KeyName], apqns: &[Apqn]) -> Event {
-    Event {
-        event: name.to_string(),
-        command: format!("zkey {}", name.split('-').next().unwrap_or(name)),
-        apqns: apqns.to_vec(),
-        keys: keys.iter().map(|k| k.to_string()).collect(),
-        result: "ok".into(),
-        ..Event::default()
-    }
-}
-
-/// Records a key lifecycle event after the action was done.
-fn record(repo: &Repository, ad: &Adapters, ev: Event) -> Result<()> {
-    zkey::audit::record(repo, ad.hsm.simulator(), ev)
-        .context("the action was done, but recording it in the audit log failed")
-}
-
 fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
     let ad = adapters()?;
     let repo = open_repo()?;
@@ -1643,30 +1625,6 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
             errors.iter().for_each(|e| println!("{e}"));
         }
     };
-    let audit = |op: &Operation, event: &str| -> Result<()> {
-        let t = op.types.first();
-        record(
-            &repo,
-            &ad,
-            Event {
-                event: format!("mkchange-{event}"),
-                command: format!("zkey mkchange {event}"),
-                apqns: op.apqns.clone(),
-                mktype: t.map(|t| t.mktype),
-                old_mkvp: t.and_then(|t| t.old_mkvp),
-                new_mkvp: t.and_then(|t| t.new_mkvp),
-                keys: op.keys.iter().map(|k| k.name.clone()).collect(),
-                result: match op.state {
-                    mkchange::State::Error => format!(
-                        "failed: {}",
-                        op.error.as_deref().unwrap_or("see the operation")
-                    ),
-                    s => format!("ok: {s:?}").to_lowercase(),
-                },
-                details: Some(format!("operation {}", op.id)),
-            },
-        )
-    };
     match cmd {
         MkchangeCmd::Plan { spec, json } => {
             let w = repo.write(lock_wait())?;
@@ -1760,9 +1718,6 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
         } => {
             let w = repo.write(lock_wait())?;
             let (op, _) = mkchange::start(&w, &ad, &spec.request()?, dry_run)?;
-            if !dry_run {
-                audit(&op, "start")?;
-            }
             let rd = mkchange::readiness(&w, &ad, &op)?;
             if json {
                 print_json(
@@ -1879,9 +1834,6 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
         MkchangeCmd::Finalize { id, dry_run, json } => {
             let w = repo.write(lock_wait())?;
             let op = mkchange::finalize(&w, &ad, &id, dry_run)?;
-            if !dry_run {
-                audit(&op, "finalize")?;
-            }
             if json {
                 print_json(serde_json::json!({ "operation": op, "dry_run": dry_run }))?;
             } else if dry_run {
@@ -1943,7 +1895,6 @@ fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                     op.keys.len()
                 );
             } else {
-                audit(&op, "cancel")?;
                 println!("Master key change {} is {}.", op.id, op.state);
             }
             Ok(ExitCode::SUCCESS)
@@ -1998,7 +1949,7 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     // What the plug-in reports besides its results (a failover, a wrapping key it replaced)
     // reaches the user on every command; on stderr when stdout is JSON, to keep that parseable.
     let print_outcomes =
-        |outs: &[zkey::kms::KeyOutcome], json: bool, what: &str| -> Result<ExitCode> {
+        |outs: &[zkey::kms::KeyOutcome], json: bool, what: zkey::kms::Done| -> Result<ExitCode> {
             if json {
                 println!(
                     "{}",
@@ -2028,37 +1979,14 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
     match cmd {
         KmsCmd::Plugins { .. } => unreachable!("handled above"),
         KmsCmd::Bind { plugin } => {
-            let (c, notices) = zkey::kms::bind(&w, &plugin)?;
+            let (c, notices) = zkey::ops::kms_bind(&w, &ad, &plugin)?;
             show_notices(&notices, false);
-            record(
-                &repo,
-                &ad,
-                Event {
-                    details: Some(format!("bound to {plugin}")),
-                    ..event("kms-bind", &[], &[])
-                },
-            )?;
             println!("The repository is bound to the KMS plug-in '{plugin}' ({}). Next: zkey kms configure --apqns ... and the plug-in's options.", c.config.display());
         }
         KmsCmd::Unbind { force } => {
-            let c = zkey::kms::require(&w)?;
-            if !confirm(&format!("Unbind the repository from the KMS plug-in '{}'? Its keys stay, as local keys that can no longer be refreshed from the KMS", c.kms), force)? {
-                bail!("the repository stays bound");
-            }
-            let (n, notices) = zkey::kms::unbind(&w)?;
+            let (kms, n, notices) = zkey::ops::kms_unbind(&w, &ad, force, &mut TermUi)?;
             show_notices(&notices, false);
-            record(
-                &repo,
-                &ad,
-                Event {
-                    details: Some(format!("unbound from {}; {n} keys made local", c.kms)),
-                    ..event("kms-unbind", &[], &[])
-                },
-            )?;
-            println!(
-                "The repository is no longer bound to '{}'; {n} keys are local keys now.",
-                c.kms
-            );
+            println!("The repository is no longer bound to '{kms}'; {n} keys are local keys now.");
         }
         KmsCmd::Info { json } => {
             let (c, info, notices) = zkey::kms::info(&w)?;
@@ -2120,9 +2048,9 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
                     .ok_or_else(|| anyhow!("--plugin-option '{o}': write NAME=VALUE"))?;
                 opts.insert(k.to_string(), v.to_string());
             }
-            let (r, notices) = zkey::kms::configure(&w, &ad, apqns.map(ApqnList::into_vec), opts)?;
+            let (r, notices) =
+                zkey::ops::kms_configure(&w, &ad, apqns.map(ApqnList::into_vec), opts)?;
             show_notices(&notices, false);
-            record(&repo, &ad, event("kms-configure", &[], &[]))?;
             match r.status {
                 ConfigureStatus::Complete => println!("The KMS plug-in is configured."),
                 ConfigureStatus::Incomplete => {
@@ -2153,7 +2081,7 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             } else {
                 ReencipherMode::Auto
             };
-            let (rep, notices) = zkey::kms::reencipher(&w, &ad, mode, direction, None)?;
+            let (rep, notices) = zkey::ops::kms_reencipher(&w, &ad, mode, direction)?;
             show_notices(&notices, false);
             for k in &rep.keys {
                 match k.mktype {
@@ -2185,17 +2113,6 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
                 }
                 let line: Vec<String> = counts.iter().map(|(a, n)| format!("{n} {a}")).collect();
                 println!("{}", line.join(", "));
-            }
-            if !changed.is_empty() {
-                record(
-                    &repo,
-                    &ad,
-                    Event {
-                        keys: changed,
-                        details: Some(format!("{mode:?}, {direction:?}").to_lowercase()),
-                        ..event("kms-reencipher", &[], &[])
-                    },
-                )?;
             }
         }
         KmsCmd::List { label, json } => {
@@ -2237,46 +2154,19 @@ fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             json,
         } => {
             let (outs, notices) =
-                zkey::kms::import(&w, &ad, label.as_deref(), name.as_ref(), |v| {
-                    no_volume_check || zkey::volume::check_device(v).is_ok()
-                })?;
+                zkey::ops::kms_import(&w, &ad, label.as_deref(), name.as_ref(), !no_volume_check)?;
             show_notices(&notices, json);
-            let names: Vec<String> = outs
-                .iter()
-                .filter(|o| o.result == "imported")
-                .map(|o| o.name.clone())
-                .collect();
-            record(
-                &repo,
-                &ad,
-                Event {
-                    keys: names,
-                    ..event("kms-import", &[], &[])
-                },
-            )?;
-            return print_outcomes(&outs, json, "imported");
+            return print_outcomes(&outs, json, zkey::kms::Done::Imported);
         }
         KmsCmd::Refresh {
             name,
             refresh_properties,
             json,
         } => {
-            let (outs, notices) = zkey::kms::refresh(&w, &ad, name.as_ref(), refresh_properties)?;
+            let (outs, notices) =
+                zkey::ops::kms_refresh(&w, &ad, name.as_ref(), refresh_properties)?;
             show_notices(&notices, json);
-            let names: Vec<String> = outs
-                .iter()
-                .filter(|o| o.error.is_none())
-                .map(|o| o.name.clone())
-                .collect();
-            record(
-                &repo,
-                &ad,
-                Event {
-                    keys: names,
-                    ..event("kms-refresh", &[], &[])
-                },
-            )?;
-            return print_outcomes(&outs, json, "refreshed");
+            return print_outcomes(&outs, json, zkey::kms::Done::Refreshed);
         }
     }
     Ok(ExitCode::SUCCESS)

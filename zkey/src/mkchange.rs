@@ -534,6 +534,19 @@ pub fn start(
     req: &Request,
     dry_run: bool,
 ) -> Result<(Operation, Plan), ZkeyError> {
+    let (op, plan) = start_steps(w, ad, req, dry_run)?;
+    if !dry_run {
+        audit(w, ad, &op, "start")?;
+    }
+    Ok((op, plan))
+}
+
+fn start_steps(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    req: &Request,
+    dry_run: bool,
+) -> Result<(Operation, Plan), ZkeyError> {
     // An operation for exactly these APQNs and types that did not get to the end is resumed.
     // An operation for exactly these APQNs and types that is not finalized yet is resumed: a
     // re-run after a crash (or after fixing a failed key) stages what is not staged yet.
@@ -732,6 +745,32 @@ pub fn readiness(
     crate::readiness::assess(r, ad, &scope, &plugin)
 }
 
+/// The audit record of a step of the operation (start, finalize, cancel), written by the step.
+fn audit(w: &Writer<'_>, ad: &Adapters, op: &Operation, step: &str) -> Result<(), ZkeyError> {
+    let t = op.types.first();
+    crate::audit::record_done(
+        w,
+        ad,
+        ap_sim::audit::Event {
+            event: format!("mkchange-{step}"),
+            command: format!("zkey mkchange {step}"),
+            apqns: op.apqns.clone(),
+            mktype: t.map(|t| t.mktype),
+            old_mkvp: t.and_then(|t| t.old_mkvp),
+            new_mkvp: t.and_then(|t| t.new_mkvp),
+            keys: op.keys.iter().map(|k| k.name.clone()).collect(),
+            result: match op.state {
+                State::Error => format!(
+                    "failed: {}",
+                    op.error.as_deref().unwrap_or("see the operation")
+                ),
+                s => format!("ok: {s:?}").to_lowercase(),
+            },
+            details: Some(format!("operation {}", op.id)),
+        },
+    )
+}
+
 /// Where the SET stands on the operation's APQNs, per type.
 #[derive(Clone, Debug, Serialize)]
 pub struct SetStatus {
@@ -768,6 +807,19 @@ pub fn set_status(ad: &Adapters, op: &Operation) -> Result<Vec<SetStatus>, ZkeyE
 
 /// After the SET: completes every key, keeping the previous secure keys as a backup.
 pub fn finalize(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    id: &str,
+    dry_run: bool,
+) -> Result<Operation, ZkeyError> {
+    let op = finalize_steps(w, ad, id, dry_run)?;
+    if !dry_run {
+        audit(w, ad, &op, "finalize")?;
+    }
+    Ok(op)
+}
+
+fn finalize_steps(
     w: &Writer<'_>,
     ad: &Adapters,
     id: &str,
@@ -939,6 +991,19 @@ fn drop_older_backups(w: &Writer<'_>, keep: &str) -> Result<(), ZkeyError> {
 
 /// Cancels an operation while no APQN has the new key set: removes the staged copies.
 pub fn cancel(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    id: &str,
+    dry_run: bool,
+) -> Result<Operation, ZkeyError> {
+    let op = cancel_steps(w, ad, id, dry_run)?;
+    if !dry_run {
+        audit(w, ad, &op, "cancel")?;
+    }
+    Ok(op)
+}
+
+fn cancel_steps(
     w: &Writer<'_>,
     ad: &Adapters,
     id: &str,

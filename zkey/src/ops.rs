@@ -44,16 +44,7 @@ fn ask(ui: &mut dyn Ui, question: &str, force: bool) -> Result<bool, ZkeyError> 
         .map_err(|e| ZkeyError::Invalid(e.to_string()))
 }
 
-fn event(name: &str, keys: &[&KeyName], apqns: &[Apqn]) -> Event {
-    Event {
-        event: name.to_string(),
-        command: format!("zkey {}", name.split('-').next().unwrap_or(name)),
-        apqns: apqns.to_vec(),
-        keys: keys.iter().map(|k| k.to_string()).collect(),
-        result: "ok".into(),
-        ..Event::default()
-    }
-}
+use crate::audit::event;
 
 fn key_event(name: &str, key_name: &KeyName, key: &SecureKey, apqns: &[Apqn]) -> Event {
     Event {
@@ -71,7 +62,7 @@ fn key_event(name: &str, key_name: &KeyName, key: &SecureKey, apqns: &[Apqn]) ->
 
 /// Appends a record to the repository's audit log, after the action it records was done.
 pub fn record(w: &Writer<'_>, ad: &Adapters, ev: Event) -> Result<(), ZkeyError> {
-    crate::audit::record(w.repository(), ad.hsm.simulator(), ev).map_err(ZkeyError::Audit)
+    crate::audit::record_done(w, ad, ev)
 }
 
 /// Where a new key's material comes from.
@@ -476,4 +467,135 @@ fn read_bounded(file: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ZkeyError> 
         )));
     }
     Ok(buf)
+}
+
+/// `zkey kms bind`: binds the repository to a plug-in, and records it.
+pub fn kms_bind(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    plugin: &str,
+) -> Result<(crate::kms::KmsConf, crate::kms::Notices), ZkeyError> {
+    let done = crate::kms::bind(w, plugin)?;
+    record(
+        w,
+        ad,
+        Event {
+            details: Some(format!("bound to {plugin}")),
+            ..event("kms-bind", &[], &[])
+        },
+    )?;
+    Ok(done)
+}
+
+/// `zkey kms unbind`: asks, deconfigures the plug-in, makes the keys local, and records it.
+/// Returns the plug-in's name and how many keys became local.
+pub fn kms_unbind(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    force: bool,
+    ui: &mut dyn Ui,
+) -> Result<(String, usize, crate::kms::Notices), ZkeyError> {
+    let c = crate::kms::require(w)?;
+    if !ask(ui, &format!("Unbind the repository from the KMS plug-in '{}'? Its keys stay, as local keys that can no longer be refreshed from the KMS", c.kms), force)? {
+        return Err(ZkeyError::Invalid("the repository stays bound".into()));
+    }
+    let (n, notices) = crate::kms::unbind(w)?;
+    record(
+        w,
+        ad,
+        Event {
+            details: Some(format!("unbound from {}; {n} keys made local", c.kms)),
+            ..event("kms-unbind", &[], &[])
+        },
+    )?;
+    Ok((c.kms, n, notices))
+}
+
+/// `zkey kms configure`, recorded.
+pub fn kms_configure(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    apqns: Option<Vec<Apqn>>,
+    options: std::collections::BTreeMap<String, String>,
+) -> Result<(kms_plugin::plugin::ConfigureResult, crate::kms::Notices), ZkeyError> {
+    let done = crate::kms::configure(w, ad, apqns, options)?;
+    record(w, ad, event("kms-configure", &[], &[]))?;
+    Ok(done)
+}
+
+/// `zkey kms reencipher`: the plug-in's own keys, recorded when any changed.
+pub fn kms_reencipher(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    mode: kms_plugin::plugin::ReencipherMode,
+    direction: kms_plugin::plugin::MkDirection,
+) -> Result<(kms_plugin::plugin::ReencipherReport, crate::kms::Notices), ZkeyError> {
+    let (rep, notices) = crate::kms::reencipher(w, ad, mode, direction, None)?;
+    let changed: Vec<String> = rep
+        .keys
+        .iter()
+        .filter(|k| k.changed())
+        .map(|k| k.key.clone())
+        .collect();
+    if !changed.is_empty() {
+        record(
+            w,
+            ad,
+            Event {
+                keys: changed,
+                details: Some(format!("{mode:?}, {direction:?}").to_lowercase()),
+                ..event("kms-reencipher", &[], &[])
+            },
+        )?;
+    }
+    Ok((rep, notices))
+}
+
+/// `zkey kms import`: repository keys rebuilt from the KMS, recorded.
+pub fn kms_import(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    label: Option<&str>,
+    names: Option<&crate::Pattern>,
+    volume_check: bool,
+) -> Result<(Vec<crate::kms::KeyOutcome>, crate::kms::Notices), ZkeyError> {
+    let (outs, notices) = crate::kms::import(w, ad, label, names, |v| {
+        !volume_check || crate::volume::check_device(v).is_ok()
+    })?;
+    record_outcomes(w, ad, "kms-import", &outs, crate::kms::Done::Imported)?;
+    Ok((outs, notices))
+}
+
+/// `zkey kms refresh`: bound keys re-imported under the CURRENT master key, recorded.
+pub fn kms_refresh(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    names: Option<&crate::Pattern>,
+    reload_properties: bool,
+) -> Result<(Vec<crate::kms::KeyOutcome>, crate::kms::Notices), ZkeyError> {
+    let (outs, notices) = crate::kms::refresh(w, ad, names, reload_properties)?;
+    record_outcomes(w, ad, "kms-refresh", &outs, crate::kms::Done::Refreshed)?;
+    Ok((outs, notices))
+}
+
+fn record_outcomes(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    name: &str,
+    outs: &[crate::kms::KeyOutcome],
+    done: crate::kms::Done,
+) -> Result<(), ZkeyError> {
+    let keys = outs
+        .iter()
+        .filter(|o| o.result == done)
+        .map(|o| o.name.clone())
+        .collect();
+    record(
+        w,
+        ad,
+        Event {
+            keys,
+            ..event(name, &[], &[])
+        },
+    )
 }
