@@ -26,7 +26,7 @@ use serde::Serialize;
 use ap_sim::apqn::Apqn;
 use ap_sim::registers::{MkType, RegState};
 use ap_sim::sysfs::{Mkvps, Reading};
-use ap_sim::token::{KeyType, SecureKey};
+use ap_sim::token::KeyType;
 use ap_sim::Mkvp;
 
 use crate::adapters::Adapters;
@@ -291,7 +291,8 @@ pub fn assess(
     scope: &Scope,
     plugin_keys: &PluginKeys,
 ) -> Result<Readiness, ZkeyError> {
-    let mut pending = pending(ad)?;
+    let everywhere = pending(ad)?;
+    let mut pending = everywhere.clone();
     if let Some((apqns, types)) = &scope.change {
         pending.retain(|p| types.contains(&p.mktype) && p.apqns.iter().any(|a| apqns.contains(a)));
     }
@@ -313,7 +314,7 @@ pub fn assess(
                 }
                 let st = keyops::entry_status(ad, &e, scope.apqn_check);
                 objects.push(key_object(&e, &st, t));
-                objects.extend(volume_objects(r, ad, &e, &st, t));
+                objects.extend(volume_objects(r, ad, &e, &st, t, &everywhere));
                 keys.push(st);
             }
             Err(d) => {
@@ -477,14 +478,18 @@ fn volume_objects(
     e: &KeyEntry,
     st: &KeyStatus,
     t: MkType,
+    pending: &[Pending],
 ) -> Vec<Object> {
     if e.properties.volume_type != VolumeType::Luks2 {
         return Vec::new();
     }
-    let new_loaded = SecureKey::parse(&e.secure_key).is_ok_and(|k| {
-        let within = (!e.properties.apqns.is_empty()).then_some(e.properties.apqns.as_slice());
-        keyops::new_loaded(ad, &k, within)
-    });
+    // From the registers, not from the repository key: the volume's header holds its own copy
+    // of the key, which may stand elsewhere than the repository's (never staged, moved in
+    // place, left under OLD).
+    let apqns = &e.properties.apqns;
+    let new_loaded = pending
+        .iter()
+        .any(|p| p.mktype == t && (apqns.is_empty() || p.apqns.iter().any(|a| apqns.contains(a))));
     e.properties
         .volumes
         .iter()
@@ -555,6 +560,9 @@ fn volume_verdict(
         }
     }
     let pending = h.reencipher_pending.is_some();
+    if e.has_pass {
+        return by_passphrase(r, ad, e, &device, &dev, new_loaded);
+    }
     match (pending, new_loaded) {
         (true, true) => (
             Verdict::Staged,
@@ -571,62 +579,86 @@ fn volume_verdict(
             "a NEW master key is loaded and the volume's header copy of the key is not staged".into(),
             Some(format!("zkey-cryptsetup reencipher {dev} --staged")),
         ),
-        (false, false) => by_passphrase(r, ad, e, &device, &dev),
+        (false, false) => (
+            Verdict::Unknown,
+            "the header cannot tell whether the volume key is under the CURRENT or the OLD master key without the passphrase".into(),
+            Some(format!("zkey-cryptsetup validate {dev}")),
+        ),
     }
 }
 
-/// No change pending and nothing staged: the header cannot tell whether the volume key is
-/// under CURRENT or OLD. With the dummy passphrase zkey holds, the key itself can.
+/// With the dummy passphrase zkey holds, the volume key itself (and the key of a pending
+/// stage) is judged, not just the header's tokens.
 fn by_passphrase(
     r: &Reader<'_>,
     ad: &Adapters,
     e: &KeyEntry,
     device: &std::path::Path,
     dev: &str,
+    new_loaded: bool,
 ) -> (Verdict, String, Option<String>) {
-    use zkey_cryptsetup::volume::KeyState;
-    let validate = Some(format!("zkey-cryptsetup validate {dev}"));
-    if !e.has_pass {
-        return (
-            Verdict::Unknown,
-            "the header cannot tell whether the volume key is under the CURRENT or the OLD master key without the passphrase".into(),
-            validate,
-        );
-    }
+    use zkey_cryptsetup::volume::KeyState::{self, Current, New, Old, Unusable};
     let report = r
         .read_pass(&e.name)
         .map_err(|e| e.to_string())
         .and_then(|p| {
             zkey_cryptsetup::status::key_status(&ad.hsm, device, &p).map_err(|e| e.to_string())
         });
-    match report {
-        Err(err) => (
-            Verdict::Unknown,
-            format!("the volume key cannot be read with the key's dummy passphrase: {err}"),
-            validate,
+    let rep = match report {
+        Ok(rep) => rep,
+        Err(err) => {
+            return (
+                Verdict::Unknown,
+                format!("the volume key cannot be read with the key's dummy passphrase: {err}"),
+                Some(format!("zkey-cryptsetup validate {dev}")),
+            )
+        }
+    };
+    let staged: Option<KeyState> = rep
+        .reencipher_pending
+        .as_ref()
+        .map(|p| p.key.as_ref().map_or(Unusable, |k| k.state.clone()));
+    let stage = || Some(format!("zkey-cryptsetup reencipher {dev} --staged"));
+    let complete = || Some(format!("zkey-cryptsetup reencipher {dev} --complete"));
+    match (rep.volume_key.state, staged, new_loaded) {
+        (New, _, _) => (
+            Verdict::Staged,
+            "the volume key was re-enciphered in place to the NEW master key: usable after the SET"
+                .into(),
+            None,
         ),
-        Ok(rep) => match rep.volume_key.state {
-            KeyState::Current => (
-                Verdict::Safe,
-                "the volume key is enciphered with the CURRENT master key".into(),
-                None,
-            ),
-            KeyState::Old => (
-                Verdict::AtRisk,
-                "the volume key is enciphered with the OLD master key: the next SET destroys it".into(),
-                Some(format!("zkey-cryptsetup reencipher {dev} --from-old --in-place")),
-            ),
-            KeyState::New => (
-                Verdict::Staged,
-                "the volume key was re-enciphered in place to the NEW master key: usable after the SET".into(),
-                None,
-            ),
-            KeyState::Unusable => (
-                Verdict::Lost,
-                "the volume key's master key is gone".into(),
-                None,
-            ),
-        },
+        (Current, Some(New), true) => (
+            Verdict::Staged,
+            "a copy of the volume key under the NEW master key is staged in the header".into(),
+            None,
+        ),
+        (Current, _, true) => (
+            Verdict::AtRisk,
+            "a NEW master key is loaded and the volume's header copy of the key is not staged"
+                .into(),
+            stage(),
+        ),
+        (Current, _, false) => (
+            Verdict::Safe,
+            "the volume key is enciphered with the CURRENT master key".into(),
+            None,
+        ),
+        // Staged, then the SET (maybe two): the staged key still completes, from OLD if need be.
+        (Old | Unusable, Some(Current | Old), _) => (
+            Verdict::AtRisk,
+            "the master key was SET and the staged volume key is not completed yet".into(),
+            complete(),
+        ),
+        (Old, _, _) => (
+            Verdict::AtRisk,
+            "the volume key is enciphered with the OLD master key: the next SET destroys it".into(),
+            Some(format!("zkey-cryptsetup reencipher {dev} --in-place")),
+        ),
+        (Unusable, _, _) => (
+            Verdict::Lost,
+            "the volume key's master key is gone".into(),
+            None,
+        ),
     }
 }
 
