@@ -17,6 +17,8 @@
 //!   `CARD.DOMAIN  NEW MK  CURRENT MK  OLD MK` check), for every tool that binds or stages.
 //! - [`lszcrypt`]: lszcrypt-style listings of a sysfs tree.
 //! - [`token`]: secure key token layouts and the wrapping of key material.
+//! - [`reencipher`]: how every command asks for a re-encipher: one `Way`, one `Mode`, one
+//!   conflict rule for the flags.
 //! - [`hsm`]: the operations on secure keys: generate, import, verify, re-encipher, VP.
 //! - [`audit`]: the tamper-evident audit trail, authenticated inside the adapter.
 //! - `durable`, `table`, `exit`: re-exported from the `infra` crate.
@@ -28,6 +30,7 @@ pub mod crosscheck;
 pub mod hsm;
 pub mod lszcrypt;
 pub mod mkvp;
+pub mod reencipher;
 pub mod registers;
 pub mod sim;
 pub mod sysfs;

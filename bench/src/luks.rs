@@ -18,7 +18,7 @@ use ap_sim::token::KeyType;
 use serde_json::{json, Value};
 use zkey_cryptsetup::luks2::{FormatOptions, Pbkdf, PbkdfKind};
 use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
-use zkey_cryptsetup::reencipher::{self, Mode, Options, Outcome};
+use zkey_cryptsetup::reencipher::{self, Mode, Outcome, Request};
 
 use crate::util::{cca_apqns, median, time, Scratch};
 use crate::Args;
@@ -56,9 +56,9 @@ pub fn run(args: &Args, scratch: &Scratch) -> Result<Value> {
     for _ in 0..rounds {
         sim.tke_load_random(&apqns, MkType::Aes)?;
         let (r, s) = time(|| {
-            let o = Options {
-                mode: Mode::Staged,
-                direction: None,
+            let o = Request {
+                mode: Some(Mode::Staged),
+                way: None,
             };
             reencipher::reencipher(&hsm, &image, o, &mut supplier(), &mut ui)
         });
@@ -68,9 +68,9 @@ pub fn run(args: &Args, scratch: &Scratch) -> Result<Value> {
         staged.push(s);
         sim.tke_set(&apqns, MkType::Aes)?;
         let (r, s) = time(|| {
-            let o = Options {
-                mode: Mode::Complete,
-                direction: None,
+            let o = Request {
+                mode: Some(Mode::Complete),
+                way: None,
             };
             reencipher::reencipher(&hsm, &image, o, &mut supplier(), &mut ui)
         });

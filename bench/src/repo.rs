@@ -32,7 +32,7 @@ use ap_sim::token::KeyType;
 use serde_json::{json, Value};
 use zkey::adapters::Adapters;
 use zkey::keyops::{self, NewKey};
-use zkey::reencipher::{self, Mode, Options, Selection, Way};
+use zkey::reencipher::{self, Mode, Request, Selection, Way};
 use zkey::{KeyName, Repository, SectorSize, VolumeType};
 
 use crate::util::{cca_apqns, time, Scratch};
@@ -135,12 +135,12 @@ fn run_phase(phase: &str, ad: &Adapters, repo: &Repository, n: usize) -> (Result
             }
             "staged" | "complete" => {
                 let opts = if phase == "staged" {
-                    Options {
+                    Request {
                         way: Some(Way::ToNew),
                         mode: Some(Mode::Staged),
                     }
                 } else {
-                    Options {
+                    Request {
                         way: None,
                         mode: Some(Mode::Complete),
                     }

@@ -106,6 +106,26 @@ pub enum MkDirection {
     ToNew,
 }
 
+/// The wire form of a re-encipher request: `-o -n` (two steps) has none, a plug-in's keys move
+/// one register at a time.
+pub fn wire_request(
+    r: ap_sim::reencipher::Request,
+) -> Result<(ReencipherMode, MkDirection), ap_sim::reencipher::FlagError> {
+    use ap_sim::reencipher::{Direction, Mode};
+    let mode = match r.mode {
+        None => ReencipherMode::Auto,
+        Some(Mode::Staged) => ReencipherMode::Staged,
+        Some(Mode::InPlace) => ReencipherMode::InPlace,
+        Some(Mode::Complete) => ReencipherMode::Complete,
+    };
+    let direction = match r.one_step()? {
+        None => MkDirection::Auto,
+        Some(Direction::ToNew) => MkDirection::ToNew,
+        Some(Direction::FromOld) => MkDirection::FromOld,
+    };
+    Ok((mode, direction))
+}
+
 /// A request, as sent on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

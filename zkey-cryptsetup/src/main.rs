@@ -7,12 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use ap_sim::exit::Exit;
-use ap_sim::hsm::{Direction, Hsm};
+use ap_sim::hsm::Hsm;
 use ap_sim::sim::Simulator;
 use clap::{Args, Parser, Subcommand};
 use zkey_cryptsetup::luks2::{FormatOptions, Pbkdf, PbkdfKind};
 use zkey_cryptsetup::passphrase::{self, Passphrase, Source, Supplier};
-use zkey_cryptsetup::reencipher::{self, Mode, Outcome};
+use zkey_cryptsetup::reencipher::{self, Outcome};
 use zkey_cryptsetup::volume::{self, KeyState, ValidateReport};
 use zkey_cryptsetup::Ui;
 
@@ -139,16 +139,16 @@ enum Command {
         /// The LUKS2 volume: a block device or an image file.
         device: PathBuf,
         /// Prepare a staged re-encipher (complete it after the SET with --complete).
-        #[arg(short = 's', long, conflicts_with_all = ["in_place", "complete"])]
+        #[arg(short = 's', long)]
         staged: bool,
         /// Re-encipher and make the result the volume key now.
-        #[arg(short = 'i', long, conflicts_with = "complete")]
+        #[arg(short = 'i', long)]
         in_place: bool,
         /// Complete a staged re-encipher.
         #[arg(short = 'c', long)]
         complete: bool,
         /// Re-encipher from the CURRENT to the NEW master key (before the SET).
-        #[arg(short = 'N', long, conflicts_with = "from_old")]
+        #[arg(short = 'N', long)]
         to_new: bool,
         /// Re-encipher from the OLD to the CURRENT master key (after the SET).
         #[arg(short = 'O', long)]
@@ -394,37 +394,31 @@ fn run(cli: Cli) -> Result<Exit> {
             from_old,
             key,
         } => {
-            let mode = match (staged, in_place, complete) {
-                (true, _, _) => Mode::Staged,
-                (_, true, _) => Mode::InPlace,
-                (_, _, true) => Mode::Complete,
-                _ => Mode::Auto,
-            };
-            let direction = match (to_new, from_old) {
-                (true, _) => Some(Direction::ToNew),
-                (_, true) => Some(Direction::FromOld),
-                _ => None,
-            };
-            let out = match reencipher::reencipher(
-                &hsm()?,
-                &device,
-                reencipher::Options { mode, direction },
-                &mut key.supplier(),
-                &mut ui,
-            ) {
-                // Asked to finish what is already finished (a second --complete): nothing to do.
-                Err(zkey_cryptsetup::Error::NoPending { device }) => {
-                    println!("nothing to do: no re-encipher is pending for device '{device}'");
-                    return Ok(Exit::Done);
-                }
-                r => r,
+            let req = ap_sim::reencipher::Flags {
+                from_old,
+                to_new,
+                staged,
+                in_place,
+                complete,
             }
-            .with_context(|| {
-                format!(
-                    "re-enciphering the volume key of '{}' failed",
-                    device.display()
-                )
-            })?;
+            .request()
+            .map_err(|e| Usage(e.to_string()))?;
+            req.one_step().map_err(|e| Usage(e.to_string()))?;
+            let out =
+                match reencipher::reencipher(&hsm()?, &device, req, &mut key.supplier(), &mut ui) {
+                    // Asked to finish what is already finished (a second --complete): nothing to do.
+                    Err(zkey_cryptsetup::Error::NoPending { device }) => {
+                        println!("nothing to do: no re-encipher is pending for device '{device}'");
+                        return Ok(Exit::Done);
+                    }
+                    r => r,
+                }
+                .with_context(|| {
+                    format!(
+                        "re-enciphering the volume key of '{}' failed",
+                        device.display()
+                    )
+                })?;
             if cli.verbose {
                 match out {
                     Outcome::Staged { unbound_keyslot } => {

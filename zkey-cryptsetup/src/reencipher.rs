@@ -56,25 +56,10 @@ use crate::passphrase::Supplier;
 use crate::volume::{is_unbound, parse_key, unlock, verify, vp_of, Unlocked};
 use crate::{Error, Ui};
 
-/// What the user asked for.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// Complete when a re-encipher is pending, else prepare (in-place for a key under OLD,
-    /// staged otherwise).
-    #[default]
-    Auto,
-    Staged,
-    InPlace,
-    Complete,
-}
-
-/// Options of a re-encipher.
-#[derive(Copy, Clone, Debug, Default)]
-pub struct Options {
-    pub mode: Mode,
-    /// `None`: from the register the key is found in (CURRENT: to NEW; OLD: from OLD).
-    pub direction: Option<Direction>,
-}
+// How a re-encipher is asked for is the suite's one type: `mode: None` completes when a stage
+// is pending, else prepares (in place for a key under OLD, staged otherwise); `way: None` goes
+// from the register the key is found in (CURRENT: to NEW; OLD: from OLD).
+pub use ap_sim::reencipher::{Mode, Request};
 
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -97,7 +82,7 @@ fn register_word(r: Register) -> &'static str {
 pub fn reencipher(
     hsm: &Hsm,
     device: &Path,
-    opts: Options,
+    opts: Request,
     pass: &mut Supplier,
     ui: &mut dyn Ui,
 ) -> Result<Outcome, Error> {
@@ -106,13 +91,13 @@ pub fn reencipher(
     // Read (and strictly check) the token before asking for a passphrase: a malformed header is
     // reported without the user typing anything.
     let pending = vol.reencipher_token()?;
-    if opts.mode == Mode::Complete && pending.is_none() {
+    if opts.mode == Some(Mode::Complete) && pending.is_none() {
         return Err(Error::NoPending { device: name });
     }
     let u = unlock(&mut vol, pass, ui)?;
     match (opts.mode, pending) {
-        (Mode::Auto | Mode::Complete, Some(t)) => complete(hsm, &mut vol, &u, t, false, ui),
-        (Mode::Staged | Mode::InPlace, Some(t)) => {
+        (None | Some(Mode::Complete), Some(t)) => complete(hsm, &mut vol, &u, t, false, ui),
+        (Some(Mode::Staged | Mode::InPlace), Some(t)) => {
             if vol.slot_state(t.token.unbound_keyslot) == Some(SlotState::Bound) {
                 // An earlier run made the re-enciphered key the volume key and stopped before
                 // it cleaned up: finish that, which is all there is to do.
@@ -158,7 +143,7 @@ fn plan(
     hsm: &Hsm,
     vol: &mut Volume,
     u: &Unlocked,
-    opts: Options,
+    opts: Request,
     ui: &mut dyn Ui,
 ) -> Result<Plan, Error> {
     let name = vol.name();
@@ -171,13 +156,16 @@ fn plan(
         }
         _ => verify(hsm, &name, "the secure volume key", &key)?,
     };
-    let direction = opts.direction.unwrap_or(match v.register {
-        Register::Old => Direction::FromOld,
-        _ => Direction::ToNew,
-    });
+    let direction = opts
+        .one_step()
+        .map_err(|e| Error::Invalid(e.to_string()))?
+        .unwrap_or(match v.register {
+            Register::Old => Direction::FromOld,
+            _ => Direction::ToNew,
+        });
     let in_place = match opts.mode {
-        Mode::InPlace => true,
-        Mode::Staged => false,
+        Some(Mode::InPlace) => true,
+        Some(Mode::Staged) => false,
         _ => v.register == Register::Old,
     };
     if v.register == Register::Old {

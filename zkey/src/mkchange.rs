@@ -33,7 +33,7 @@ use ap_sim::Mkvp;
 
 use crate::adapters::Adapters;
 use crate::error::ZkeyError;
-use crate::reencipher::{self, Mode, Options, Outcome, Way};
+use crate::reencipher::{self, Mode, Outcome, Way};
 use crate::repository::{KeyEntry, Writer};
 use crate::volume::VolumeType;
 
@@ -658,7 +658,7 @@ fn stage_item(w: &Writer<'_>, ad: &Adapters, item: &mut KeyItem) {
                 w,
                 ad,
                 &e,
-                &Options {
+                &reencipher::Request {
                     way: Some(Way::ToNew),
                     mode: Some(Mode::Staged),
                 },
@@ -717,7 +717,7 @@ pub fn stage_new_key(
                     error: None,
                 };
                 if vi.passphrase_known {
-                    volume_step(w, ad, &mut vi, zkey_cryptsetup::reencipher::Mode::Staged);
+                    volume_step(w, ad, &mut vi, Mode::Staged);
                 }
                 op.volumes.retain(|x| x.volume != vi.volume);
                 op.volumes.push(vi);
@@ -947,7 +947,7 @@ fn finalize_item(
             w,
             ad,
             &e,
-            &Options {
+            &reencipher::Request {
                 way: None,
                 mode: Some(Mode::Complete),
             },
@@ -957,7 +957,7 @@ fn finalize_item(
             w,
             ad,
             &e,
-            &Options {
+            &reencipher::Request {
                 way: None,
                 mode: None,
             },
@@ -1072,11 +1072,10 @@ fn volumes_and_plugin_keys(
     op: &mut Operation,
     complete: bool,
 ) -> Result<(), ZkeyError> {
-    use zkey_cryptsetup::reencipher::Mode as VolumeMode;
     let (done, mode) = if complete {
-        (ItemState::Completed, VolumeMode::Complete)
+        (ItemState::Completed, Mode::Complete)
     } else {
-        (ItemState::Staged, VolumeMode::Staged)
+        (ItemState::Staged, Mode::Staged)
     };
     for i in 0..op.volumes.len() {
         if op.volumes[i].state != done && op.volumes[i].passphrase_known {
@@ -1114,22 +1113,16 @@ impl zkey_cryptsetup::Ui for OperationUi {
 
 /// Stages or completes a volume's header copy of the key, opening it with the key's dummy
 /// passphrase.
-fn volume_step(
-    w: &Writer<'_>,
-    ad: &Adapters,
-    item: &mut VolumeItem,
-    mode: zkey_cryptsetup::reencipher::Mode,
-) {
+fn volume_step(w: &Writer<'_>, ad: &Adapters, item: &mut VolumeItem, mode: Mode) {
     use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
     let res = (|| -> Result<(), ZkeyError> {
         let name = crate::KeyName::new(&item.key).map_err(|e| ZkeyError::Invalid(e.to_string()))?;
         let pass = w.read_pass(&name)?;
         let mut supplier = Supplier::new(Source::Given(Passphrase::new(pass.to_vec())));
         let device = device_of(&item.volume);
-        let opts = zkey_cryptsetup::reencipher::Options {
-            mode,
-            direction: (mode == zkey_cryptsetup::reencipher::Mode::Staged)
-                .then_some(ap_sim::hsm::Direction::ToNew),
+        let opts = reencipher::Request {
+            mode: Some(mode),
+            way: (mode == Mode::Staged).then_some(Way::ToNew),
         };
         zkey_cryptsetup::reencipher::reencipher(
             &ad.hsm,
@@ -1143,7 +1136,7 @@ fn volume_step(
     })();
     match res {
         Ok(()) => {
-            item.state = if mode == zkey_cryptsetup::reencipher::Mode::Complete {
+            item.state = if mode == Mode::Complete {
                 ItemState::Completed
             } else {
                 ItemState::Staged

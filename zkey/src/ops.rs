@@ -21,7 +21,7 @@ use crate::adapters::Adapters;
 use crate::error::ZkeyError;
 use crate::keyops::{self, NewKey};
 use crate::properties::Timestamp;
-use crate::reencipher::{self, Mode, Options, Report, Selection, Way};
+use crate::reencipher::{self, Mode, Report, Request, Selection, Way};
 use crate::repository::{DummyPassphrase, Writer};
 use crate::volume::{Edit, SectorSize, Volume, VolumeType};
 use crate::KeyName;
@@ -383,7 +383,7 @@ pub fn reencipher(
     w: &Writer<'_>,
     ad: &Adapters,
     sel: &Selection,
-    opts: &Options,
+    opts: &Request,
     force: bool,
     ui: &mut dyn Ui,
     each: impl FnMut(&reencipher::KeyResult),

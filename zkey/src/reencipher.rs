@@ -26,34 +26,7 @@ use crate::properties::Timestamp;
 use crate::repository::{KeyEntry, Writer};
 use crate::volume::{Volume, VolumeType};
 
-/// Which way to re-encipher; `None` in [`Options`] picks it per key from the registers.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Way {
-    ToNew,
-    FromOld,
-    /// `-o -n`: OLD -> CURRENT, then CURRENT -> NEW.
-    FromOldToNew,
-}
-
-/// How the result is stored.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// Beside the live key, as `<name>.renc`; completed later.
-    Staged,
-    /// Replacing the live key at once.
-    InPlace,
-    /// Promote a staged key after the SET.
-    Complete,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    pub way: Option<Way>,
-    /// `None`: staged towards NEW, in place from OLD (the reference's defaults).
-    pub mode: Option<Mode>,
-}
+pub use ap_sim::reencipher::{Mode, Request, Way};
 
 /// Which keys: all patterns must match (a key matches an APQN pattern if any of its APQNs does).
 #[derive(Clone, Debug, Default)]
@@ -185,7 +158,7 @@ pub fn reencipher_repository(
     repo: &Writer<'_>,
     adapters: &Adapters,
     sel: &Selection,
-    opts: &Options,
+    opts: &Request,
     mut each: impl FnMut(&KeyResult),
 ) -> Result<Report, ZkeyError> {
     let mut report = Report::default();
@@ -255,7 +228,7 @@ pub fn reencipher_key(
     repo: &Writer<'_>,
     ad: &Adapters,
     e: &KeyEntry,
-    opts: &Options,
+    opts: &Request,
 ) -> Result<Outcome, ZkeyError> {
     // The verify, the choice of direction and the re-encipher of one key see one state.
     let ad = &*ad.pinned();

@@ -198,21 +198,8 @@ pub(crate) struct ReencipherArgs {
     /// Keys bound to these APQNs, comma-separated (8.2f is 08.002f; wildcards allowed)
     #[arg(short = 'a', long)]
     pub(crate) apqns: Option<String>,
-    /// OLD -> CURRENT
-    #[arg(short = 'o', long)]
-    pub(crate) from_old: bool,
-    /// CURRENT -> NEW
-    #[arg(short = 'n', long)]
-    pub(crate) to_new: bool,
-    /// Replace the key at once
-    #[arg(short = 'i', long, conflicts_with_all = ["staged", "complete"])]
-    pub(crate) in_place: bool,
-    /// Keep the re-enciphered key beside the live one until --complete
-    #[arg(short = 's', long, conflicts_with = "complete")]
-    pub(crate) staged: bool,
-    /// After the SET: install the staged keys
-    #[arg(short = 'p', short_alias = 'c', long, conflicts_with_all = ["from_old", "to_new"])]
-    pub(crate) complete: bool,
+    #[command(flatten)]
+    pub(crate) way: WayFlags,
     /// Do not ask before an in-place re-encipher to NEW
     #[arg(short = 'F', long)]
     pub(crate) force: bool,
@@ -353,21 +340,8 @@ pub(crate) enum KmsCmd {
     /// Re-encipher the plug-in's own keys (identity key, wrapping key)
     #[command(visible_alias = "re")]
     Reencipher {
-        /// From the OLD to the CURRENT master key (after a SET; in place by default)
-        #[arg(short = 'o', long)]
-        from_old: bool,
-        /// From the CURRENT to the NEW master key (before the SET; staged by default)
-        #[arg(short = 'n', long)]
-        to_new: bool,
-        /// Replace the keys right away (to NEW: unusable until the SET)
-        #[arg(short = 'i', long, conflicts_with_all = ["staged", "complete"])]
-        in_place: bool,
-        /// Write re-enciphered copies beside the keys, to be completed after the SET
-        #[arg(short = 's', long, conflicts_with = "complete")]
-        staged: bool,
-        /// After the SET: install the staged copies
-        #[arg(short = 'p', short_alias = 'c', long)]
-        complete: bool,
+        #[command(flatten)]
+        way: WayFlags,
     },
     /// The keys in the KMS
     #[command(visible_alias = "li")]
@@ -547,4 +521,40 @@ pub(crate) struct VolumeFilter {
     /// Volumes (dev or dev:dm-name, wildcards allowed)
     #[arg(short = 'l', long)]
     pub(crate) volumes: Option<String>,
+}
+
+/// The five re-encipher flags of `zkey reencipher` and `zkey kms reencipher`; what they mean
+/// together is decided once, by `ap_sim::reencipher::Flags::request`.
+#[derive(Args, Clone, Copy, Debug)]
+pub(crate) struct WayFlags {
+    /// From the OLD to the CURRENT master key (after a SET; in place by default)
+    #[arg(short = 'o', long)]
+    pub(crate) from_old: bool,
+    /// From the CURRENT to the NEW master key (before the SET; staged by default)
+    #[arg(short = 'n', long)]
+    pub(crate) to_new: bool,
+    /// Replace the keys right away (to NEW: unusable until the SET)
+    #[arg(short = 'i', long)]
+    pub(crate) in_place: bool,
+    /// Keep re-enciphered copies beside the keys, to be completed after the SET
+    #[arg(short = 's', long)]
+    pub(crate) staged: bool,
+    /// After the SET: install the staged copies
+    #[arg(short = 'p', short_alias = 'c', long)]
+    pub(crate) complete: bool,
+}
+
+impl WayFlags {
+    pub(crate) fn request(
+        self,
+    ) -> Result<ap_sim::reencipher::Request, ap_sim::reencipher::FlagError> {
+        ap_sim::reencipher::Flags {
+            from_old: self.from_old,
+            to_new: self.to_new,
+            staged: self.staged,
+            in_place: self.in_place,
+            complete: self.complete,
+        }
+        .request()
+    }
 }

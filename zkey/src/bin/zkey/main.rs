@@ -31,6 +31,9 @@ fn main() -> ExitCode {
 
 /// The suite's exit code for an error: a filter that selects nothing is a usage error.
 fn exit_of(e: &anyhow::Error) -> Exit {
+    if e.downcast_ref::<ap_sim::reencipher::FlagError>().is_some() {
+        return Exit::Usage;
+    }
     match e.downcast_ref::<zkey::ZkeyError>() {
         Some(zkey::ZkeyError::NoMatch(_)) => Exit::Usage,
         _ => Exit::Failed,

@@ -3,7 +3,7 @@
 use crate::prelude::*;
 
 pub(crate) fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
-    use kms_plugin::plugin::{ConfigureStatus, MkDirection, ReencipherMode};
+    use kms_plugin::plugin::ConfigureStatus;
     if let KmsCmd::Plugins { json } = cmd {
         let (path, list) = zkey::kms::plugins()?;
         if json {
@@ -148,28 +148,8 @@ pub(crate) fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
                 }
             }
         }
-        KmsCmd::Reencipher {
-            from_old,
-            to_new,
-            in_place,
-            staged,
-            complete,
-        } => {
-            let direction = match (from_old, to_new) {
-                (true, false) => MkDirection::FromOld,
-                (false, true) => MkDirection::ToNew,
-                (false, false) => MkDirection::Auto,
-                (true, true) => bail!("give one direction: --from-old or --to-new"),
-            };
-            let mode = if complete {
-                ReencipherMode::Complete
-            } else if staged {
-                ReencipherMode::Staged
-            } else if in_place {
-                ReencipherMode::InPlace
-            } else {
-                ReencipherMode::Auto
-            };
+        KmsCmd::Reencipher { way } => {
+            let (mode, direction) = kms_plugin::plugin::wire_request(way.request()?)?;
             let (rep, notices) = zkey::ops::kms_reencipher(&w, &ad, mode, direction)?;
             show_notices(&notices, false);
             for k in &rep.keys {

@@ -3,21 +3,8 @@
 use crate::prelude::*;
 
 pub(crate) fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
-    let way = match (a.from_old, a.to_new) {
-        (true, true) => Some(Way::FromOldToNew),
-        (true, false) => Some(Way::FromOld),
-        (false, true) => Some(Way::ToNew),
-        (false, false) => None,
-    };
-    let mode = if a.complete {
-        Some(Mode::Complete)
-    } else if a.staged {
-        Some(Mode::Staged)
-    } else if a.in_place {
-        Some(Mode::InPlace)
-    } else {
-        None
-    };
+    let req = a.way.request()?;
+    let (way, mode) = (req.way, req.mode);
     let ad = adapters()?;
     if let Some(file) = &a.file {
         zkey::ops::reencipher_file(&ad, file, a.output.as_deref(), way, mode)?;
@@ -39,26 +26,18 @@ pub(crate) fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
     };
     let tty = std::io::stderr().is_terminal() && !a.json;
     let mut n = 0;
-    let done = zkey::ops::reencipher(
-        &w,
-        &ad,
-        &sel,
-        &Options { way, mode },
-        a.force,
-        &mut TermUi,
-        |r| {
-            n += 1;
+    let done = zkey::ops::reencipher(&w, &ad, &sel, &req, a.force, &mut TermUi, |r| {
+        n += 1;
+        if tty {
+            eprint!("\r\x1b[2K[{n}] {}", r.name);
+        }
+        if !a.json {
             if tty {
-                eprint!("\r\x1b[2K[{n}] {}", r.name);
+                eprint!("\r\x1b[2K");
             }
-            if !a.json {
-                if tty {
-                    eprint!("\r\x1b[2K");
-                }
-                print_result(r);
-            }
-        },
-    )?;
+            print_result(r);
+        }
+    })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else {
