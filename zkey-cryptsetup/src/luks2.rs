@@ -155,6 +155,11 @@ pub struct ReencipherToken {
     pub original_keyslot: u32,
     #[serde(rename = "unbound-keyslot")]
     pub unbound_keyslot: u32,
+    /// The master key verification pattern of the staged key (this suite's addition; IBM's
+    /// tool neither writes nor reads it): it lets the header alone tell a stage for the NEW key
+    /// loaded now from a stale one for a NEW key that was cleared or replaced.
+    #[serde(rename = "zkey-mkvp", default, skip_serializing_if = "Option::is_none")]
+    pub mkvp: Option<String>,
 }
 
 impl ReencipherToken {
@@ -184,8 +189,9 @@ impl ReencipherToken {
         Ok(())
     }
 
-    pub fn new(vp: Vp, original_keyslot: u32, unbound_keyslot: u32) -> Self {
+    pub fn new(vp: Vp, original_keyslot: u32, unbound_keyslot: u32, mkvp: ap_sim::Mkvp) -> Self {
         ReencipherToken {
+            mkvp: Some(mkvp.to_string()),
             kind: REENCIPHER_TOKEN_TYPE.into(),
             keyslots: vec![unbound_keyslot.to_string()],
             verification_pattern: vp,

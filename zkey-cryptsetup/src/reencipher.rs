@@ -241,7 +241,7 @@ fn prepare(
             source: Box::new(source),
         })?;
     let unbound = add_or_adopt(hsm, vol, u, &new_key, &vp)?;
-    let token = ReencipherToken::new(vp, u.slot, unbound);
+    let token = ReencipherToken::new(vp, u.slot, unbound, new_key.mkvp());
     let id = vol.add_reencipher_token(&token)?;
     if in_place {
         return complete(hsm, vol, u, Found { id, token }, true, ui);
@@ -358,6 +358,7 @@ fn complete(
                     token.verification_pattern.clone(),
                     token.original_keyslot,
                     new_slot,
+                    again.mkvp(),
                 );
                 vol.replace_reencipher_token(id, &token)?;
                 vol.destroy_keyslot(old_unbound)?;

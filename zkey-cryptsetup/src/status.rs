@@ -72,6 +72,10 @@ pub struct PendingToken {
     pub unbound_keyslot: u32,
     /// The VP the re-enciphered key must have (that of the volume key).
     pub verification_pattern: String,
+    /// The MKVP of the staged key, when the tool that staged it recorded it (this suite does;
+    /// IBM's zkey-cryptsetup does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mkvp: Option<String>,
 }
 
 /// Reads the header of `device` only: no passphrase, no PBKDF, no adapter, no write. A device
@@ -99,6 +103,7 @@ pub fn header_status(device: &Path) -> Result<HeaderStatus, Error> {
         original_keyslot: t.token.original_keyslot,
         unbound_keyslot: t.token.unbound_keyslot,
         verification_pattern: t.token.verification_pattern.to_string(),
+        mkvp: t.token.mkvp.clone(),
     });
     Ok(HeaderStatus::Luks2(Luks2Header {
         device: vol.name(),

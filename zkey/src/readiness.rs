@@ -487,14 +487,16 @@ fn volume_objects(
     // of the key, which may stand elsewhere than the repository's (never staged, moved in
     // place, left under OLD).
     let apqns = &e.properties.apqns;
-    let new_loaded = pending
+    let new = pending
         .iter()
-        .any(|p| p.mktype == t && (apqns.is_empty() || p.apqns.iter().any(|a| apqns.contains(a))));
+        .find(|p| p.mktype == t && (apqns.is_empty() || p.apqns.iter().any(|a| apqns.contains(a))));
+    let new_loaded = new.is_some();
+    let new_mkvp = new.and_then(|p| p.new_mkvp);
     e.properties
         .volumes
         .iter()
         .map(|v| {
-            let (verdict, reason, action) = volume_verdict(r, ad, e, st, v, new_loaded);
+            let (verdict, reason, action) = volume_verdict(r, ad, e, st, v, new_loaded, new_mkvp);
             Object {
                 kind: Kind::Volume,
                 name: v.to_string(),
@@ -515,6 +517,7 @@ fn volume_verdict(
     st: &KeyStatus,
     v: &Volume,
     new_loaded: bool,
+    new_mkvp: Option<Mkvp>,
 ) -> (Verdict, String, Option<String>) {
     let device = crate::crypttab::device_path(v.device());
     let dev = crate::keyname::quote(&device.display().to_string());
@@ -559,16 +562,32 @@ fn volume_verdict(
             );
         }
     }
-    let pending = h.reencipher_pending.is_some();
     if e.has_pass {
         return by_passphrase(r, ad, e, &device, &dev, new_loaded);
     }
+    let staged_mkvp = h
+        .reencipher_pending
+        .as_ref()
+        .map(|p| p.mkvp.as_deref().and_then(|m| m.parse::<Mkvp>().ok()));
+    let pending = staged_mkvp.is_some();
     match (pending, new_loaded) {
-        (true, true) => (
-            Verdict::Staged,
-            "a re-encipher to the NEW master key is staged in the header".into(),
-            None,
-        ),
+        (true, true) => match (staged_mkvp.flatten(), new_mkvp) {
+            (Some(s), Some(n)) if s.matches(&n) => (
+                Verdict::Staged,
+                "a re-encipher to the NEW master key is staged in the header".into(),
+                None,
+            ),
+            (Some(_), _) => (
+                Verdict::AtRisk,
+                "the stage in the header is for another NEW master key than the one loaded now (cleared or replaced): it does not survive the SET".into(),
+                Some(format!("zkey-cryptsetup reencipher {dev} --staged")),
+            ),
+            (None, _) => (
+                Verdict::Unknown,
+                "a stage is pending in the header, but the tool that made it did not record its master key: the header cannot tell whether it is for the NEW key loaded now".into(),
+                Some(format!("zkey-cryptsetup validate {dev}")),
+            ),
+        },
         (true, false) => (
             Verdict::AtRisk,
             "a staged re-encipher waits in the header: complete it after the SET, or the next SET destroys the volume key".into(),
