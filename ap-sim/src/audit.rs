@@ -310,36 +310,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The current time in UTC as RFC 3339 with milliseconds, without a date library. The
-/// milliseconds keep records of the two logs in order when they are merged.
-pub fn utc_now() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let s = format_utc(d.as_secs());
-    format!("{}.{:03}Z", &s[..s.len() - 1], d.subsec_millis())
-}
-
-fn format_utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use infra::time::utc_now;
 
 #[cfg(test)]
 mod tests {
@@ -377,13 +348,6 @@ mod tests {
             t.push('\n');
         }
         std::fs::write(log.path(), t).unwrap();
-    }
-
-    #[test]
-    fn dates_format_as_rfc3339() {
-        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(format_utc(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 
     #[test]

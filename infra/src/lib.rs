@@ -2,11 +2,15 @@
 //! about adapters, keys or volumes.
 //!
 //! - [`durable`]: atomic file replacement, directory fsync, advisory locks, crash points.
+//! - [`glob`]: the one wildcard matcher (fnmatch-style, linear).
 //! - [`table`]: aligned text tables for human output.
 //! - [`exit`]: the exit codes every binary of the suite uses.
+//! - [`time`]: the audit trail's and the key properties' time stamps.
 //! - [`docs`]: man pages and shell completions generated from a binary's clap definitions.
 
 pub mod docs;
 pub mod durable;
 pub mod exit;
+pub mod glob;
 pub mod table;
+pub mod time;

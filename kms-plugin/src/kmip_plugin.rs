@@ -1144,20 +1144,9 @@ const CONFIGURE_OPTIONS: &[(&str, bool, &str)] = &[
     ),
 ];
 
-/// `*` and `?` globbing, as zkey's `--label` patterns.
+/// Whether `s` matches the wildcard `pattern` (the suite's one matcher).
 pub fn glob_match(pattern: &str, s: &str) -> bool {
-    fn go(p: &[char], s: &[char]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let s: Vec<char> = s.chars().collect();
-    go(&p, &s)
+    infra::glob::Glob::new(pattern).matches(s)
 }
 
 impl Plugin for KmipPlugin {

@@ -16,6 +16,8 @@ use std::str::FromStr;
 
 use ap_sim::apqn::Apqn;
 
+use infra::glob::Glob;
+
 use crate::volume::Volume;
 
 /// Characters the reference forbids in key names: they would break paths, quoting, or
@@ -97,108 +99,30 @@ impl AsRef<str> for KeyName {
     }
 }
 
-/// One element of a compiled pattern.
+/// An fnmatch-style wildcard pattern (see the module documentation): the suite's one matcher,
+/// `infra::glob`, with what zkey matches it against.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Token {
-    Literal(char),
-    AnyOne,
-    AnyRun,
-    Class {
-        negated: bool,
-        ranges: Vec<(char, char)>,
-    },
-}
-
-/// An fnmatch-style wildcard pattern (see the module documentation).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pattern {
-    source: String,
-    tokens: Vec<Token>,
-}
+pub struct Pattern(Glob);
 
 impl Pattern {
     /// Compiles `pattern`. Every string is a valid pattern: as in fnmatch, a `[` without a
     /// closing `]` and a trailing `\` stand for themselves.
     pub fn new(pattern: &str) -> Self {
-        let chars: Vec<char> = pattern.chars().collect();
-        let mut tokens = Vec::new();
-        let mut i = 0;
-        while i < chars.len() {
-            match chars[i] {
-                '*' => {
-                    // Consecutive stars are one star; it keeps matching linear.
-                    if tokens.last() != Some(&Token::AnyRun) {
-                        tokens.push(Token::AnyRun);
-                    }
-                    i += 1;
-                }
-                '?' => {
-                    tokens.push(Token::AnyOne);
-                    i += 1;
-                }
-                '\\' if i + 1 < chars.len() => {
-                    tokens.push(Token::Literal(chars[i + 1]));
-                    i += 2;
-                }
-                '[' => match parse_class(&chars, i + 1) {
-                    Some((token, next)) => {
-                        tokens.push(token);
-                        i = next;
-                    }
-                    None => {
-                        tokens.push(Token::Literal('['));
-                        i += 1;
-                    }
-                },
-                c => {
-                    tokens.push(Token::Literal(c));
-                    i += 1;
-                }
-            }
-        }
-        Pattern {
-            source: pattern.to_string(),
-            tokens,
-        }
+        Pattern(Glob::new(pattern))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.source
+        self.0.as_str()
     }
 
     /// Whether the pattern contains no wildcard, i.e. it matches exactly one string.
     pub fn is_literal(&self) -> bool {
-        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+        self.0.is_literal()
     }
 
     /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
-        let text: Vec<char> = text.chars().collect();
-        // Classic greedy matching with one backtrack point: the last `*` seen and the text
-        // position it currently covers up to. O(len(text) * len(pattern)), no recursion.
-        let (mut p, mut t) = (0usize, 0usize);
-        let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
-            match self.tokens.get(p) {
-                Some(Token::AnyRun) => {
-                    star = Some((p, t));
-                    p += 1;
-                }
-                Some(tok) if token_matches(tok, text[t]) => {
-                    p += 1;
-                    t += 1;
-                }
-                _ => match star {
-                    Some((sp, st)) => {
-                        p = sp + 1;
-                        t = st + 1;
-                        star = Some((sp, st + 1));
-                    }
-                    None => return false,
-                },
-            }
-        }
-        self.tokens[p..].iter().all(|tok| *tok == Token::AnyRun)
+        self.0.matches(text)
     }
 
     pub fn matches_name(&self, name: &KeyName) -> bool {
@@ -210,7 +134,7 @@ impl Pattern {
     /// normal form `cc.dddd`.
     pub fn matches_apqn(&self, apqn: &Apqn) -> bool {
         if self.is_literal() {
-            if let Ok(a) = self.source.parse::<Apqn>() {
+            if let Ok(a) = self.as_str().parse::<Apqn>() {
                 return a == *apqn;
             }
         }
@@ -220,7 +144,7 @@ impl Pattern {
     /// Matches a volume as the reference's `-l` filter does: a pattern with a `:` is matched
     /// against `dev:dm-name`, a pattern without one against the device alone.
     pub fn matches_volume(&self, volume: &Volume) -> bool {
-        if self.source.contains(':') {
+        if self.as_str().contains(':') {
             self.matches(&volume.to_string())
         } else {
             self.matches(volume.device())
@@ -237,56 +161,11 @@ impl FromStr for Pattern {
 
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
+        f.write_str(self.as_str())
     }
 }
 
 /// Parses a bracket expression starting after its `[`; `None` if it is not closed.
-fn parse_class(chars: &[char], mut i: usize) -> Option<(Token, usize)> {
-    let negated = matches!(chars.get(i), Some('!') | Some('^'));
-    if negated {
-        i += 1;
-    }
-    let mut ranges = Vec::new();
-    let mut first = true;
-    loop {
-        let mut c = *chars.get(i)?;
-        // A `]` right after `[` or `[!` is a member, not the end (POSIX).
-        if c == ']' && !first {
-            return Some((Token::Class { negated, ranges }, i + 1));
-        }
-        first = false;
-        if c == '\\' {
-            i += 1;
-            c = *chars.get(i)?;
-        }
-        i += 1;
-        let is_range = chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|n| *n != ']');
-        if is_range {
-            let mut hi = chars[i + 1];
-            i += 2;
-            if hi == '\\' {
-                hi = *chars.get(i)?;
-                i += 1;
-            }
-            ranges.push((c, hi));
-        } else {
-            ranges.push((c, c));
-        }
-    }
-}
-
-fn token_matches(token: &Token, c: char) -> bool {
-    match token {
-        Token::Literal(l) => *l == c,
-        Token::AnyOne => true,
-        Token::AnyRun => true,
-        Token::Class { negated, ranges } => {
-            ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated
-        }
-    }
-}
-
 /// `text` as one shell word, so that advice a user copies selects exactly what it names (a key
 /// name may hold characters the shell or `-N`'s wildcards treat specially).
 pub fn quote(text: &str) -> String {

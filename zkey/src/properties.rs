@@ -269,29 +269,9 @@ impl Properties {
 pub struct Timestamp(String);
 
 impl Timestamp {
-    /// The current local time. Falls back to UTC if the C library cannot convert.
+    /// The current local time.
     pub fn now() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as libc::time_t)
-            .unwrap_or(0);
-        // SAFETY: localtime_r writes only into `tm`, which lives on our stack; a null return
-        // (time not representable) is handled.
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-        if !ok {
-            // SAFETY: as above.
-            unsafe { libc::gmtime_r(&t, &mut tm) };
-        }
-        Timestamp(format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            tm.tm_year as i64 + 1900,
-            tm.tm_mon + 1,
-            tm.tm_mday,
-            tm.tm_hour,
-            tm.tm_min,
-            tm.tm_sec
-        ))
+        Timestamp(infra::time::local_now())
     }
 
     pub fn as_str(&self) -> &str {
