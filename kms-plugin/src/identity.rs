@@ -118,12 +118,25 @@ impl IdentityKey {
         Ok(cert.pem())
     }
 
-    /// Whether the DER certificate `cert` certifies this key: its SubjectPublicKeyInfo holds
-    /// our public point (a P-256 SPKI ends with the 65-byte point in a BIT STRING).
+    /// Whether the DER certificate `cert` certifies this key: it parses as X.509 and its
+    /// subject's public key is an EC key (id-ecPublicKey on P-256) whose point is ours. (The
+    /// bytes of our point elsewhere in a certificate, e.g. in an extension, do not count.)
     pub fn matches_certificate(&self, cert: &[u8]) -> bool {
-        let mut spki_tail = vec![0x03, 0x42, 0x00];
-        spki_tail.extend_from_slice(&self.public);
-        cert.windows(spki_tail.len()).any(|w| w == spki_tail)
+        use x509_cert::der::{oid::ObjectIdentifier, Decode};
+        const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+        const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+        let Ok(c) = x509_cert::Certificate::from_der(cert) else {
+            return false;
+        };
+        let spki = &c.tbs_certificate.subject_public_key_info;
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+        spki.algorithm.oid == EC_PUBLIC_KEY
+            && curve == Some(P256)
+            && spki.subject_public_key.raw_bytes() == self.public.as_slice()
     }
 
     /// The rustls client credential: `cert_chain` with a signer that signs through the HSM.
@@ -208,5 +221,25 @@ mod tests {
             .map(|c: CertificateDer<'static>| c.to_vec())
             .unwrap();
         assert!(id.matches_certificate(&der));
+        // Another identity key's certificate does not match, nor do bytes that are no X.509.
+        let other = IdentityKey::new(
+            hsm_again(&d).generate_ecc(None).unwrap(),
+            hsm_again(&d),
+            None,
+        );
+        assert!(!other.matches_certificate(&der));
+        let mut point_only = vec![0x03, 0x42, 0x00];
+        point_only.extend_from_slice(&token.public_key().to_sec1_bytes());
+        assert!(
+            !id.matches_certificate(&point_only),
+            "the point alone is no certificate"
+        );
+        let mut truncated = der.clone();
+        truncated.truncate(der.len() - 10);
+        assert!(!id.matches_certificate(&truncated));
+    }
+
+    fn hsm_again(d: &tempfile::TempDir) -> Hsm {
+        Hsm::new(Simulator::open(d.path()).unwrap())
     }
 }
