@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::apqn::Apqn;
 use crate::mkvp::Mkvp;
 use crate::registers::MkType;
-use crate::sim::{AuditHead, SimError, Simulator};
+use std::sync::Arc;
 
 /// The MAC a first record chains to.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -77,8 +77,29 @@ impl Record {
 pub enum AuditError {
     #[error("audit log {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// The authenticator (the adapter) failed.
     #[error(transparent)]
-    Sim(#[from] SimError),
+    Adapter(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The last record an authenticator confirmed for one audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub mac: String,
+}
+
+/// What the audit trail needs from the adapter that keeps it honest: MACs under a key that
+/// never leaves it, and each log's head kept where whoever edits the log file cannot reach.
+/// The simulator implements it; the trail does not depend on the simulator (rustls's
+/// `CryptoProvider` model).
+pub trait Authenticator: Send + Sync {
+    /// HMAC-SHA256 of each of `data` for the log `log`.
+    fn macs(&self, log: &str, data: &[&[u8]]) -> Result<Vec<[u8; 32]>, AuditError>;
+    /// The last confirmed record of `log`.
+    fn head(&self, log: &str) -> Result<Option<AuditHead>, AuditError>;
+    /// Confirms a new last record; a head never moves backwards.
+    fn set_head(&self, log: &str, head: AuditHead) -> Result<(), AuditError>;
 }
 
 /// Where verification found the log broken.
@@ -102,11 +123,20 @@ pub struct Verification {
 }
 
 /// One audit log file and the adapter that authenticates it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuditLog {
     path: PathBuf,
     id: String,
-    sim: Simulator,
+    auth: Arc<dyn Authenticator>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
@@ -118,11 +148,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
 
 impl AuditLog {
     /// `id` names the log in the adapter (e.g. `tke`, or `zkey:<repository>`).
-    pub fn new(path: impl Into<PathBuf>, id: impl Into<String>, sim: Simulator) -> Self {
+    pub fn new(
+        path: impl Into<PathBuf>,
+        id: impl Into<String>,
+        auth: impl Authenticator + 'static,
+    ) -> Self {
         AuditLog {
             path: path.into(),
             id: id.into(),
-            sim,
+            auth: Arc::new(auth),
         }
     }
 
@@ -155,12 +189,12 @@ impl AuditLog {
             prev: last.map_or_else(|| GENESIS.to_string(), |r| r.mac),
             mac: String::new(),
         };
-        rec.mac = hex::encode(self.sim.audit_mac(&self.id, &rec.signed_bytes())?);
+        rec.mac = hex::encode(self.auth.macs(&self.id, &[&rec.signed_bytes()])?[0]);
         let mut line = serde_json::to_vec(&rec).expect("a record serialises");
         line.push(b'\n');
         f.write_all(&line).map_err(io_err(p))?;
         f.sync_all().map_err(io_err(p))?;
-        self.sim.audit_set_head(
+        self.auth.set_head(
             &self.id,
             AuditHead {
                 seq: rec.seq,
@@ -200,7 +234,7 @@ impl AuditLog {
             .map(|r| r.as_ref().map(Record::signed_bytes).unwrap_or_default())
             .collect();
         let refs: Vec<&[u8]> = signed.iter().map(Vec::as_slice).collect();
-        let macs = self.sim.audit_macs(&self.id, &refs)?;
+        let macs = self.auth.macs(&self.id, &refs)?;
         let mut out = Verification {
             log: self.id.clone(),
             path: self.path.clone(),
@@ -229,7 +263,7 @@ impl AuditLog {
             }
         }
         let last = parsed.last().and_then(|r| r.as_ref().ok());
-        let head = self.sim.audit_head(&self.id)?;
+        let head = self.auth.head(&self.id)?;
         let broken = |why: String| Break {
             line: lines.len() + 1,
             why,
@@ -315,7 +349,7 @@ pub use infra::time::utc_now;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::Layout;
+    use crate::sim::{Layout, Simulator};
 
     fn setup() -> (tempfile::TempDir, AuditLog) {
         let t = tempfile::tempdir().unwrap();
@@ -448,7 +482,7 @@ mod tests {
             mac: String::new(),
             ..last
         };
-        r.mac = hex::encode(log.sim.audit_mac("test", &r.signed_bytes()).unwrap());
+        r.mac = hex::encode(log.auth.macs("test", &[&r.signed_bytes()]).unwrap()[0]);
         let mut l = lines(&log);
         l.push(serde_json::to_string(&r).unwrap());
         write(&log, &l);

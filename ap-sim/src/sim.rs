@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::{Bus, Card, CardType, Mode, Queue, QueueKeys, Status};
 use crate::apqn::Apqn;
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AuditError, AuditHead, AuditLog, Authenticator, Event};
 use crate::durable::{self, Lock, LockKind};
 use crate::mkvp::{MasterKey, Mkvp};
 use crate::registers::{
@@ -103,13 +103,6 @@ struct AuditState {
     key: Option<MasterKey>,
     #[serde(default)]
     heads: std::collections::BTreeMap<String, AuditHead>,
-}
-
-/// The last record the adapter confirmed for one audit log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditHead {
-    pub seq: u64,
-    pub mac: String,
 }
 
 /// The adapters `ap-sim init` creates.
@@ -949,5 +942,26 @@ pub fn register_views(bus: &Bus, apqn: Apqn, mktype: MkType) -> Result<TypeRegis
             mode: card_type.mode().lszcrypt_name(),
             mktype,
         }),
+    }
+}
+/// The adapter keeps the audit trail honest: the MAC key and the logs' heads are in its
+/// private state.
+impl Authenticator for Simulator {
+    fn macs(&self, log: &str, data: &[&[u8]]) -> Result<Vec<[u8; 32]>, AuditError> {
+        self.audit_macs(log, data).map_err(AuditError::from)
+    }
+
+    fn head(&self, log: &str) -> Result<Option<AuditHead>, AuditError> {
+        self.audit_head(log).map_err(AuditError::from)
+    }
+
+    fn set_head(&self, log: &str, head: AuditHead) -> Result<(), AuditError> {
+        self.audit_set_head(log, head).map_err(AuditError::from)
+    }
+}
+
+impl From<SimError> for AuditError {
+    fn from(e: SimError) -> Self {
+        AuditError::Adapter(Box::new(e))
     }
 }

@@ -53,7 +53,7 @@ use zeroize::Zeroizing;
 
 use crate::luks2::{Found, ReencipherToken, SlotState, Volume, Vp, VpToken};
 use crate::passphrase::Supplier;
-use crate::volume::{is_unbound, parse_key, unlock, verify, vp_of, Unlocked};
+use crate::volume::{offer_destroy, parse_key, unlock, verify, vp_of, Unlocked};
 use crate::{Error, Ui};
 
 // How a re-encipher is asked for is the suite's one type: `mode: None` completes when a stage
@@ -418,42 +418,6 @@ fn check_token_vp(
         });
     }
     Ok(())
-}
-
-/// After the key of `new_slot` became the volume key: asks whether to destroy `old_slot` (now
-/// unbound, holding the previous secure key) and does it, but only once the passphrase has
-/// opened `new_slot` as a bound keyslot, so that the volume keeps opening with it.
-pub(crate) fn offer_destroy(
-    vol: &mut Volume,
-    old_slot: u32,
-    new_slot: u32,
-    passphrase: &[u8],
-    ui: &mut dyn Ui,
-) -> Result<Option<u32>, Error> {
-    if old_slot == new_slot || !is_unbound(vol, old_slot) {
-        return Ok(None);
-    }
-    let name = vol.name();
-    let (opened, _) = vol.volume_key(passphrase)?;
-    if vol.slot_state(opened) != Some(SlotState::Bound) {
-        return Ok(None);
-    }
-    // Keeping the slot is the safe answer, so without a terminal to ask on it is kept.
-    let destroy = match ui.confirm_destroy(&format!(
-        "Keyslot {old_slot} of device '{name}' holds the previous secure volume key and no longer opens the volume. Destroy it?"
-    )) {
-        Ok(yes) => yes,
-        Err(Error::Declined(_)) => false,
-        Err(e) => return Err(e),
-    };
-    if !destroy {
-        ui.info(&format!(
-            "Keyslot {old_slot} of device '{name}' is kept as an unbound keyslot; remove it later with 'cryptsetup luksKillSlot {name} {old_slot}'."
-        ));
-        return Ok(None);
-    }
-    vol.destroy_keyslot(old_slot)?;
-    Ok(Some(old_slot))
 }
 
 /// The environment variable that says where sysfs is (as in s390-tools and zkey).

@@ -391,7 +391,7 @@ pub fn setkey(
     let slot = vol.add_unbound(new_key, u.passphrase.as_bytes())?;
     vol.activate_unbound(slot, u.passphrase.as_bytes())?;
     vol.set_vp_token(&VpToken::new(vp))?;
-    crate::reencipher::offer_destroy(&mut vol, u.slot, slot, u.passphrase.as_bytes(), ui)?;
+    offer_destroy(&mut vol, u.slot, slot, u.passphrase.as_bytes(), ui)?;
     Ok(slot)
 }
 
@@ -444,4 +444,40 @@ pub fn open(
 pub fn close(name: &str) -> Result<(), Error> {
     crate::fuse::close(name, &crate::fuse::run_dir())
         .map_err(|e| Error::Invalid(format!("closing '{name}' failed: {e}")))
+}
+
+/// After the key of `new_slot` became the volume key: asks whether to destroy `old_slot` (now
+/// unbound, holding the previous secure key) and does it, but only once the passphrase has
+/// opened `new_slot` as a bound keyslot, so that the volume keeps opening with it.
+pub(crate) fn offer_destroy(
+    vol: &mut Volume,
+    old_slot: u32,
+    new_slot: u32,
+    passphrase: &[u8],
+    ui: &mut dyn Ui,
+) -> Result<Option<u32>, Error> {
+    if old_slot == new_slot || !is_unbound(vol, old_slot) {
+        return Ok(None);
+    }
+    let name = vol.name();
+    let (opened, _) = vol.volume_key(passphrase)?;
+    if vol.slot_state(opened) != Some(SlotState::Bound) {
+        return Ok(None);
+    }
+    // Keeping the slot is the safe answer, so without a terminal to ask on it is kept.
+    let destroy = match ui.confirm_destroy(&format!(
+        "Keyslot {old_slot} of device '{name}' holds the previous secure volume key and no longer opens the volume. Destroy it?"
+    )) {
+        Ok(yes) => yes,
+        Err(Error::Declined(_)) => false,
+        Err(e) => return Err(e),
+    };
+    if !destroy {
+        ui.info(&format!(
+            "Keyslot {old_slot} of device '{name}' is kept as an unbound keyslot; remove it later with 'cryptsetup luksKillSlot {name} {old_slot}'."
+        ));
+        return Ok(None);
+    }
+    vol.destroy_keyslot(old_slot)?;
+    Ok(Some(old_slot))
 }
