@@ -111,8 +111,17 @@ fn run_phase(phase: &str, ad: &Adapters, repo: &Repository, n: usize) -> (Result
                 let w = repo.write(LOCK_WAIT)?;
                 for i in 0..n {
                     let name = KeyName::new(&format!("k{i:06}"))?;
-                    let key = keyops::make_key(ad, &spec, None)?;
-                    keyops::store_new(&w, ad, &name, &key, &spec, None)?;
+                    // The CLI's operation: audit record and staging into an open change
+                    // included.
+                    zkey::ops::generate(
+                        &w,
+                        ad,
+                        &name,
+                        &spec,
+                        zkey::ops::Source::Random,
+                        true,
+                        None,
+                    )?;
                 }
                 Ok((n, "keys stored".into()))
             }
@@ -146,13 +155,16 @@ fn run_phase(phase: &str, ad: &Adapters, repo: &Repository, n: usize) -> (Result
                     }
                 };
                 let w = repo.write(LOCK_WAIT)?;
-                let report = reencipher::reencipher_repository(
+                let report = zkey::ops::reencipher(
                     &w,
                     ad,
                     &Selection::default(),
                     &opts,
+                    true,
+                    &mut zkey_cryptsetup::Recorder::answering(true),
                     |_| {},
-                )?;
+                )?
+                .report;
                 if report.summary.failed > 0 {
                     let first = report
                         .keys
