@@ -5,8 +5,11 @@
 //! - [`table`]: aligned text tables for human output.
 //! - [`exit`]: the exit codes every binary of the suite uses.
 //! - [`docs`]: man pages and shell completions generated from a binary's clap definitions.
+//! - [`sys`]: the workspace's only `unsafe` code: fork, `_exit`, signal dispositions and the
+//!   FUSE server's terminate handler, mlock/madvise of key material.
 
 pub mod docs;
 pub mod durable;
 pub mod exit;
+pub mod sys;
 pub mod table;

@@ -13,7 +13,7 @@ use crate::prelude::*;
 
 fn main() -> ExitCode {
     durable::arm_crash_points();
-    durable::default_sigpipe();
+    infra::sys::default_sigpipe();
     // As the reference: files zkey creates are private to the repository's group at most.
     unsafe_umask();
     let cli = Cli::parse();
