@@ -164,7 +164,7 @@ enum FaultCmd {
 
 fn main() -> ExitCode {
     ap_sim::durable::arm_crash_points();
-    ap_sim::durable::default_sigpipe();
+    infra::sys::default_sigpipe();
     let cli = Cli::parse();
     if let Some(code) = cli.docs.run::<Cli>() {
         return code;

@@ -136,31 +136,25 @@ pub fn xts(args: &Args) -> Result<Value> {
     }))
 }
 
-/// A heap buffer aligned for O_DIRECT (4096 covers every logical block size in use).
+/// A zeroed heap buffer aligned for O_DIRECT (4096 covers every logical block size in use):
+/// `len` bytes at the first 4096-byte boundary of an allocation one alignment larger.
 struct Aligned {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
 }
 
 impl Aligned {
+    const ALIGN: usize = 4096;
+
     fn new(len: usize) -> Aligned {
-        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("valid layout");
-        // SAFETY: the layout has a non-zero size; the memory is zeroed, so every byte is
-        // initialised before a slice of it is handed out.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        assert!(!ptr.is_null(), "out of memory");
-        Aligned { ptr, layout }
+        let buf = vec![0u8; len + Self::ALIGN];
+        let addr = buf.as_ptr() as usize;
+        let start = addr.next_multiple_of(Self::ALIGN) - addr;
+        Aligned { buf, start, len }
     }
     fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` is a live, initialised allocation of `layout.size()` bytes owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for Aligned {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 

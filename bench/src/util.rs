@@ -77,8 +77,7 @@ pub fn simulator(dir: &Path) -> Result<Simulator> {
 
 /// Whether this process can mount FUSE file systems (root and `/dev/fuse`).
 pub fn fuse_available() -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err("not root".into());
     }
     if !Path::new("/dev/fuse").exists() {

@@ -88,15 +88,6 @@ pub fn arm_crash_points() {
     std::mem::forget(fail::FailScenario::setup());
 }
 
-/// Restores the default SIGPIPE action, so that `zkey list | head` ends quietly like other
-/// Unix tools instead of panicking on a closed stdout.
-pub fn default_sigpipe() {
-    // SAFETY: setting a signal's disposition to the default has no memory effects.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 fn crash_point() {
     fail::fail_point!("durable", |_| std::process::abort());
 }

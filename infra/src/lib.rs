@@ -7,10 +7,13 @@
 //! - [`exit`]: the exit codes every binary of the suite uses.
 //! - [`time`]: the audit trail's and the key properties' time stamps.
 //! - [`docs`]: man pages and shell completions generated from a binary's clap definitions.
+//! - [`sys`]: the workspace's only `unsafe` code: fork, `_exit`, signal dispositions and the
+//!   FUSE server's terminate handler, mlock/madvise of key material.
 
 pub mod docs;
 pub mod durable;
 pub mod exit;
 pub mod glob;
+pub mod sys;
 pub mod table;
 pub mod time;

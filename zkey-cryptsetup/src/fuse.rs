@@ -52,12 +52,15 @@
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
 
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyData, ReplyEmpty,
@@ -348,8 +351,8 @@ impl VolumeFs {
             kind: FileType::RegularFile,
             perm: 0o600,
             nlink: 1,
-            uid: unsafe { libc::geteuid() },
-            gid: unsafe { libc::getegid() },
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
             rdev: 0,
             blksize: vol.sector as u32,
             flags: 0,
@@ -520,21 +523,6 @@ impl VolumeFs {
     }
 }
 
-/// Best effort: keep the engine's key schedules out of swap and core dumps.
-fn protect_memory(engine: &XtsEngine) {
-    let ptr = engine as *const XtsEngine as *mut libc::c_void;
-    let len = std::mem::size_of::<XtsEngine>();
-    // SAFETY: the range is one live object owned by the caller; mlock and madvise do not touch
-    // its contents. madvise needs page alignment, so it is applied to the enclosing pages.
-    unsafe {
-        libc::mlock(ptr, len);
-        let page = libc::sysconf(libc::_SC_PAGESIZE).max(4096) as usize;
-        let start = (ptr as usize) & !(page - 1);
-        let end = (ptr as usize + len).div_ceil(page) * page;
-        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTDUMP);
-    }
-}
-
 /// Serves `mapping` at `mountpoint` in the calling process until the file system is unmounted.
 ///
 /// `mountpoint` must be an existing regular file: the volume is mounted over it as a
@@ -556,7 +544,8 @@ pub fn serve(
         .open(&mapping.device)
         .map_err(io_err(format!("open {}", mapping.device.display())))?;
     let engine = Box::new(XtsEngine::new(&mapping.key)?);
-    protect_memory(&engine);
+    // Best effort: keep the engine's key schedules out of swap and core dumps.
+    let _ = infra::sys::protect_memory(&*engine);
     let Mapping {
         key,
         data_offset,
@@ -645,12 +634,11 @@ fn parse_state(run_dir: &Path, name: &str, text: &str) -> Option<ActiveMapping> 
     })
 }
 
-/// Whether some process holds the state file's lock, i.e. the server runs.
+/// Whether some process holds the state file's lock, i.e. the server runs. (std's file locks
+/// are `flock(2)` locks on Linux, the kind the server holds.)
 fn lock_held(f: &File) -> bool {
-    // SAFETY: flock on a descriptor we own.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    if r == 0 {
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+    if f.try_lock_shared().is_ok() {
+        let _ = f.unlock();
         false
     } else {
         true
@@ -715,16 +703,14 @@ pub fn open(mapping: Mapping, name: &str, run_dir: &Path) -> Result<PathBuf, Fus
         .custom_flags(libc::O_CLOEXEC)
         .open(&state)
         .map_err(io_err(format!("open {}", state.display())))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if lock.try_lock().is_err() {
         return Err(FuseError::AlreadyOpen(name.to_string()));
     }
     if is_mountpoint(&file) {
         // A previous server died without unmounting: the mount is dead; clear it.
         let c = CString::new(file.as_os_str().as_bytes())
             .map_err(|_| FuseError::Name(name.to_string()))?;
-        // SAFETY: plain syscall on a valid C string.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = nix::mount::umount2(c.as_c_str(), nix::mount::MntFlags::MNT_DETACH);
     }
     match fs::symlink_metadata(&file) {
         Ok(m) if m.is_file() => {}
@@ -746,25 +732,20 @@ pub fn open(mapping: Mapping, name: &str, run_dir: &Path) -> Result<PathBuf, Fus
     write_state(&mut lock, name, &mapping).map_err(io_err(format!("write {}", state.display())))?;
 
     let (rd, wr) = pipe()?;
-    // SAFETY: fork; the child only runs `server_child`, which avoids locks other threads of
-    // this process may hold (see the module documentation) and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(FuseError::Io {
-            context: "fork".into(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    if pid == 0 {
-        drop(rd);
-        server_child(mapping, &file, &state, wr);
-    }
+    // The child only runs `server_child`, which keeps `fork`'s contract (it takes no lock other
+    // threads of this process may hold, see the module documentation) and never returns.
+    let pid = match infra::sys::fork().map_err(io_err("fork"))? {
+        infra::sys::Fork::Child => {
+            drop(rd);
+            server_child(mapping, &file, &state, wr);
+        }
+        infra::sys::Fork::Parent(pid) => pid,
+    };
     // Parent: our copy of the key goes now.
     drop(mapping);
     drop(wr);
-    let mut status = 0;
-    // SAFETY: reaping the intermediate child we just forked.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    // Reaping the intermediate child we just forked (it exits at once).
+    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
     // The server takes the lock over once it runs; release ours (it inherited a copy of the
     // descriptor, which it closes, then it locks its own).
     drop(lock);
@@ -798,15 +779,10 @@ pub fn open(mapping: Mapping, name: &str, run_dir: &Path) -> Result<PathBuf, Fus
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), FuseError> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(FuseError::Io {
-            context: "pipe".into(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| FuseError::Io {
+        context: "pipe".into(),
+        source: e.into(),
+    })
 }
 
 /// Reads the server's one-line report ("OK" or "ERR message") until EOF or timeout.
@@ -817,21 +793,11 @@ fn read_report(rd: OwnedFd, timeout: Duration) -> Option<String> {
     let mut buf = [0u8; 512];
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
-        let mut pfd = libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if r < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return None;
-        }
-        if r == 0 {
-            return None;
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        match poll(&mut [PollFd::new(f.as_fd(), PollFlags::POLLIN)], timeout) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) | Ok(0) => return None,
+            Ok(_) => {}
         }
         match f.read(&mut buf) {
             Ok(0) => break,
@@ -851,23 +817,21 @@ fn read_report(rd: OwnedFd, timeout: Duration) -> Option<String> {
 
 /// The forked side of [`open`]: detach, become the server, report, serve, clean up, exit.
 fn server_child(mapping: Mapping, file: &Path, state: &Path, report: OwnedFd) -> ! {
-    // SAFETY: all of these are plain syscalls on values we own; `_exit` skips the parent's
-    // atexit handlers and destructors, which belong to the parent.
-    unsafe {
-        libc::setsid();
-        match libc::fork() {
-            0 => {}
-            -1 => {
-                let mut w = File::from(report);
-                let _ = writeln!(w, "ERR fork: {}", io::Error::last_os_error());
-                libc::_exit(1);
-            }
-            _ => libc::_exit(0),
+    // `exit_immediately` (`_exit`) skips the parent's atexit handlers and destructors, which
+    // belong to the parent. This process has one thread, so its own fork is unrestricted.
+    let _ = nix::unistd::setsid();
+    match infra::sys::fork() {
+        Ok(infra::sys::Fork::Child) => {}
+        Err(e) => {
+            let mut w = File::from(report);
+            let _ = writeln!(w, "ERR fork: {e}");
+            infra::sys::exit_immediately(1);
         }
-        // The report pipe's reader may be gone by the time a late error is written.
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        Ok(infra::sys::Fork::Parent(_)) => infra::sys::exit_immediately(0),
     }
+    // The report pipe's reader may be gone by the time a late error is written.
+    let _ = infra::sys::ignore_signal(Signal::SIGPIPE);
+    let _ = nix::sys::prctl::set_dumpable(false);
     let report_fd = report.as_raw_fd();
     close_inherited_fds(&[report_fd]);
     redirect_stdio();
@@ -882,8 +846,7 @@ fn server_child(mapping: Mapping, file: &Path, state: &Path, report: OwnedFd) ->
     };
     let _ = fs::remove_file(state);
     let _ = fs::remove_file(file);
-    // SAFETY: see above.
-    unsafe { libc::_exit(code) }
+    infra::sys::exit_immediately(code)
 }
 
 fn server_main(
@@ -900,8 +863,7 @@ fn server_main(
         .map_err(io_err(format!("open {}", state.display())))?;
     // The parent holds the lock until it has reaped our intermediate parent; wait for it.
     let deadline = Instant::now() + SERVER_TIMEOUT;
-    // SAFETY: flock on a descriptor we own.
-    while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while lock.try_lock().is_err() {
         if Instant::now() > deadline {
             return Err(FuseError::AlreadyOpen(
                 file.file_name()
@@ -943,9 +905,10 @@ fn close_inherited_fds(keep: &[RawFd]) {
     };
     for fd in fds {
         if fd > 2 && !keep.contains(&fd) {
-            // SAFETY: closing descriptors this process will never use again; the directory
+            // Descriptors this process will never use again: their owners are the parent's
+            // values, which this child never drops (it leaves through `_exit`). The directory
             // handle above is already closed, so an EBADF for it is harmless.
-            unsafe { libc::close(fd) };
+            let _ = nix::unistd::close(fd);
         }
     }
 }
@@ -953,38 +916,19 @@ fn close_inherited_fds(keep: &[RawFd]) {
 fn redirect_stdio() {
     if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
 }
 
-/// The mount point, as a C string, for the signal handler (set once before handlers exist).
-static SIGNAL_MOUNTPOINT: std::sync::OnceLock<CString> = std::sync::OnceLock::new();
-
-extern "C" fn on_terminate(_sig: libc::c_int) {
-    // Async-signal-safe: one syscall on a string prepared before the handler was installed.
-    // A lazy unmount makes the session loop see ENODEV and the server exit normally, zeroizing
-    // the key, instead of dying with the mount left dangling.
-    if let Some(mp) = SIGNAL_MOUNTPOINT.get() {
-        unsafe { libc::umount2(mp.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
+/// SIGTERM and SIGINT unmount the volume file lazily: the session loop then sees ENODEV and
+/// the server exits normally, zeroizing the key, instead of dying with the mount left dangling.
+/// SIGHUP (the terminal of `open`'s caller going away) is ignored.
 fn install_signal_handlers(file: &Path) {
-    let Ok(c) = CString::new(file.as_os_str().as_bytes()) else {
+    if infra::sys::unmount_on_terminate(file).is_err() {
         return;
-    };
-    let _ = SIGNAL_MOUNTPOINT.set(c);
-    // SAFETY: installing a handler that only calls an async-signal-safe syscall.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_terminate as *const () as usize;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
+    let _ = infra::sys::ignore_signal(Signal::SIGHUP);
 }
 
 /// Closes `RUN/NAME`: unmounts the volume file and waits until its server has exited (and so
@@ -1014,8 +958,8 @@ pub fn close(name: &str, run_dir: &Path) -> Result<(), FuseError> {
     }
     if let Some(lock) = lock {
         let deadline = Instant::now() + SERVER_TIMEOUT;
-        // SAFETY: flock on a descriptor we own; the server's exit releases its lock.
-        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // The server's exit releases its lock.
+        while lock.try_lock().is_err() {
             if Instant::now() > deadline {
                 return Err(FuseError::Server {
                     name: name.to_string(),
@@ -1041,11 +985,10 @@ fn unmount(name: &str, file: &Path) -> Result<(), FuseError> {
     // A holder that stays (a loop device, an open file) is still reported as busy.
     let mut tries = 0;
     let err = loop {
-        // SAFETY: plain syscall on a valid C string.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
+        let err = match nix::mount::umount2(c.as_c_str(), nix::mount::MntFlags::empty()) {
+            Ok(()) => return Ok(()),
+            Err(e) => io::Error::from(e),
+        };
         tries += 1;
         if err.raw_os_error() != Some(libc::EBUSY) || tries >= 20 {
             break err;

@@ -19,7 +19,7 @@ fn fuse_usable(test: &str) -> bool {
         eprintln!("SKIP {test}: /dev/fuse is missing (modprobe fuse)");
         return false;
     }
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIP {test}: needs root to mount FUSE without fusermount3");
         return false;
     }
@@ -236,7 +236,11 @@ fn sigterm_unmounts_and_the_server_exits() {
     .unwrap();
     let pid = fuse::list(&e.run).unwrap()[0].pid;
     assert_ne!(pid, std::process::id(), "the server is a separate process");
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !fuse::list(&e.run).unwrap().is_empty() || file.exists() {
         assert!(

@@ -32,7 +32,6 @@
 //! again, or restoring its files from a backup.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -479,37 +478,20 @@ impl Repository {
 
 /// Whether the caller may read, write and search `dir` (access(2), as the reference checks).
 fn accessible(dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK | libc::X_OK) == 0 }
+    use nix::unistd::AccessFlags;
+    // A path with a NUL byte is an error (EINVAL), so not accessible.
+    nix::unistd::access(
+        dir,
+        AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK,
+    )
+    .is_ok()
 }
 
-/// The id of group `name`, if it exists.
+/// The id of group `name`, if it exists (getgrnam_r, its buffer grown on ERANGE up to 1 MiB).
 fn group_id(name: &str) -> Option<u32> {
-    let cname = CString::new(name).ok()?;
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        // SAFETY: `grp`, `buf` and `result` outlive the call; getgrnam_r writes only into them
-        // and reports ERANGE when `buf` is too small, which we answer with a bigger buffer.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getgrnam_r(
-                cname.as_ptr(),
-                &mut grp,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        return (rc == 0 && !result.is_null()).then_some(grp.gr_gid);
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Some(group.gid.as_raw()),
+        _ => None,
     }
 }
 

@@ -13,9 +13,9 @@ use crate::prelude::*;
 
 fn main() -> ExitCode {
     durable::arm_crash_points();
-    durable::default_sigpipe();
+    infra::sys::default_sigpipe();
     // As the reference: files zkey creates are private to the repository's group at most.
-    unsafe_umask();
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
     let cli = Cli::parse();
     if let Some(code) = cli.docs.run::<Cli>() {
         return code;
@@ -37,13 +37,6 @@ fn exit_of(e: &anyhow::Error) -> Exit {
     match e.downcast_ref::<zkey::ZkeyError>() {
         Some(zkey::ZkeyError::NoMatch(_)) => Exit::Usage,
         _ => Exit::Failed,
-    }
-}
-
-fn unsafe_umask() {
-    // SAFETY: umask only changes this process's file creation mask.
-    unsafe {
-        libc::umask(0o007);
     }
 }
 
