@@ -17,4 +17,6 @@
 pub mod identity;
 pub mod kmip;
 pub mod kmip_plugin;
-pub mod plugin;
+/// The protocol is its own crate, for plug-in authors and for zkey; re-exported under its old
+/// path for this crate's modules and tests.
+pub use zkey_kms_protocol as plugin;

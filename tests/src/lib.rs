@@ -71,7 +71,7 @@ pub fn failpoint_bin_dir() -> PathBuf {
         let target = workspace_root().join("target/failpoints");
         cargo_build(&[
             "--features",
-            "zkey/failpoints",
+            "zkey/failpoints,kms-plugin/failpoints",
             "--target-dir",
             target.to_str().expect("utf-8 path"),
         ]);

@@ -6,18 +6,18 @@
 //! KMS's IDs (`kms`, `kms-key-id`, or `kms-xts-key{1,2}-id` for XTS keys), so that a key can be
 //! re-imported ("refreshed") under the CURRENT master key at any time, which is the way back
 //! after master keys moved on without a re-encipher, and `list`/`import` rebuild a lost
-//! repository. zkey talks to the plug-in only through `kms_plugin::plugin::PluginClient`: a
+//! repository. zkey talks to the plug-in only through `zkey_kms_protocol::PluginClient`: a
 //! plug-in crash or hang is an error, and zkey writes nothing before the plug-in's answer is
 //! complete and checked.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kms_plugin::plugin::{
+use serde::Serialize;
+use zkey_kms_protocol::{
     ClientError, ConfigureResult, KmsKey, MkDirection, PluginClient, PluginInfo, PluginKeyStatus,
     ReencipherMode, ReencipherReport, XtsPart,
 };
-use serde::Serialize;
 
 use ap_sim::adapter::Mode;
 use ap_sim::apqn::{self, Apqn};
@@ -127,7 +127,7 @@ pub struct KmsConf {
 /// The KMS property with the binding's [`KmsConf::id`].
 pub const REPOSITORY_PROPERTY: &str = "zkey-repository";
 
-fn plugin_err(e: kms_plugin::plugin::ClientError) -> ZkeyError {
+fn plugin_err(e: zkey_kms_protocol::ClientError) -> ZkeyError {
     ZkeyError::Invalid(format!("KMS plug-in: {e}"))
 }
 
@@ -1066,7 +1066,7 @@ pub fn reencipher(
                     (k.mktype, apqns)
                 })
                 .collect(),
-            Err(e) if e.code() == Some(kms_plugin::plugin::ErrorCode::InvalidRequest) => {
+            Err(e) if e.code() == Some(zkey_kms_protocol::ErrorCode::InvalidRequest) => {
                 [ap_sim::MkType::Apka, ap_sim::MkType::Aes]
                     .into_iter()
                     .map(|t| (t, conf.cca_apqns.clone()))
@@ -1111,7 +1111,7 @@ fn require_new_if_loaded(
 
 /// The plug-ins named in kms-plugins.conf.
 pub fn plugins() -> Result<(PathBuf, Vec<(String, PathBuf)>), ZkeyError> {
-    let path = kms_plugin::plugin::plugins_conf_path();
+    let path = zkey_kms_protocol::plugins_conf_path();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -1123,5 +1123,5 @@ pub fn plugins() -> Result<(PathBuf, Vec<(String, PathBuf)>), ZkeyError> {
             })
         }
     };
-    Ok((path.clone(), kms_plugin::plugin::parse_plugins_conf(&text)))
+    Ok((path.clone(), zkey_kms_protocol::parse_plugins_conf(&text)))
 }

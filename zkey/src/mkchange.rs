@@ -1181,7 +1181,7 @@ fn plugin_mktype(key: &str) -> MkType {
 /// Stages (before the SET) or completes (after it) one plug-in key through the plug-in. A
 /// complete re-run after a crash finds nothing staged: the key is then checked to be CURRENT.
 fn plugin_step(w: &Writer<'_>, ad: &Adapters, item: &mut PluginItem, complete: bool) {
-    use kms_plugin::plugin::{MkDirection, ReencipherMode};
+    use zkey_kms_protocol::{MkDirection, ReencipherMode};
     let t = Some(item.mktype);
     // Staging must stage: a key the plug-in skipped (no NEW master key of its type loaded)
     // is not staged for this change.

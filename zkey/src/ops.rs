@@ -517,7 +517,7 @@ pub fn kms_configure(
     ad: &Adapters,
     apqns: Option<Vec<Apqn>>,
     options: std::collections::BTreeMap<String, String>,
-) -> Result<(kms_plugin::plugin::ConfigureResult, crate::kms::Notices), ZkeyError> {
+) -> Result<(zkey_kms_protocol::ConfigureResult, crate::kms::Notices), ZkeyError> {
     let done = crate::kms::configure(w, ad, apqns, options)?;
     record(w, ad, event("kms-configure", &[], &[]))?;
     Ok(done)
@@ -527,9 +527,9 @@ pub fn kms_configure(
 pub fn kms_reencipher(
     w: &Writer<'_>,
     ad: &Adapters,
-    mode: kms_plugin::plugin::ReencipherMode,
-    direction: kms_plugin::plugin::MkDirection,
-) -> Result<(kms_plugin::plugin::ReencipherReport, crate::kms::Notices), ZkeyError> {
+    mode: zkey_kms_protocol::ReencipherMode,
+    direction: zkey_kms_protocol::MkDirection,
+) -> Result<(zkey_kms_protocol::ReencipherReport, crate::kms::Notices), ZkeyError> {
     let (rep, notices) = crate::kms::reencipher(w, ad, mode, direction, None)?;
     let changed: Vec<String> = rep
         .keys

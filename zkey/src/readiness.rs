@@ -278,7 +278,7 @@ pub enum PluginKeys {
     Unbound,
     Known {
         plugin: String,
-        keys: Vec<kms_plugin::plugin::PluginKeyStatus>,
+        keys: Vec<zkey_kms_protocol::PluginKeyStatus>,
     },
     /// The plug-in could not be asked: its keys are `unknown`.
     Unreadable { plugin: String, error: String },
@@ -723,7 +723,7 @@ fn complete(r: Reading) -> Option<Mkvp> {
 fn plugin_object(
     ad: &Adapters,
     plugin: &str,
-    p: &kms_plugin::plugin::PluginKeyStatus,
+    p: &zkey_kms_protocol::PluginKeyStatus,
 ) -> Result<Object, ZkeyError> {
     let (mut cur, mut old, mut new) = (Vec::new(), Vec::new(), Vec::new());
     for &a in &p.apqns {

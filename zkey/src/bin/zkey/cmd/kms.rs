@@ -3,7 +3,7 @@
 use crate::prelude::*;
 
 pub(crate) fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
-    use kms_plugin::plugin::ConfigureStatus;
+    use zkey_kms_protocol::ConfigureStatus;
     if let KmsCmd::Plugins { json } = cmd {
         let (path, list) = zkey::kms::plugins()?;
         if json {
@@ -149,7 +149,7 @@ pub(crate) fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             }
         }
         KmsCmd::Reencipher { way } => {
-            let (mode, direction) = kms_plugin::plugin::wire_request(way.request()?)?;
+            let (mode, direction) = zkey_kms_protocol::wire_request(way.request()?)?;
             let (rep, notices) = zkey::ops::kms_reencipher(&w, &ad, mode, direction)?;
             show_notices(&notices, false);
             for k in &rep.keys {
