@@ -62,10 +62,9 @@ use zeroize::Zeroizing;
 use crate::identity::IdentityKey;
 use crate::kmip::{self, ttlv::Value, Client, Endpoint, KmipError, State, TlsSettings};
 use crate::plugin::{
-    to_value, ConfigureResult, ConfigureStatus, ErrorCode, GeneratedKey, Hello, ImportedKey,
-    KeyStatusReport, KmsKey, MkDirection, OptionSpec, Plugin, PluginInfo, PluginKeyStatus,
-    ReencipherMode, ReencipherReport, ReencipheredKey, Request, WireError, XtsPart,
-    PROTOCOL_VERSION,
+    ConfigureResult, ConfigureStatus, ErrorCode, GeneratedKey, Hello, ImportedKey, KeyStatusReport,
+    KmsKey, MkDirection, Notices, OptionSpec, PluginInfo, PluginKeyStatus, PluginV1,
+    ReencipherMode, ReencipherReport, ReencipheredKey, WireError, XtsPart, PROTOCOL_VERSION,
 };
 
 pub const NAME: &str = "KMIP";
@@ -492,7 +491,7 @@ impl KmipPlugin {
 
     // ----- operations -----
 
-    fn configure(
+    fn apply_configuration(
         &mut self,
         cca: Option<Vec<String>>,
         ep11: Option<Vec<String>>,
@@ -779,7 +778,7 @@ impl KmipPlugin {
     /// identity key. A key that is affected but cannot be re-enciphered makes the answer an
     /// error naming it; the other keys are still done, and the notices say what happened to
     /// them, so that a re-run after the cause is fixed has only the failed key left to do.
-    fn reencipher(
+    fn reencipher_keys(
         &mut self,
         mode: ReencipherMode,
         direction: MkDirection,
@@ -973,7 +972,7 @@ impl KmipPlugin {
     }
 
     /// `key_status`: the facts of the plug-in's own keys, from their tokens only.
-    fn key_status(&self) -> Result<KeyStatusReport, WireError> {
+    fn keys_status(&self) -> Result<KeyStatusReport, WireError> {
         let p = self.path(LOCK)?;
         // Shared: a re-encipher in progress finishes its files first.
         let _lock = Lock::acquire(&p, LockKind::Shared).map_err(|e| io_err(&p, e))?;
@@ -1149,7 +1148,7 @@ pub fn glob_match(pattern: &str, s: &str) -> bool {
     infra::glob::Glob::new(pattern).matches(s)
 }
 
-impl Plugin for KmipPlugin {
+impl PluginV1 for KmipPlugin {
     fn hello(&mut self, config_dir: Option<&Path>) -> Result<Hello, WireError> {
         self.dir = config_dir.map(Path::to_path_buf);
         Ok(Hello {
@@ -1161,185 +1160,242 @@ impl Plugin for KmipPlugin {
         })
     }
 
-    fn handle(
-        &mut self,
-        request: Request,
-        notices: &mut Vec<String>,
-    ) -> Result<serde_json::Value, WireError> {
-        match request {
-            Request::Hello { .. } => {
-                Err(err(ErrorCode::InvalidRequest, "the handshake happens once"))
-            }
-            Request::Bind { config_dir } => {
-                fs::create_dir_all(&config_dir).map_err(|e| io_err(&config_dir, e))?;
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    fs::set_permissions(&config_dir, fs::Permissions::from_mode(0o770))
-                        .map_err(|e| io_err(&config_dir, e))?;
-                }
-                self.dir = Some(config_dir);
-                let _lock = self.lock()?;
-                if self.read_opt(CONF)?.is_none() {
-                    self.save_conf(&KmipConf::default())?;
-                }
-                Ok(serde_json::Value::Null)
-            }
-            Request::Info => {
-                let conf = self.load_conf()?;
-                let missing = self.missing(&conf)?;
-                let mut d = vec![
-                    (
-                        "Servers".to_string(),
-                        if conf.servers.is_empty() {
-                            "(none)".into()
-                        } else {
-                            conf.servers.join(", ")
-                        },
-                    ),
-                    ("CCA APQNs".into(), conf.cca_apqns.join(", ")),
-                    ("EP11 APQNs".into(), conf.ep11_apqns.join(", ")),
-                    (
-                        "Wrapping key ID".into(),
-                        conf.wrapping_key_id
-                            .clone()
-                            .unwrap_or_else(|| "(none)".into()),
-                    ),
-                ];
-                if let Some(t) = self.identity_token()? {
-                    d.push((
-                        "Identity key".into(),
-                        format!("ECC P-256, APKA MKVP {}", t.mkvp()),
-                    ));
-                }
-                for (n, _) in [("identity-key.reenc", ()), ("wrapping-key.reenc", ())] {
-                    if self.read_opt(n)?.is_some() {
-                        d.push((
-                            "Staged re-encipher".into(),
-                            format!(
-                                "{n} pending: run 'zkey kms reencipher --complete' after the SET"
-                            ),
-                        ));
-                    }
-                }
-                to_value(&PluginInfo {
-                    name: NAME.into(),
-                    configured: missing.is_empty(),
-                    details: d,
-                })
-            }
-            Request::CommandOptions { command } => {
-                let opts: Vec<OptionSpec> = match command.as_str() {
-                    "configure" => CONFIGURE_OPTIONS
-                        .iter()
-                        .map(|(n, v, h)| OptionSpec {
-                            name: (*n).into(),
-                            takes_value: *v,
-                            help: (*h).into(),
-                        })
-                        .collect(),
-                    "remove" => vec![OptionSpec {
-                        name: "destroy".into(),
-                        takes_value: false,
-                        help: "also destroy the key in the KMS after revoking it".into(),
-                    }],
-                    _ => vec![],
-                };
-                to_value(&opts)
-            }
-            Request::Configure {
-                cca_apqns,
-                ep11_apqns,
-                options,
-            } => to_value(&self.configure(cca_apqns, ep11_apqns, options, notices)?),
-            Request::Deconfigure => {
-                let _lock = self.lock()?;
-                if let Ok(conf) = self.load_conf() {
-                    if let Some(id) = conf.wrapping_key_id {
-                        match self.client(notices).and_then(|c| c.revoke(&id, "zkey plug-in deconfigured").map_err(Into::into)) {
-                            Ok(()) => {}
-                            Err(e) => notices.push(format!("could not revoke the wrapping key {id} in the KMS ({}): revoke it there", e.message)),
-                        }
-                    }
-                }
-                self.client = None;
-                for f in [
-                    "identity-key.skey",
-                    "identity-key.reenc",
-                    "wrapping-key.skey",
-                    "wrapping-key.reenc",
-                    CLIENT_CERT,
-                    SERVER_CA,
-                    CONF,
-                ] {
-                    let p = self.path(f)?;
-                    durable::remove_durable(&p).map_err(|e| io_err(&p, e))?;
-                }
-                Ok(serde_json::Value::Null)
-            }
-            Request::Login => {
-                notices.push("the KMIP plug-in authenticates with its TLS client certificate: no login needed".into());
-                Ok(serde_json::Value::Null)
-            }
-            Request::SupportsKeyType { key_type } => {
-                let conf = self.load_conf()?;
-                let kt = Self::key_type(&key_type)?;
-                Ok(serde_json::Value::Bool(match kt.mode() {
-                    ap_sim::adapter::Mode::Ep11 => !conf.ep11_apqns.is_empty(),
-                    _ => true,
-                }))
-            }
-            Request::GenerateKey {
-                key_type,
-                bits,
-                xts,
-                label,
-                properties,
-            } => to_value(&self.generate(&key_type, bits, xts, label, properties, notices)?),
-            Request::SetKeyProperties { key_id, properties } => {
-                self.set_properties(&key_id, properties, notices)?;
-                Ok(serde_json::Value::Null)
-            }
-            Request::GetKeyProperties { key_id } => {
-                let a = self.read_only(notices, |c| {
-                    c.get_attributes(&key_id, &["Application Specific Information"])
-                })?;
-                to_value(&Self::properties_of(&a).unwrap_or_default())
-            }
-            Request::RemoveKey { key_id, options } => {
-                // Test fault: a KMS that cannot revoke, to test what zkey reports then.
-                fail::fail_point!("kms-remove", |_| Err(err(
-                    ErrorCode::ServerError,
-                    "the KMS refused to revoke the key (fail point kms-remove)"
-                )));
-                let c = self.client(notices)?;
-                c.revoke(&key_id, "removed with zkey")?;
-                if options.contains_key("destroy") {
-                    c.destroy(&key_id)?;
-                }
-                Ok(serde_json::Value::Null)
-            }
-            Request::ListKeys {
-                label, properties, ..
-            } => to_value(&self.list(label, properties, notices)?),
-            Request::ImportKey { key_id, key_type } => {
-                let kt = Self::key_type(&key_type)?;
-                let sk = self.fetch_secure_key(&key_id, kt, notices)?;
-                to_value(&ImportedKey {
-                    secure_key: hex::encode(sk.to_bytes()),
-                })
-            }
-            Request::Reencipher {
-                mode,
-                direction,
-                options,
-            } => to_value(&self.reencipher(
-                mode,
-                direction,
-                options.get("mktype").map(String::as_str),
-                notices,
-            )?),
-            Request::KeyStatus => to_value(&self.key_status()?),
+    fn bind(&mut self, config_dir: &Path, _notices: &mut Notices) -> Result<(), WireError> {
+        fs::create_dir_all(config_dir).map_err(|e| io_err(config_dir, e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(config_dir, fs::Permissions::from_mode(0o770))
+                .map_err(|e| io_err(config_dir, e))?;
         }
+        self.dir = Some(config_dir.to_path_buf());
+        let _lock = self.lock()?;
+        if self.read_opt(CONF)?.is_none() {
+            self.save_conf(&KmipConf::default())?;
+        }
+        Ok(())
+    }
+
+    fn info(&mut self, _notices: &mut Notices) -> Result<PluginInfo, WireError> {
+        let conf = self.load_conf()?;
+        let missing = self.missing(&conf)?;
+        let mut d = vec![
+            (
+                "Servers".to_string(),
+                if conf.servers.is_empty() {
+                    "(none)".into()
+                } else {
+                    conf.servers.join(", ")
+                },
+            ),
+            ("CCA APQNs".into(), conf.cca_apqns.join(", ")),
+            ("EP11 APQNs".into(), conf.ep11_apqns.join(", ")),
+            (
+                "Wrapping key ID".into(),
+                conf.wrapping_key_id
+                    .clone()
+                    .unwrap_or_else(|| "(none)".into()),
+            ),
+        ];
+        if let Some(t) = self.identity_token()? {
+            d.push((
+                "Identity key".into(),
+                format!("ECC P-256, APKA MKVP {}", t.mkvp()),
+            ));
+        }
+        for (n, _) in [("identity-key.reenc", ()), ("wrapping-key.reenc", ())] {
+            if self.read_opt(n)?.is_some() {
+                d.push((
+                    "Staged re-encipher".into(),
+                    format!("{n} pending: run 'zkey kms reencipher --complete' after the SET"),
+                ));
+            }
+        }
+        Ok(PluginInfo {
+            name: NAME.into(),
+            configured: missing.is_empty(),
+            details: d,
+        })
+    }
+
+    fn command_options(
+        &mut self,
+        command: &str,
+        _notices: &mut Notices,
+    ) -> Result<Vec<OptionSpec>, WireError> {
+        let opts: Vec<OptionSpec> = match command {
+            "configure" => CONFIGURE_OPTIONS
+                .iter()
+                .map(|(n, v, h)| OptionSpec {
+                    name: (*n).into(),
+                    takes_value: *v,
+                    help: (*h).into(),
+                })
+                .collect(),
+            "remove" => vec![OptionSpec {
+                name: "destroy".into(),
+                takes_value: false,
+                help: "also destroy the key in the KMS after revoking it".into(),
+            }],
+            _ => vec![],
+        };
+        Ok(opts)
+    }
+
+    fn configure(
+        &mut self,
+        cca_apqns: Option<Vec<String>>,
+        ep11_apqns: Option<Vec<String>>,
+        options: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<ConfigureResult, WireError> {
+        self.apply_configuration(cca_apqns, ep11_apqns, options, notices)
+    }
+
+    fn deconfigure(&mut self, notices: &mut Notices) -> Result<(), WireError> {
+        let _lock = self.lock()?;
+        if let Ok(conf) = self.load_conf() {
+            if let Some(id) = conf.wrapping_key_id {
+                match self.client(notices).and_then(|c| {
+                    c.revoke(&id, "zkey plug-in deconfigured")
+                        .map_err(Into::into)
+                }) {
+                    Ok(()) => {}
+                    Err(e) => notices.push(format!(
+                        "could not revoke the wrapping key {id} in the KMS ({}): revoke it there",
+                        e.message
+                    )),
+                }
+            }
+        }
+        self.client = None;
+        for f in [
+            "identity-key.skey",
+            "identity-key.reenc",
+            "wrapping-key.skey",
+            "wrapping-key.reenc",
+            CLIENT_CERT,
+            SERVER_CA,
+            CONF,
+        ] {
+            let p = self.path(f)?;
+            durable::remove_durable(&p).map_err(|e| io_err(&p, e))?;
+        }
+        Ok(())
+    }
+
+    fn login(&mut self, notices: &mut Notices) -> Result<(), WireError> {
+        notices.push(
+            "the KMIP plug-in authenticates with its TLS client certificate: no login needed"
+                .into(),
+        );
+        Ok(())
+    }
+
+    fn supports_key_type(
+        &mut self,
+        key_type: &str,
+        _notices: &mut Notices,
+    ) -> Result<bool, WireError> {
+        let conf = self.load_conf()?;
+        let kt = Self::key_type(key_type)?;
+        Ok(match kt.mode() {
+            ap_sim::adapter::Mode::Ep11 => !conf.ep11_apqns.is_empty(),
+            _ => true,
+        })
+    }
+
+    fn generate_key(
+        &mut self,
+        key_type: &str,
+        bits: u32,
+        xts: XtsPart,
+        label: Option<String>,
+        properties: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<GeneratedKey, WireError> {
+        self.generate(key_type, bits, xts, label, properties, notices)
+    }
+
+    fn set_key_properties(
+        &mut self,
+        key_id: &str,
+        properties: BTreeMap<String, Option<String>>,
+        notices: &mut Notices,
+    ) -> Result<(), WireError> {
+        self.set_properties(key_id, properties, notices)?;
+        Ok(())
+    }
+
+    fn get_key_properties(
+        &mut self,
+        key_id: &str,
+        notices: &mut Notices,
+    ) -> Result<BTreeMap<String, String>, WireError> {
+        let a = self.read_only(notices, |c| {
+            c.get_attributes(key_id, &["Application Specific Information"])
+        })?;
+        Ok(Self::properties_of(&a).unwrap_or_default())
+    }
+
+    fn remove_key(
+        &mut self,
+        key_id: &str,
+        options: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<(), WireError> {
+        // Test fault: a KMS that cannot revoke, to test what zkey reports then.
+        fail::fail_point!("kms-remove", |_| Err(err(
+            ErrorCode::ServerError,
+            "the KMS refused to revoke the key (fail point kms-remove)"
+        )));
+        let c = self.client(notices)?;
+        c.revoke(key_id, "removed with zkey")?;
+        if options.contains_key("destroy") {
+            c.destroy(key_id)?;
+        }
+        Ok(())
+    }
+
+    fn list_keys(
+        &mut self,
+        label: Option<String>,
+        properties: BTreeMap<String, String>,
+        _options: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<Vec<KmsKey>, WireError> {
+        self.list(label, properties, notices)
+    }
+
+    fn import_key(
+        &mut self,
+        key_id: &str,
+        key_type: &str,
+        notices: &mut Notices,
+    ) -> Result<ImportedKey, WireError> {
+        let kt = Self::key_type(key_type)?;
+        let sk = self.fetch_secure_key(key_id, kt, notices)?;
+        Ok(ImportedKey {
+            secure_key: hex::encode(sk.to_bytes()),
+        })
+    }
+
+    fn reencipher(
+        &mut self,
+        mode: ReencipherMode,
+        direction: MkDirection,
+        options: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<ReencipherReport, WireError> {
+        self.reencipher_keys(
+            mode,
+            direction,
+            options.get("mktype").map(String::as_str),
+            notices,
+        )
+    }
+
+    fn key_status(&mut self, _notices: &mut Notices) -> Result<KeyStatusReport, WireError> {
+        self.keys_status()
     }
 }
 

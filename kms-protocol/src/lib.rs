@@ -56,6 +56,9 @@
 //! error whose message names it and says what to do; the plug-in still does the other keys
 //! and reports them in `notices`.
 //!
+//! **For plug-in authors** (in Rust): implement [`PluginV1`], one typed method per request
+//! above, and call [`serve`] with stdin and stdout; zkey's side is [`PluginClient`].
+//!
 //! Properties are zkey's (`zkey-name`, `volumes`, `cipher`, `xts-key`, ...); a plug-in stores
 //! them in the KMS verbatim.
 
@@ -358,22 +361,154 @@ pub struct KeyStatusReport {
 // ---------------------------------------------------------------------------------------------
 // The plug-in side.
 
-/// What a plug-in implements; [`serve`] runs the session. `config_dir` is set by the
-/// handshake or `bind` before any other request reaches the plug-in.
-pub trait Plugin {
-    fn hello(&mut self, config_dir: Option<&Path>) -> Result<Hello, WireError>;
-    /// Handles one request other than `hello`; `notices` collects lines for the user.
-    fn handle(
-        &mut self,
-        request: Request,
-        notices: &mut Vec<String>,
-    ) -> Result<serde_json::Value, WireError>;
+/// What the plug-in said for the user besides its answer (e.g. that a secondary server was used).
+pub type Notices = Vec<String>;
+
+fn unsupported(op: &str) -> WireError {
+    WireError::new(
+        ErrorCode::InvalidRequest,
+        format!("this plug-in does not support '{op}'"),
+    )
 }
 
-/// Runs a plug-in session on `input`/`output` until `input` ends. Errors of one request are
-/// answered and the session goes on; only I/O errors on the pipes end it.
+/// What a plug-in author implements: one typed method per request of the protocol (age's
+/// `age-plugin` model); [`serve`] runs the session, parses each request, calls its method and
+/// writes the typed answer. `config_dir` is set by [`PluginV1::hello`] or [`PluginV1::bind`]
+/// before any other request reaches the plug-in. A request a plug-in does not support keeps
+/// its default, which answers that it is not supported.
+pub trait PluginV1 {
+    fn hello(&mut self, config_dir: Option<&Path>) -> Result<Hello, WireError>;
+    fn bind(&mut self, config_dir: &Path, notices: &mut Notices) -> Result<(), WireError>;
+    fn info(&mut self, notices: &mut Notices) -> Result<PluginInfo, WireError>;
+    fn command_options(
+        &mut self,
+        _command: &str,
+        _notices: &mut Notices,
+    ) -> Result<Vec<OptionSpec>, WireError> {
+        Ok(Vec::new())
+    }
+    fn configure(
+        &mut self,
+        cca_apqns: Option<Vec<String>>,
+        ep11_apqns: Option<Vec<String>>,
+        options: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<ConfigureResult, WireError>;
+    fn deconfigure(&mut self, _notices: &mut Notices) -> Result<(), WireError> {
+        Err(unsupported("deconfigure"))
+    }
+    fn login(&mut self, _notices: &mut Notices) -> Result<(), WireError> {
+        Ok(())
+    }
+    fn supports_key_type(
+        &mut self,
+        key_type: &str,
+        notices: &mut Notices,
+    ) -> Result<bool, WireError>;
+    fn generate_key(
+        &mut self,
+        key_type: &str,
+        bits: u32,
+        xts: XtsPart,
+        label: Option<String>,
+        properties: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<GeneratedKey, WireError>;
+    fn set_key_properties(
+        &mut self,
+        key_id: &str,
+        properties: BTreeMap<String, Option<String>>,
+        notices: &mut Notices,
+    ) -> Result<(), WireError>;
+    fn get_key_properties(
+        &mut self,
+        key_id: &str,
+        notices: &mut Notices,
+    ) -> Result<BTreeMap<String, String>, WireError>;
+    fn remove_key(
+        &mut self,
+        key_id: &str,
+        options: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<(), WireError>;
+    fn list_keys(
+        &mut self,
+        label: Option<String>,
+        properties: BTreeMap<String, String>,
+        options: BTreeMap<String, String>,
+        notices: &mut Notices,
+    ) -> Result<Vec<KmsKey>, WireError>;
+    fn import_key(
+        &mut self,
+        key_id: &str,
+        key_type: &str,
+        notices: &mut Notices,
+    ) -> Result<ImportedKey, WireError>;
+    fn reencipher(
+        &mut self,
+        _mode: ReencipherMode,
+        _direction: MkDirection,
+        _options: BTreeMap<String, String>,
+        _notices: &mut Notices,
+    ) -> Result<ReencipherReport, WireError> {
+        Err(unsupported("reencipher"))
+    }
+    fn key_status(&mut self, _notices: &mut Notices) -> Result<KeyStatusReport, WireError> {
+        Ok(KeyStatusReport { keys: Vec::new() })
+    }
+}
+
+/// One request (after the handshake) to its method, and the answer to its wire value.
+fn dispatch(
+    p: &mut dyn PluginV1,
+    request: Request,
+    n: &mut Notices,
+) -> Result<serde_json::Value, WireError> {
+    match request {
+        Request::Hello { .. } => Err(WireError::new(
+            ErrorCode::InvalidRequest,
+            "the handshake happens once",
+        )),
+        Request::Bind { config_dir } => to_value(&p.bind(&config_dir, n)?),
+        Request::Info => to_value(&p.info(n)?),
+        Request::CommandOptions { command } => to_value(&p.command_options(&command, n)?),
+        Request::Configure {
+            cca_apqns,
+            ep11_apqns,
+            options,
+        } => to_value(&p.configure(cca_apqns, ep11_apqns, options, n)?),
+        Request::Deconfigure => to_value(&p.deconfigure(n)?),
+        Request::Login => to_value(&p.login(n)?),
+        Request::SupportsKeyType { key_type } => to_value(&p.supports_key_type(&key_type, n)?),
+        Request::GenerateKey {
+            key_type,
+            bits,
+            xts,
+            label,
+            properties,
+        } => to_value(&p.generate_key(&key_type, bits, xts, label, properties, n)?),
+        Request::SetKeyProperties { key_id, properties } => {
+            to_value(&p.set_key_properties(&key_id, properties, n)?)
+        }
+        Request::GetKeyProperties { key_id } => to_value(&p.get_key_properties(&key_id, n)?),
+        Request::RemoveKey { key_id, options } => to_value(&p.remove_key(&key_id, options, n)?),
+        Request::ListKeys {
+            label,
+            properties,
+            options,
+        } => to_value(&p.list_keys(label, properties, options, n)?),
+        Request::ImportKey { key_id, key_type } => to_value(&p.import_key(&key_id, &key_type, n)?),
+        Request::Reencipher {
+            mode,
+            direction,
+            options,
+        } => to_value(&p.reencipher(mode, direction, options, n)?),
+        Request::KeyStatus => to_value(&p.key_status(n)?),
+    }
+}
+
 pub fn serve(
-    plugin: &mut dyn Plugin,
+    plugin: &mut dyn PluginV1,
     input: impl Read,
     mut output: impl Write,
 ) -> std::io::Result<()> {
@@ -412,7 +547,7 @@ pub fn serve(
                 ErrorCode::InvalidRequest,
                 "the session must start with the 'hello' handshake",
             )),
-            Ok(req) => plugin.handle(req, &mut notices),
+            Ok(req) => dispatch(plugin, req, &mut notices),
         };
         let r = match result {
             Ok(v) => Response {
@@ -430,7 +565,7 @@ pub fn serve(
     }
 }
 
-pub fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, WireError> {
+fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, WireError> {
     serde_json::to_value(v).map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
 }
 
@@ -960,7 +1095,7 @@ mod tests {
     }
 
     struct Echo;
-    impl Plugin for Echo {
+    impl PluginV1 for Echo {
         fn hello(&mut self, _: Option<&Path>) -> Result<Hello, WireError> {
             Ok(Hello {
                 version: PROTOCOL_VERSION,
@@ -968,16 +1103,79 @@ mod tests {
                 description: String::new(),
             })
         }
-        fn handle(
-            &mut self,
-            r: Request,
-            n: &mut Vec<String>,
-        ) -> Result<serde_json::Value, WireError> {
+        fn login(&mut self, n: &mut Notices) -> Result<(), WireError> {
             n.push("note".into());
-            match r {
-                Request::Login => Ok(serde_json::Value::Null),
-                _ => Err(WireError::new(ErrorCode::KeyNotFound, "no")),
-            }
+            Ok(())
+        }
+        fn bind(&mut self, _: &Path, _: &mut Notices) -> Result<(), WireError> {
+            Ok(())
+        }
+        fn info(&mut self, n: &mut Notices) -> Result<PluginInfo, WireError> {
+            n.push("note".into());
+            Err(WireError::new(ErrorCode::KeyNotFound, "no"))
+        }
+        fn configure(
+            &mut self,
+            _: Option<Vec<String>>,
+            _: Option<Vec<String>>,
+            _: BTreeMap<String, String>,
+            _: &mut Notices,
+        ) -> Result<ConfigureResult, WireError> {
+            Err(unsupported("configure"))
+        }
+        fn supports_key_type(&mut self, _: &str, _: &mut Notices) -> Result<bool, WireError> {
+            Ok(false)
+        }
+        fn generate_key(
+            &mut self,
+            _: &str,
+            _: u32,
+            _: XtsPart,
+            _: Option<String>,
+            _: BTreeMap<String, String>,
+            _: &mut Notices,
+        ) -> Result<GeneratedKey, WireError> {
+            Err(unsupported("generate_key"))
+        }
+        fn set_key_properties(
+            &mut self,
+            _: &str,
+            _: BTreeMap<String, Option<String>>,
+            _: &mut Notices,
+        ) -> Result<(), WireError> {
+            Err(unsupported("set_key_properties"))
+        }
+        fn get_key_properties(
+            &mut self,
+            _: &str,
+            _: &mut Notices,
+        ) -> Result<BTreeMap<String, String>, WireError> {
+            Err(unsupported("get_key_properties"))
+        }
+        fn remove_key(
+            &mut self,
+            _: &str,
+            _: BTreeMap<String, String>,
+            _: &mut Notices,
+        ) -> Result<(), WireError> {
+            Err(unsupported("remove_key"))
+        }
+        fn list_keys(
+            &mut self,
+            _: Option<String>,
+            _: BTreeMap<String, String>,
+            _: BTreeMap<String, String>,
+            _: &mut Notices,
+        ) -> Result<Vec<KmsKey>, WireError> {
+            Ok(Vec::new())
+        }
+        fn import_key(
+            &mut self,
+            _: &str,
+            _: &str,
+            _: &mut Notices,
+        ) -> Result<ImportedKey, WireError> {
+            Err(unsupported("import_key"))
         }
     }
 
