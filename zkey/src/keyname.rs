@@ -28,9 +28,26 @@ pub const FORBIDDEN_CHARS: &[char] = &['/', '\\', ' ', '*', '?', '\'', '"'];
 /// (`.skey`, `.info`, `.renc`, `.pass`), so that every file of the key can be created.
 pub const MAX_NAME_LEN: usize = 250;
 
-/// A valid repository key name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A valid repository key name. In files (a master key change's state) it is its string; one
+/// that does not parse as a name is refused when the file is read, not skipped later.
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct KeyName(String);
+
+impl TryFrom<String> for KeyName {
+    type Error = KeyNameError;
+    fn try_from(s: String) -> Result<Self, KeyNameError> {
+        KeyName::new(&s)
+    }
+}
+
+impl From<KeyName> for String {
+    fn from(k: KeyName) -> String {
+        k.0
+    }
+}
 
 /// Why a string is not a key name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

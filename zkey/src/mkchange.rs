@@ -57,11 +57,69 @@ impl std::fmt::Display for State {
     }
 }
 
+/// What a step of the operation does to its state.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// `start` (or its re-run) begins staging.
+    Stage,
+    /// Staging ended; `failed`: something could not be staged.
+    Staged { failed: bool },
+    /// `finalize` (or its re-run) begins completing, after the SET.
+    Finalize,
+    /// Completing ended.
+    Finalized { failed: bool },
+    /// `cancel` begins removing the staged copies, before any SET.
+    Cancel,
+    /// Cancelling ended.
+    Canceled { failed: bool },
+}
+
 impl State {
     /// Still holding its APQNs and master key types.
     pub fn is_open(self) -> bool {
         !matches!(self, State::Done | State::Canceled)
     }
+
+    /// The one transition function of the operation: the state after `step`, or why `step`
+    /// is not allowed in this state. Every change of state goes through it.
+    pub fn next(self, step: Step) -> Result<State, String> {
+        use State::*;
+        match (self, step) {
+            (Initial | Reenciphering | Reenciphered | Error, Step::Stage) => Ok(Reenciphering),
+            (Reenciphering, Step::Staged { failed }) => {
+                Ok(if failed { Error } else { Reenciphered })
+            }
+            (Reenciphered | Finalizing | Error, Step::Finalize) => Ok(Finalizing),
+            (Finalizing, Step::Finalized { failed }) => Ok(if failed { Error } else { Done }),
+            (s, Step::Cancel) if s.is_open() => Ok(Canceling),
+            (Canceling, Step::Canceled { failed }) => Ok(if failed { Error } else { Canceled }),
+            (s, Step::Stage) => Err(format!(
+                "it is {s}: only an operation that is not finalized or cancelled can stage"
+            )),
+            (s, Step::Finalize) => Err(format!(
+                "it is {s}: only a staged (REENCIPHERED) operation can be finalized"
+            )),
+            (s, Step::Cancel) => Err(format!("it is already {s}")),
+            (s, step) => Err(format!("it is {s}: {step:?} does not follow")),
+        }
+    }
+
+    /// Keys made while the operation is in this state are staged into it.
+    pub fn takes_new_keys(self) -> bool {
+        matches!(
+            self,
+            State::Reenciphering | State::Reenciphered | State::Error
+        )
+    }
+}
+
+/// Moves `op` on by `step`, or says why it cannot.
+fn advance(op: &mut Operation, step: Step) -> Result<(), ZkeyError> {
+    op.state = op
+        .state
+        .next(step)
+        .map_err(|why| ZkeyError::Invalid(format!("operation {}: {why}", op.id)))?;
+    Ok(())
 }
 
 /// One master key type being changed.
@@ -86,7 +144,7 @@ pub enum ItemState {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyItem {
-    pub name: String,
+    pub name: crate::KeyName,
     pub mktype: MkType,
     pub state: ItemState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,7 +154,7 @@ pub struct KeyItem {
 /// A LUKS2 volume of an affected key: its header holds its own copy of the secure key.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VolumeItem {
-    pub key: String,
+    pub key: crate::KeyName,
     /// `device:dm-name`.
     pub volume: String,
     pub state: ItemState,
@@ -181,7 +239,7 @@ pub struct Plan {
     pub keys: Vec<PlannedKey>,
     pub checks: Vec<Check>,
     /// The plug-in's own keys (identity, wrapping key) are listed here once a KMS is bound.
-    pub plugin_keys: Vec<String>,
+    pub plugin_keys: Vec<PlannedPluginKey>,
 }
 
 impl Plan {
@@ -190,9 +248,16 @@ impl Plan {
     }
 }
 
+/// A plug-in key the change touches: the identity key under APKA, the wrapping key under AES.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedPluginKey {
+    pub key: String,
+    pub mktype: MkType,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PlannedKey {
-    pub name: String,
+    pub name: crate::KeyName,
     pub mktype: MkType,
     pub register: Option<Register>,
     /// Lost at the SET unless re-enciphered first (e.g. under OLD, or not stageable).
@@ -492,7 +557,7 @@ fn plan_besides(
             Vec::new()
         };
         keys.push(PlannedKey {
-            name: e.name.to_string(),
+            name: e.name.clone(),
             mktype: t,
             register,
             at_risk,
@@ -551,10 +616,8 @@ fn start_steps(
     // An operation for exactly these APQNs and types that is not finalized yet is resumed: a
     // re-run after a crash (or after fixing a failed key) stages what is not staged yet.
     let resumable = list(w)?.into_iter().find(|o| {
-        matches!(
-            o.state,
-            State::Initial | State::Reenciphering | State::Reenciphered | State::Error
-        ) && o.apqns == req.apqns
+        o.state.next(Step::Stage).is_ok()
+            && o.apqns == req.apqns
             && o.mktypes().collect::<Vec<_>>() == req.types
     });
     let mut p = plan_besides(w, ad, req, resumable.as_ref().map(|o| o.id.as_str()))?;
@@ -592,10 +655,10 @@ fn start_steps(
         error: None,
     });
     for k in &p.plugin_keys {
-        if !op.plugin_keys.iter().any(|i| &i.key == k) {
+        if !op.plugin_keys.iter().any(|i| i.key == k.key) {
             op.plugin_keys.push(PluginItem {
-                mktype: plugin_mktype(k),
-                key: k.clone(),
+                mktype: k.mktype,
+                key: k.key.clone(),
                 state: ItemState::Pending,
                 error: None,
             });
@@ -626,7 +689,7 @@ fn start_steps(
         return Ok((op, std::mem::take(&mut p)));
     }
     save(w, &mut op)?;
-    op.state = State::Reenciphering;
+    advance(&mut op, Step::Stage)?;
     save(w, &mut op)?;
     for i in 0..op.keys.len() {
         if op.keys[i].state == ItemState::Staged {
@@ -639,31 +702,24 @@ fn start_steps(
     let failed = op.plugin_keys.iter().any(|p| p.state == ItemState::Failed)
         || !op.not_staged().is_empty()
         || op.volumes.iter().any(|v| v.state == ItemState::Failed);
-    op.state = if failed {
-        State::Error
-    } else {
-        State::Reenciphered
-    };
+    advance(&mut op, Step::Staged { failed })?;
     op.error = failed.then(|| "some keys or volumes could not be staged: see their errors, fix them and run 'zkey mkchange start' again".into());
     save(w, &mut op)?;
     Ok((op, p))
 }
 
 fn stage_item(w: &Writer<'_>, ad: &Adapters, item: &mut KeyItem) {
-    let res = crate::KeyName::new(&item.name)
-        .map_err(|e| ZkeyError::Invalid(e.to_string()))
-        .and_then(|n| Ok(w.entry(&n)?))
-        .and_then(|e| {
-            reencipher::reencipher_key(
-                w,
-                ad,
-                &e,
-                &reencipher::Request {
-                    way: Some(Way::ToNew),
-                    mode: Some(Mode::Staged),
-                },
-            )
-        });
+    let res = w.entry(&item.name).map_err(ZkeyError::from).and_then(|e| {
+        reencipher::reencipher_key(
+            w,
+            ad,
+            &e,
+            &reencipher::Request {
+                way: Some(Way::ToNew),
+                mode: Some(Mode::Staged),
+            },
+        )
+    });
     match res {
         Ok(Outcome::Staged { .. }) => {
             item.state = ItemState::Staged;
@@ -689,17 +745,14 @@ pub fn stage_new_key(
     e: &KeyEntry,
 ) -> Result<Option<String>, ZkeyError> {
     for mut op in list(w)? {
-        if !matches!(
-            op.state,
-            State::Reenciphering | State::Reenciphered | State::Error
-        ) {
+        if !op.state.takes_new_keys() {
             continue;
         }
         let Some(t) = affected(e, &op.apqns, &op.types) else {
             continue;
         };
         let mut item = KeyItem {
-            name: e.name.to_string(),
+            name: e.name.clone(),
             mktype: t,
             state: ItemState::Pending,
             error: None,
@@ -710,7 +763,7 @@ pub fn stage_new_key(
         if e.properties.volume_type == VolumeType::Luks2 {
             for v in &e.properties.volumes {
                 let mut vi = VolumeItem {
-                    key: e.name.to_string(),
+                    key: e.name.clone(),
                     volume: v.to_string(),
                     state: ItemState::Pending,
                     passphrase_known: e.has_pass,
@@ -758,7 +811,7 @@ fn audit(w: &Writer<'_>, ad: &Adapters, op: &Operation, step: &str) -> Result<()
             mktype: t.map(|t| t.mktype),
             old_mkvp: t.and_then(|t| t.old_mkvp),
             new_mkvp: t.and_then(|t| t.new_mkvp),
-            keys: op.keys.iter().map(|k| k.name.clone()).collect(),
+            keys: op.keys.iter().map(|k| k.name.to_string()).collect(),
             result: match op.state {
                 State::Error => format!(
                     "failed: {}",
@@ -830,14 +883,8 @@ fn finalize_steps(
     if op.state == State::Done {
         return Ok(op);
     }
-    if !matches!(
-        op.state,
-        State::Reenciphered | State::Finalizing | State::Error
-    ) {
-        return Err(ZkeyError::Invalid(format!(
-            "operation {id} is {}: only a staged (REENCIPHERED) operation can be finalized",
-            op.state
-        )));
+    if let Err(why) = op.state.next(Step::Finalize) {
+        return Err(ZkeyError::Invalid(format!("operation {id}: {why}")));
     }
     let list = ap_sim::apqn::format_list;
     for s in set_status(ad, &op)? {
@@ -869,7 +916,7 @@ fn finalize_steps(
     if dry_run {
         return Ok(op);
     }
-    op.state = State::Finalizing;
+    advance(&mut op, Step::Finalize)?;
     save(w, &mut op)?;
     let backup_dir = dir(w).join(&op.id);
     for i in 0..op.keys.len() {
@@ -895,7 +942,7 @@ fn finalize_steps(
         .keys
         .iter()
         .filter(|k| k.state != ItemState::Completed)
-        .map(|k| k.name.clone())
+        .map(|k| k.name.to_string())
         .collect();
     failed.extend(
         op.plugin_keys
@@ -909,12 +956,16 @@ fn finalize_steps(
             .filter(|v| v.passphrase_known && v.state != ItemState::Completed)
             .map(|v| v.volume.clone()),
     );
+    advance(
+        &mut op,
+        Step::Finalized {
+            failed: !failed.is_empty(),
+        },
+    )?;
     if failed.is_empty() {
-        op.state = State::Done;
         op.error = None;
         drop_older_backups(w, &op.id)?;
     } else {
-        op.state = State::Error;
         op.error = Some(format!(
             "not completed: {}; fix them and run 'zkey mkchange finalize -i {}' again",
             failed.join(", "),
@@ -931,8 +982,8 @@ fn finalize_item(
     backup_dir: &std::path::Path,
     item: &KeyItem,
 ) -> Result<(), ZkeyError> {
-    let name = crate::KeyName::new(&item.name).map_err(|e| ZkeyError::Invalid(e.to_string()))?;
-    let e = w.entry(&name)?;
+    let name = &item.name;
+    let e = w.entry(name)?;
     // Keep the previous secure key (still valid under OLD for CCA) until the next change.
     if e.staged.is_some() {
         std::fs::create_dir_all(backup_dir).map_err(io("creating", backup_dir.to_path_buf()))?;
@@ -967,7 +1018,7 @@ fn finalize_item(
         return Err(ZkeyError::Invalid(error));
     }
     // Verify under the new CURRENT key.
-    let e = w.entry(&name)?;
+    let e = w.entry(name)?;
     let key = SecureKey::parse(&e.secure_key)?;
     let within = (!e.properties.apqns.is_empty()).then_some(e.properties.apqns.as_slice());
     match ad.hsm.verify(&key, within) {
@@ -1014,11 +1065,8 @@ fn cancel_steps(
     if op.state == State::Canceled {
         return Ok(op);
     }
-    if !op.state.is_open() {
-        return Err(ZkeyError::Invalid(format!(
-            "operation {id} is already {}",
-            op.state
-        )));
+    if let Err(why) = op.state.next(Step::Cancel) {
+        return Err(ZkeyError::Invalid(format!("operation {id}: {why}")));
     }
     for s in set_status(ad, &op)? {
         if !s.set_on.is_empty() {
@@ -1032,16 +1080,14 @@ fn cancel_steps(
     if dry_run {
         return Ok(op);
     }
-    op.state = State::Canceling;
+    advance(&mut op, Step::Cancel)?;
     save(w, &mut op)?;
     for k in op.keys.iter_mut() {
-        if let Ok(n) = crate::KeyName::new(&k.name) {
-            match w.remove_staged(&n) {
-                Ok(_) | Err(crate::RepoError::KeyNotFound { .. }) => k.state = ItemState::Pending,
-                Err(e) => {
-                    k.state = ItemState::Failed;
-                    k.error = Some(e.to_string());
-                }
+        match w.remove_staged(&k.name) {
+            Ok(_) | Err(crate::RepoError::KeyNotFound { .. }) => k.state = ItemState::Pending,
+            Err(e) => {
+                k.state = ItemState::Failed;
+                k.error = Some(e.to_string());
             }
         }
     }
@@ -1055,11 +1101,8 @@ fn cancel_steps(
         v.state = ItemState::Pending;
         v.error = Some(format!("its staged keyslot is left pending: the next 'zkey-cryptsetup reencipher {} --staged' replaces it", device_of(&v.volume)));
     }
-    op.state = if op.keys.iter().all(|k| k.state == ItemState::Pending) {
-        State::Canceled
-    } else {
-        State::Error
-    };
+    let failed = !op.keys.iter().all(|k| k.state == ItemState::Pending);
+    advance(&mut op, Step::Canceled { failed })?;
     save(w, &mut op)?;
     Ok(op)
 }
@@ -1116,8 +1159,8 @@ impl zkey_cryptsetup::Ui for OperationUi {
 fn volume_step(w: &Writer<'_>, ad: &Adapters, item: &mut VolumeItem, mode: Mode) {
     use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
     let res = (|| -> Result<(), ZkeyError> {
-        let name = crate::KeyName::new(&item.key).map_err(|e| ZkeyError::Invalid(e.to_string()))?;
-        let pass = w.read_pass(&name)?;
+        let name = &item.key;
+        let pass = w.read_pass(name)?;
         let mut supplier = Supplier::new(Source::Given(Passphrase::new(pass.to_vec())));
         let device = device_of(&item.volume);
         let opts = reencipher::Request {
@@ -1152,7 +1195,7 @@ fn volume_step(w: &Writer<'_>, ad: &Adapters, item: &mut VolumeItem, mode: Mode)
 
 /// Which of the KMS plug-in's keys a change touches: the identity key is under APKA, the
 /// wrapping key under AES, both on the plug-in's CCA APQNs.
-fn plugin_keys_of(w: &Writer<'_>, req: &Request) -> Result<Vec<String>, ZkeyError> {
+fn plugin_keys_of(w: &Writer<'_>, req: &Request) -> Result<Vec<PlannedPluginKey>, ZkeyError> {
     let Some(conf) = crate::kms::KmsConf::load(w)? else {
         return Ok(Vec::new());
     };
@@ -1162,20 +1205,18 @@ fn plugin_keys_of(w: &Writer<'_>, req: &Request) -> Result<Vec<String>, ZkeyErro
     Ok(req
         .types
         .iter()
-        .filter_map(|t| match t {
-            MkType::Apka => Some(format!("{} identity key (apka)", conf.kms)),
-            MkType::Aes => Some(format!("{} wrapping key (aes)", conf.kms)),
-            MkType::Ep11 => None,
+        .filter_map(|&t| {
+            let what = match t {
+                MkType::Apka => "identity key",
+                MkType::Aes => "wrapping key",
+                MkType::Ep11 => return None,
+            };
+            Some(PlannedPluginKey {
+                key: format!("{} {what} ({t})", conf.kms),
+                mktype: t,
+            })
         })
         .collect())
-}
-
-fn plugin_mktype(key: &str) -> MkType {
-    if key.ends_with("(apka)") {
-        MkType::Apka
-    } else {
-        MkType::Aes
-    }
 }
 
 /// Stages (before the SET) or completes (after it) one plug-in key through the plug-in. A
@@ -1214,5 +1255,57 @@ fn plugin_step(w: &Writer<'_>, ad: &Adapters, item: &mut PluginItem, complete: b
             item.state = ItemState::Failed;
             item.error = Some(e.to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_transition_function_allows_exactly_the_documented_moves() {
+        use State::*;
+        let all = [
+            Initial,
+            Reenciphering,
+            Reenciphered,
+            Finalizing,
+            Canceling,
+            Error,
+            Done,
+            Canceled,
+        ];
+        let steps = [
+            Step::Stage,
+            Step::Staged { failed: false },
+            Step::Staged { failed: true },
+            Step::Finalize,
+            Step::Finalized { failed: false },
+            Step::Finalized { failed: true },
+            Step::Cancel,
+            Step::Canceled { failed: false },
+            Step::Canceled { failed: true },
+        ];
+        let mut allowed = Vec::new();
+        for s in all {
+            for st in steps {
+                if let Ok(n) = s.next(st) {
+                    allowed.push((s, st, n));
+                }
+            }
+        }
+        // Staging and finalizing resume after a crash or a fix; nothing leaves DONE or
+        // CANCELED; a SET can only be finalized from a staged (or failed) operation.
+        for (s, st, n) in &allowed {
+            assert!(s.is_open(), "{s:?} --{st:?}--> {n:?}");
+        }
+        assert_eq!(Reenciphered.next(Step::Finalize), Ok(Finalizing));
+        assert!(Initial.next(Step::Finalize).is_err());
+        assert!(Reenciphering.next(Step::Finalize).is_err());
+        assert_eq!(Finalizing.next(Step::Finalized { failed: false }), Ok(Done));
+        assert_eq!(Error.next(Step::Stage), Ok(Reenciphering));
+        assert!(Done.next(Step::Cancel).is_err());
+        assert!(Canceled.next(Step::Stage).is_err());
+        assert_eq!(allowed.len(), 4 + 2 + 3 + 2 + 6 + 2);
     }
 }

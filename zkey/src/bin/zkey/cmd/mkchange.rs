@@ -115,7 +115,7 @@ pub(crate) fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                         .collect::<Vec<_>>()
                         .join(", ");
                     t.row([
-                        k.name.clone(),
+                        k.name.to_string(),
                         k.mktype.to_string(),
                         register_words(k.register).into(),
                         or_dash(vols),
@@ -126,7 +126,7 @@ pub(crate) fn mkchange_cmd(cmd: MkchangeCmd) -> Result<ExitCode> {
                     print!("\n{}", t.render());
                 }
                 for k in &p.plugin_keys {
-                    println!("KMS plug-in key: {k}");
+                    println!("KMS plug-in key: {}", k.key);
                 }
                 println!();
                 print_readiness(&rd);
