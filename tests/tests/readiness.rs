@@ -292,3 +292,58 @@ fn seed_004_step_3_for_a_change_of_another_master_key_type_is_nothing_to_do() {
     assert!(err.contains("NEW MASTER KEYS INCORRECT"), "{err}");
     assert_eq!(w.repo_snapshot(), before);
 }
+
+#[test]
+fn a_key_out_of_reach_is_unknown_not_lost_and_a_copy_staged_before_two_sets_is_recoverable() {
+    let w = World::new();
+    w.ok("zkey", &["generate", "-N", "k08", "-a", "08.002f"]);
+    w.ok("zkey", &["generate", "-N", "k2", "-a", CCA]);
+    // Card 08 offline: k08 cannot be checked, but its master key is not gone.
+    w.ok("ap-sim", &["chzcrypt", "-d", "08"]);
+    let v = w.json("zkey", &["validate", "--json"]);
+    assert_eq!(verdict(&v, "key", "k08"), "unknown", "{v}");
+    w.ok("ap-sim", &["chzcrypt", "-e", "08"]);
+    // Staged, SET, not completed, SET again: the live key is dead, the staged copy under OLD
+    // completes (it is brought from OLD to CURRENT): at risk with the command, not lost.
+    w.load_new(CCA, "aes");
+    w.ok("zkey", &["reencipher", "-N", "k2", "--to-new", "--staged"]);
+    w.set(CCA, "aes");
+    w.load_new(CCA, "aes");
+    w.set(CCA, "aes");
+    let v = w.json("zkey", &["validate", "--json", "-N", "k2"]);
+    assert_eq!(verdict(&v, "key", "k2"), "at-risk", "{v}");
+    let out = w.ok("zkey", &["reencipher", "-N", "k2", "--complete"]);
+    assert!(out.contains("1 re-enciphered"), "{out}");
+    let v = w.json("zkey", &["validate", "--json", "-N", "k2"]);
+    assert_eq!(verdict(&v, "key", "k2"), "safe", "{v}");
+}
+
+#[test]
+fn a_change_of_one_type_is_judged_by_the_objects_under_that_type() {
+    // An AES volume the header cannot judge (no passphrase held) stays `unknown`: it neither
+    // blocks nor alarms an EP11 change, and validate and mkchange agree.
+    let (w, _img) = world_with_volume();
+    w.ok(
+        "zkey",
+        &[
+            "generate",
+            "-N",
+            "e1",
+            "-a",
+            "0a.002f,0b.002f",
+            "-K",
+            "EP11-AES",
+        ],
+    );
+    w.load_new("0a.002f,0b.002f", "ep11");
+    w.ok("zkey", &["reencipher", "-N", "e1", "--to-new", "--staged"]);
+    let (code, out) = w.code("zkey", &["validate", "--all"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SAFE TO SET"), "{out}");
+    let (code, out) = w.code(
+        "zkey",
+        &["mkchange", "start", "-a", "0a.002f,0b.002f", "-t", "ep11"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SAFE TO SET"), "{out}");
+}

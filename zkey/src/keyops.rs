@@ -216,6 +216,9 @@ pub struct KeyStatus {
     pub verification_pattern: Option<String>,
     /// The stored VP differs from the key's: the key file was swapped.
     pub vp_mismatch: bool,
+    /// No APQN the key may use is online: the key cannot be checked now (not a loss).
+    #[serde(default)]
+    pub unreachable: bool,
     pub staged: Option<StagedStatus>,
     pub risk: Option<Risk>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -258,6 +261,7 @@ pub fn status(
         mkvp: None,
         verification_pattern: None,
         vp_mismatch: false,
+        unreachable: false,
         staged: None,
         risk: None,
         advice: None,
@@ -289,6 +293,10 @@ pub fn status(
         }
         Err(e @ HsmError::OnlyNew { .. }) => {
             st.register = Some(Register::New);
+            st.error = Some(e.to_string());
+        }
+        Err(e @ HsmError::NoApqn { .. }) => {
+            st.unreachable = true;
             st.error = Some(e.to_string());
         }
         Err(e) => st.error = Some(e.to_string()),
@@ -333,7 +341,9 @@ fn staged_status(ad: &Adapters, bytes: &[u8], within: Option<&[Apqn]>) -> Staged
 fn risk(ad: &Adapters, key: &SecureKey, st: &KeyStatus, within: Option<&[Apqn]>) -> Option<Risk> {
     let staged = st.staged.as_ref().and_then(|s| s.register);
     match (st.valid, st.register, staged) {
-        (_, _, Some(Register::Current)) => Some(Risk::CompletePending),
+        // Staged, then the SET (or two: `--complete` brings a staged copy under OLD to CURRENT).
+        (_, _, Some(Register::Current | Register::Old)) => Some(Risk::CompletePending),
+        (false, _, _) if st.unreachable => None,
         (false, Some(Register::New), _) => Some(Risk::AwaitingSet),
         (false, _, _) => (!st.vp_mismatch).then_some(Risk::Lost),
         (true, Some(Register::Old), _) => Some(Risk::EncipheredWithOld),
@@ -375,6 +385,7 @@ pub fn damaged_status(d: &crate::DamagedKey) -> KeyStatus {
         mkvp: None,
         verification_pattern: None,
         vp_mismatch: false,
+        unreachable: false,
         staged: None,
         risk: None,
         advice: Some(format!(

@@ -12,9 +12,10 @@
 //! | `lost` | unusable already: its master key is gone, its files are damaged, or the key file holds another key |
 //! | `unknown` | the suite cannot tell (a device that is not there, a volume header that cannot tell CURRENT from OLD without the passphrase) |
 //!
-//! A SET is *safe* when a change is pending (a complete NEW key is loaded) and every object is
-//! `safe` or `staged`. `zkey validate --all` exits 3 (the suite's "at risk" code) when any
-//! object is `at-risk` or `lost`, or when a change is pending and any object is `unknown`.
+//! A SET is *safe* when a change is pending (a complete NEW key is loaded) and every object
+//! under a master key type that changes is `safe` or `staged`. `zkey validate --all` exits 3
+//! (the suite's "at risk" code) when any object is `at-risk` or `lost`, or when an object under
+//! a changing type is `unknown`.
 //!
 //! What is read: the HSM for repository keys (verify, trial re-encipher to NEW), the LUKS2
 //! header's tokens for volumes (no passphrase; the dummy passphrase zkey holds only where the
@@ -165,9 +166,17 @@ impl Readiness {
                 Verdict::Unknown => s.unknown += 1,
             }
         }
-        let changing = !pending.is_empty();
-        let safe_to_set = changing && objects.iter().all(|o| o.verdict.ready());
-        let at_risk = s.at_risk + s.lost > 0 || (changing && s.unknown > 0);
+        // A SET of one master key type touches only the objects under that type (and those of
+        // a type nobody can tell): the others neither block it nor, while `unknown`, alarm.
+        let changing: Vec<MkType> = pending.iter().map(|p| p.mktype).collect();
+        let in_change = |o: &&Object| o.mktype.is_none_or(|t| changing.contains(&t));
+        let safe_to_set =
+            !changing.is_empty() && objects.iter().filter(in_change).all(|o| o.verdict.ready());
+        let at_risk = s.at_risk + s.lost > 0
+            || objects
+                .iter()
+                .filter(in_change)
+                .any(|o| o.verdict == Verdict::Unknown);
         Readiness {
             pending,
             objects,
@@ -313,7 +322,7 @@ pub fn assess(
                     continue;
                 }
                 let st = keyops::entry_status(ad, &e, scope.apqn_check);
-                objects.push(key_object(&e, &st, t));
+                objects.push(key_object(ad, &e, &st, t));
                 objects.extend(volume_objects(r, ad, &e, &st, t, &everywhere));
                 keys.push(st);
             }
@@ -447,8 +456,16 @@ pub fn key_verdict(st: &KeyStatus) -> (Verdict, String) {
     }
 }
 
-fn key_object(e: &KeyEntry, st: &KeyStatus, t: MkType) -> Object {
-    let (verdict, reason) = key_verdict(st);
+fn key_object(ad: &Adapters, e: &KeyEntry, st: &KeyStatus, t: MkType) -> Object {
+    let (mut verdict, mut reason) = key_verdict(st);
+    if verdict == Verdict::Lost
+        && st
+            .mkvp
+            .is_some_and(|m| held_offline(ad, t, m, &e.properties.apqns))
+    {
+        verdict = Verdict::Unknown;
+        reason = "its master key is held only by APQNs that are offline now: set them online (chzcrypt -e) to check it".into();
+    }
     let name = e.name.as_str();
     let q = crate::keyname::quote(name);
     let action = match (&st.risk, verdict) {
@@ -673,12 +690,60 @@ fn by_passphrase(
             "the volume key is enciphered with the OLD master key: the next SET destroys it".into(),
             Some(format!("zkey-cryptsetup reencipher {dev} --in-place")),
         ),
-        (Unusable, _, _) => (
-            Verdict::Lost,
-            "the volume key's master key is gone".into(),
-            None,
-        ),
+        (Unusable, _, _) => {
+            let t = e
+                .properties
+                .key_type
+                .parse::<KeyType>()
+                .map(KeyType::mk_type);
+            let offline = match (t, rep.volume_key.mkvp.parse::<Mkvp>()) {
+                (Ok(t), Ok(m)) => held_offline(ad, t, m, &e.properties.apqns),
+                _ => false,
+            };
+            if offline {
+                (
+                    Verdict::Unknown,
+                    "the volume key's master key is held only by APQNs that are offline now: set them online (chzcrypt -e) to check it".into(),
+                    None,
+                )
+            } else {
+                (
+                    Verdict::Lost,
+                    "the volume key's master key is gone".into(),
+                    None,
+                )
+            }
+        }
     }
+}
+
+/// Whether an APQN the key may use (`apqns`, or any when unbound) is not online and may hold
+/// `mkvp` in a register of `t` (as the kernel, sysfs shows no registers of an offline queue): a
+/// key that does not verify is then out of reach, not lost.
+fn held_offline(ad: &Adapters, t: MkType, mkvp: Mkvp, apqns: &[Apqn]) -> bool {
+    ad.sysfs.queues().is_ok_and(|qs| {
+        qs.iter()
+            .filter(|q| q.status != ap_sim::adapter::Status::Online)
+            .filter(|q| apqns.is_empty() || apqns.contains(&q.apqn))
+            .filter(|q| match (&q.mode, t) {
+                (Some(ap_sim::adapter::Mode::Cca), MkType::Aes | MkType::Apka) => true,
+                (Some(ap_sim::adapter::Mode::Ep11), MkType::Ep11) => true,
+                (None, _) => true,
+                _ => false,
+            })
+            .any(|q| {
+                [Slot::New, Slot::Current, Slot::Old].into_iter().all(|s| {
+                    match register(&q.mkvps, t, s) {
+                        None | Some(Reading::Unknown) => true,
+                        Some(r) => complete(r).is_some_and(|m| m.matches(&mkvp)),
+                    }
+                }) || [Slot::New, Slot::Current, Slot::Old].into_iter().any(|s| {
+                    register(&q.mkvps, t, s)
+                        .and_then(complete)
+                        .is_some_and(|m| m.matches(&mkvp))
+                })
+            })
+    })
 }
 
 #[derive(Copy, Clone)]
