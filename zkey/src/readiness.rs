@@ -725,11 +725,13 @@ fn held_offline(ad: &Adapters, t: MkType, mkvp: Mkvp, apqns: &[Apqn]) -> bool {
         qs.iter()
             .filter(|q| q.status != ap_sim::adapter::Status::Online)
             .filter(|q| apqns.is_empty() || apqns.contains(&q.apqn))
-            .filter(|q| match (&q.mode, t) {
-                (Some(ap_sim::adapter::Mode::Cca), MkType::Aes | MkType::Apka) => true,
-                (Some(ap_sim::adapter::Mode::Ep11), MkType::Ep11) => true,
-                (None, _) => true,
-                _ => false,
+            .filter(|q| {
+                matches!(
+                    (&q.mode, t),
+                    (Some(ap_sim::adapter::Mode::Cca), MkType::Aes | MkType::Apka)
+                        | (Some(ap_sim::adapter::Mode::Ep11), MkType::Ep11)
+                        | (None, _)
+                )
             })
             .any(|q| {
                 [Slot::New, Slot::Current, Slot::Old].into_iter().all(|s| {
