@@ -176,3 +176,123 @@ pub fn shell_line(cmd: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// The plans of the repository's volumes, selected by key name and volume patterns. A filter
+/// that selects nothing is an error.
+pub fn plans(
+    r: &crate::repository::Reader<'_>,
+    names: Option<&crate::Pattern>,
+    volumes: &[crate::Pattern],
+) -> Result<Vec<VolumePlan>, crate::ZkeyError> {
+    let mut out = Vec::new();
+    for e in r.entries()?.into_iter().flatten() {
+        if names.is_some_and(|p| !p.matches_name(&e.name)) {
+            continue;
+        }
+        let xts = ap_sim::token::SecureKey::parse(&e.secure_key)
+            .map(|k| k.is_xts())
+            .unwrap_or(false);
+        for plan in VolumePlan::for_entry(r.repository().path(), &e, xts) {
+            if volumes.is_empty() || volumes.iter().any(|p| p.matches_volume(&plan.volume)) {
+                out.push(plan);
+            }
+        }
+    }
+    if out.is_empty() && (names.is_some() || !volumes.is_empty()) {
+        let mut what = Vec::new();
+        if let Some(n) = names {
+            what.push(format!("--name '{n}'"));
+        }
+        if !volumes.is_empty() {
+            let v: Vec<&str> = volumes.iter().map(crate::Pattern::as_str).collect();
+            what.push(format!("--volumes '{}'", v.join(",")));
+        }
+        return Err(crate::ZkeyError::NoMatch(format!(
+            "{} with volumes",
+            what.join(" ")
+        )));
+    }
+    Ok(out)
+}
+
+/// Asks for the passphrase of a volume being formatted (a terminal asks twice).
+pub type NewPassphrase<'a> =
+    dyn FnMut(&Path) -> Result<zeroize::Zeroizing<Vec<u8>>, crate::ZkeyError> + 'a;
+
+/// What `run` did.
+#[derive(Debug)]
+pub enum Ran {
+    Formatted,
+    /// The volume is served (decrypted) at this path.
+    Opened(PathBuf),
+    /// The real cryptsetup ran (a plain volume).
+    Cryptsetup,
+}
+
+/// Does one command of a plan (`zkey cryptsetup --run`): LUKS2 volumes are formatted and
+/// opened through the zkey-cryptsetup library, with the key's dummy passphrase or one that
+/// `new_passphrase` asks for (format) or the supplier prompts for (open); a plain volume's
+/// `cryptsetup plainOpen` runs the real cryptsetup.
+pub fn run(
+    ad: &crate::adapters::Adapters,
+    plan: &VolumePlan,
+    action: Action,
+    cmd: &[String],
+    new_passphrase: &mut NewPassphrase<'_>,
+    ui: &mut dyn zkey_cryptsetup::Ui,
+) -> Result<Ran, crate::ZkeyError> {
+    use crate::ops::read_secret_file;
+    use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
+    let cs = |e: zkey_cryptsetup::Error| crate::ZkeyError::Invalid(e.to_string());
+    let device = device_path(plan.volume.device());
+    match action {
+        Action::Format => {
+            let secure_key = crate::ops::read_key_file(&plan.skey)?;
+            let pass = match &plan.passphrase_file {
+                Some(p) => read_secret_file(p)?,
+                None => new_passphrase(&device)?,
+            };
+            let opts = zkey_cryptsetup::luks2::FormatOptions {
+                sector_size: if plan.sector_size == 0 {
+                    4096
+                } else {
+                    plan.sector_size
+                },
+                pbkdf: zkey_cryptsetup::luks2::Pbkdf::from_env()
+                    .map_err(crate::ZkeyError::Invalid)?,
+                label: None,
+            };
+            zkey_cryptsetup::volume::format(&ad.hsm, &device, &secure_key, &opts, &pass, ui)
+                .map_err(cs)?;
+            Ok(Ran::Formatted)
+        }
+        Action::Open => {
+            let source = match &plan.passphrase_file {
+                Some(p) => Source::Given(Passphrase::new(read_secret_file(p)?.to_vec())),
+                None => Source::Prompt { tries: 3 },
+            };
+            let file = zkey_cryptsetup::volume::open(
+                &ad.hsm,
+                &device,
+                plan.volume.dm_name(),
+                &mut Supplier::new(source),
+                ui,
+            )
+            .map_err(cs)?;
+            Ok(Ran::Opened(file))
+        }
+        Action::PlainOpen => {
+            let status = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .status()
+                .map_err(|e| crate::ZkeyError::Invalid(format!("running {}: {e}", cmd[0])))?;
+            if !status.success() {
+                return Err(crate::ZkeyError::Invalid(format!(
+                    "{} exited with {status}",
+                    cmd[0]
+                )));
+            }
+            Ok(Ran::Cryptsetup)
+        }
+    }
+}

@@ -15,7 +15,7 @@ pub(crate) use std::process::ExitCode;
 pub(crate) use std::time::Duration;
 pub(crate) use zeroize::Zeroizing;
 pub(crate) use zkey::adapters::Adapters;
-pub(crate) use zkey::crypttab::{shell_line, Action, VolumePlan};
+pub(crate) use zkey::crypttab::{shell_line, VolumePlan};
 pub(crate) use zkey::keyops::{self, KeyStatus, NewKey};
 pub(crate) use zkey::reencipher::{self, Outcome, Selection};
 pub(crate) use zkey::repository::{self, DummyPassphrase, Reader, Repository};
