@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use crate::adapter::{Mode, Status};
 use crate::apqn::Apqn;
 use crate::registers::{MkType, RegState, RegView};
-use crate::sysfs::{Mkvps, QueueInfo, Reading, SysfsError, SysfsTree};
+use crate::sysfs::{QueueInfo, Reading, SysfsError, SysfsTree};
 use crate::table::Table;
 use crate::token::KeyType;
 use crate::Mkvp;
@@ -133,32 +133,19 @@ impl CrossCheck {
 }
 
 fn cell(r: Option<&Reading>) -> String {
-    match r {
-        None | Some(Reading::Unknown) => "-".into(),
-        Some(Reading::Known(RegView {
-            mkvp: Some(m),
-            state,
-        })) if usable(state) => {
+    match (r, r.and_then(Reading::complete_mkvp)) {
+        (None | Some(Reading::Unknown), _) => "-".into(),
+        (_, Some(m)) => {
             let s = m.to_string();
             s[..s.len().min(32)].to_string()
         }
-        Some(Reading::Known(v)) => v.state.to_string(),
+        (Some(Reading::Known(v)), None) => v.state.to_string(),
     }
-}
-
-fn usable(s: &RegState) -> bool {
-    matches!(s, RegState::Full | RegState::Committed | RegState::Valid)
 }
 
 /// The pattern of a register whose key is complete.
 fn pattern(r: Option<&Reading>) -> Option<Mkvp> {
-    match r? {
-        Reading::Known(RegView {
-            state,
-            mkvp: Some(m),
-        }) if usable(state) => Some(*m),
-        _ => None,
-    }
+    r?.complete_mkvp()
 }
 
 /// Which card types can serve a key type: mode and minimum generation.
@@ -322,24 +309,14 @@ fn registers_of(q: &QueueInfo, key_type: KeyType) -> ApqnRegisters {
 }
 
 fn registers_for(q: &QueueInfo, mktype: MkType) -> ApqnRegisters {
-    let (new, current, old) = match (&q.mkvps, mktype) {
-        (Some(Mkvps::Cca(m)), MkType::Aes) => {
-            (Some(m.aes.new), Some(m.aes.current), Some(m.aes.old))
-        }
-        (Some(Mkvps::Cca(m)), MkType::Apka) => match m.apka {
-            Some(a) => (Some(a.new), Some(a.current), Some(a.old)),
-            None => (None, None, None),
-        },
-        (Some(Mkvps::Ep11(m)), MkType::Ep11) => (Some(m.new), Some(m.current), None),
-        _ => (None, None, None),
-    };
+    let r = q.mkvps.as_ref().and_then(|m| m.of_type(mktype));
     ApqnRegisters {
         apqn: q.apqn,
         card_type: q.card_type.clone(),
         status: Some(q.status),
-        new,
-        current,
-        old,
+        new: r.map(|r| r.new),
+        current: r.map(|r| r.current),
+        old: r.and_then(|r| r.old),
     }
 }
 

@@ -20,7 +20,7 @@ pub mod mkvps;
 mod read;
 mod render;
 
-pub use mkvps::{parse_mkvps, CcaMkvps, CcaTypeMkvps, Ep11Mkvps, Mkvps, Reading};
+pub use mkvps::{parse_mkvps, CcaMkvps, CcaTypeMkvps, Ep11Mkvps, Mkvps, Reading, TypeRegisters};
 pub use read::{CardInfo, QueueInfo, SysfsTree};
 pub use render::render;
 

@@ -229,6 +229,29 @@ pub struct KeyStatus {
 }
 
 impl KeyStatus {
+    /// A key nothing is known of yet (the start of every status).
+    fn unknown(name: &str) -> KeyStatus {
+        KeyStatus {
+            name: name.to_string(),
+            valid: false,
+            error: None,
+            key_type: None,
+            secure_key_size: 0,
+            clear_key_bits: None,
+            xts: None,
+            register: None,
+            mkvp: None,
+            verification_pattern: None,
+            vp_mismatch: false,
+            unreachable: false,
+            staged: None,
+            risk: None,
+            advice: None,
+            apqns: Vec::new(),
+            apqn_check: None,
+        }
+    }
+
     /// Invalid, or hurt by the next SET.
     pub fn at_risk(&self) -> bool {
         !self.valid || self.risk.is_some()
@@ -250,23 +273,9 @@ pub fn status(
     let apqns: Vec<Apqn> = props.map(|p| p.apqns.clone()).unwrap_or_default();
     let within = (!apqns.is_empty()).then_some(apqns.as_slice());
     let mut st = KeyStatus {
-        name: name.to_string(),
-        valid: false,
-        error: None,
-        key_type: None,
         secure_key_size: key_bytes.len(),
-        clear_key_bits: None,
-        xts: None,
-        register: None,
-        mkvp: None,
-        verification_pattern: None,
-        vp_mismatch: false,
-        unreachable: false,
-        staged: None,
-        risk: None,
-        advice: None,
         apqns: apqns.clone(),
-        apqn_check: None,
+        ..KeyStatus::unknown(name)
     };
     let key = match SecureKey::parse(key_bytes) {
         Ok(k) => k,
@@ -374,25 +383,11 @@ pub fn entry_status(ad: &Adapters, e: &KeyEntry, apqn_check: bool) -> KeyStatus 
 /// The status of a key whose files are inconsistent.
 pub fn damaged_status(d: &crate::DamagedKey) -> KeyStatus {
     KeyStatus {
-        name: d.name.to_string(),
-        valid: false,
         error: Some(d.to_string()),
-        key_type: None,
-        secure_key_size: 0,
-        clear_key_bits: None,
-        xts: None,
-        register: None,
-        mkvp: None,
-        verification_pattern: None,
-        vp_mismatch: false,
-        unreachable: false,
-        staged: None,
-        risk: None,
         advice: Some(format!(
             "restore the key's files from a backup, or remove it with 'zkey remove -N {} --force'",
             crate::keyname::quote(d.name.as_str())
         )),
-        apqns: vec![],
-        apqn_check: None,
+        ..KeyStatus::unknown(d.name.as_str())
     }
 }

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use ap_sim::apqn::Apqn;
 use ap_sim::durable;
 use ap_sim::hsm::{HsmError, Register};
-use ap_sim::registers::{MkType, RegState};
-use ap_sim::sysfs::{Mkvps, Reading};
+use ap_sim::registers::MkType;
+use ap_sim::sysfs::Reading;
 use ap_sim::token::{KeyType, SecureKey};
 use ap_sim::Mkvp;
 
@@ -342,29 +342,16 @@ fn registers(
     apqn: Apqn,
     mktype: MkType,
 ) -> Result<(Option<Reading>, Option<Reading>), ZkeyError> {
-    let Some(q) = ad.sysfs.queue(apqn)? else {
-        return Ok((None, None));
-    };
-    Ok(match (q.mkvps, mktype) {
-        (Some(Mkvps::Cca(m)), MkType::Aes) => (Some(m.aes.new), Some(m.aes.current)),
-        (Some(Mkvps::Cca(m)), MkType::Apka) => (m.apka.map(|r| r.new), m.apka.map(|r| r.current)),
-        (Some(Mkvps::Ep11(m)), MkType::Ep11) => (Some(m.new), Some(m.current)),
-        _ => (None, None),
-    })
+    let r = ad
+        .sysfs
+        .queue(apqn)?
+        .and_then(|q| q.mkvps)
+        .and_then(|m| m.of_type(mktype));
+    Ok((r.map(|r| r.new), r.map(|r| r.current)))
 }
 
 fn complete_pattern(r: Option<Reading>) -> Option<Mkvp> {
-    match r? {
-        Reading::Known(v)
-            if matches!(
-                v.state,
-                RegState::Full | RegState::Committed | RegState::Valid
-            ) =>
-        {
-            v.mkvp
-        }
-        _ => None,
-    }
+    r?.complete_mkvp()
 }
 
 fn key_mktype(key_type: &str) -> Option<MkType> {

@@ -25,8 +25,8 @@
 use serde::Serialize;
 
 use ap_sim::apqn::Apqn;
-use ap_sim::registers::{MkType, RegState};
-use ap_sim::sysfs::{Mkvps, Reading};
+use ap_sim::registers::MkType;
+use ap_sim::sysfs::Reading;
 use ap_sim::token::KeyType;
 use ap_sim::Mkvp;
 
@@ -367,7 +367,8 @@ pub fn pending(ad: &Adapters) -> Result<Vec<Pending>, ZkeyError> {
             continue;
         }
         for t in [MkType::Aes, MkType::Apka, MkType::Ep11] {
-            let Some(new) = register(&q.mkvps, t, Slot::New).and_then(complete) else {
+            let regs = q.mkvps.as_ref().and_then(|m| m.of_type(t));
+            let Some(new) = regs.and_then(|r| r.new.complete_mkvp()) else {
                 continue;
             };
             match out.iter_mut().find(|p| p.mktype == t) {
@@ -733,57 +734,17 @@ fn held_offline(ad: &Adapters, t: MkType, mkvp: Mkvp, apqns: &[Apqn]) -> bool {
                         | (None, _)
                 )
             })
-            .any(|q| {
-                [Slot::New, Slot::Current, Slot::Old].into_iter().all(|s| {
-                    match register(&q.mkvps, t, s) {
-                        None | Some(Reading::Unknown) => true,
-                        Some(r) => complete(r).is_some_and(|m| m.matches(&mkvp)),
-                    }
-                }) || [Slot::New, Slot::Current, Slot::Old].into_iter().any(|s| {
-                    register(&q.mkvps, t, s)
-                        .and_then(complete)
-                        .is_some_and(|m| m.matches(&mkvp))
-                })
+            .any(|q| match q.mkvps.as_ref().and_then(|m| m.of_type(t)) {
+                // Unreadable, as the kernel shows an offline queue: it may hold the key.
+                None => true,
+                Some(r) => [Some(r.new), Some(r.current), r.old]
+                    .into_iter()
+                    .flatten()
+                    .any(|x| {
+                        x == Reading::Unknown || x.complete_mkvp().is_some_and(|m| m.matches(&mkvp))
+                    }),
             })
     })
-}
-
-#[derive(Copy, Clone)]
-enum Slot {
-    New,
-    Current,
-    Old,
-}
-
-fn register(m: &Option<Mkvps>, t: MkType, slot: Slot) -> Option<Reading> {
-    let (new, cur, old) = match (m.as_ref()?, t) {
-        (Mkvps::Cca(m), MkType::Aes) => (m.aes.new, m.aes.current, Some(m.aes.old)),
-        (Mkvps::Cca(m), MkType::Apka) => {
-            let a = m.apka?;
-            (a.new, a.current, Some(a.old))
-        }
-        (Mkvps::Ep11(m), MkType::Ep11) => (m.new, m.current, None),
-        _ => return None,
-    };
-    match slot {
-        Slot::New => Some(new),
-        Slot::Current => Some(cur),
-        Slot::Old => old,
-    }
-}
-
-fn complete(r: Reading) -> Option<Mkvp> {
-    match r {
-        Reading::Known(v)
-            if matches!(
-                v.state,
-                RegState::Full | RegState::Committed | RegState::Valid
-            ) =>
-        {
-            v.mkvp
-        }
-        _ => None,
-    }
 }
 
 /// A plug-in key's verdict from its MKVPs and the registers of its APQNs.
@@ -800,10 +761,11 @@ fn plugin_object(
         if q.status != ap_sim::adapter::Status::Online {
             continue;
         }
-        let get = |s| register(&q.mkvps, p.mktype, s).and_then(complete);
-        cur.extend(get(Slot::Current));
-        old.extend(get(Slot::Old));
-        new.extend(get(Slot::New));
+        if let Some(r) = q.mkvps.as_ref().and_then(|m| m.of_type(p.mktype)) {
+            cur.extend(r.current.complete_mkvp());
+            old.extend(r.old.and_then(|o| o.complete_mkvp()));
+            new.extend(r.new.complete_mkvp());
+        }
     }
     let is = |set: &[Mkvp], m: Mkvp| !set.is_empty() && set.iter().all(|x| x.matches(&m));
     let any = |set: &[Mkvp], m: Mkvp| set.iter().any(|x| x.matches(&m));

@@ -40,6 +40,26 @@ impl Reading {
     pub const fn without_pattern(state: RegState) -> Reading {
         Reading::Known(RegView { state, mkvp: None })
     }
+
+    /// The pattern of the register's key when the key is complete (full, committed or valid):
+    /// a key one can re-encipher to, or that keys are enciphered with.
+    pub fn complete_mkvp(&self) -> Option<Mkvp> {
+        match self {
+            Reading::Known(RegView {
+                state: RegState::Full | RegState::Committed | RegState::Valid,
+                mkvp,
+            }) => *mkvp,
+            _ => None,
+        }
+    }
+}
+
+/// One master key type's registers of one queue; `old` is `None` for EP11 (no OLD register).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct TypeRegisters {
+    pub new: Reading,
+    pub current: Reading,
+    pub old: Option<Reading>,
 }
 
 /// NEW, CURRENT and OLD of one CCA master key type.
@@ -246,6 +266,27 @@ impl Line {
 }
 
 impl Mkvps {
+    /// The registers of master key type `t`, if this queue has them (AES and APKA on CCA,
+    /// EP11 on EP11).
+    pub fn of_type(&self, t: crate::registers::MkType) -> Option<TypeRegisters> {
+        use crate::registers::MkType;
+        let cca = |m: CcaTypeMkvps| TypeRegisters {
+            new: m.new,
+            current: m.current,
+            old: Some(m.old),
+        };
+        match (self, t) {
+            (Mkvps::Cca(m), MkType::Aes) => Some(cca(m.aes)),
+            (Mkvps::Cca(m), MkType::Apka) => m.apka.map(cca),
+            (Mkvps::Ep11(m), MkType::Ep11) => Some(TypeRegisters {
+                new: m.new,
+                current: m.current,
+                old: None,
+            }),
+            _ => None,
+        }
+    }
+
     fn layout(&self) -> &'static [Line] {
         match self {
             Mkvps::Cca(_) => &CCA_LAYOUT,
