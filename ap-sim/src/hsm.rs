@@ -459,13 +459,13 @@ impl Hsm {
     }
 
     /// The key verification pattern (VP): 32 zero bytes encrypted with the effective key
-    /// (AES-CBC with a zero IV, or AES-XTS with a zero tweak for an XTS key), as 64 lowercase hex
-    /// digits. It names the effective key whatever master key wraps it.
+    /// (AES-CBC with a zero IV, or AES-XTS with a zero tweak for an XTS key). It names the
+    /// effective key whatever master key wraps it.
     pub fn verification_pattern(
         &self,
         key: &SecureKey,
         apqns: Option<&[Apqn]>,
-    ) -> Result<String, HsmError> {
+    ) -> Result<crate::VerificationPattern, HsmError> {
         let k = self.effective_key(key, apqns)?;
         Ok(vp_of_effective(k.as_bytes(), key.is_xts()))
     }
@@ -737,7 +737,7 @@ impl AnyAes {
 }
 
 /// The VP of a clear key: AES-CBC (zero IV) or AES-XTS (zero tweak) over 32 zero bytes.
-pub fn vp_of_effective(key: &[u8], xts: bool) -> String {
+pub fn vp_of_effective(key: &[u8], xts: bool) -> crate::VerificationPattern {
     let mut out = [0u8; 32];
     if xts {
         let (k1, k2) = key.split_at(key.len() / 2);
@@ -762,7 +762,7 @@ pub fn vp_of_effective(key: &[u8], xts: bool) -> String {
             block.copy_from_slice(&prev);
         }
     }
-    hex::encode(out)
+    crate::VerificationPattern::from_bytes(out)
 }
 
 /// Multiplies an XTS tweak by alpha in GF(2^128), little-endian as IEEE 1619 defines it.
@@ -788,7 +788,7 @@ mod tests {
         // IEEE 1619-2007 vector 1: keys all zero, tweak 0, 32 zero bytes of plaintext.
         let vp = vp_of_effective(&[0u8; 32], true);
         assert_eq!(
-            vp,
+            vp.to_string(),
             "917cf69ebd68b2ec9b9fe9a3eadda692cd43d2f59598ed858c02c2652fbf922e"
         );
     }
@@ -797,8 +797,9 @@ mod tests {
     fn cbc_vp_is_two_chained_blocks() {
         // AES-128 of the zero block under the zero key is 66e94bd4ef8a2c3b884cfa59ca342b2e.
         let vp = vp_of_effective(&[0u8; 16], false);
-        assert!(vp.starts_with("66e94bd4ef8a2c3b884cfa59ca342b2e"));
-        assert_eq!(vp.len(), 64);
+        assert!(vp
+            .to_string()
+            .starts_with("66e94bd4ef8a2c3b884cfa59ca342b2e"));
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`token`]: secure key token layouts and the wrapping of key material.
 //! - [`reencipher`]: how every command asks for a re-encipher: one `Way`, one `Mode`, one
 //!   conflict rule for the flags.
+//! - [`vp`]: the verification pattern that names an effective key (one type for the suite).
 //! - [`hsm`]: the operations on secure keys: generate, import, verify, re-encipher, VP.
 //! - [`audit`]: the tamper-evident audit trail, authenticated inside the adapter.
 //! - `durable`, `table`, `exit`: re-exported from the `infra` crate.
@@ -35,6 +36,7 @@ pub mod registers;
 pub mod sim;
 pub mod sysfs;
 pub mod token;
+pub mod vp;
 
 // The shared infrastructure moved below the simulator; these paths stay for its users.
 pub use infra::{durable, exit, table};
@@ -43,3 +45,4 @@ pub use apqn::Apqn;
 pub use mkvp::{MasterKey, Mkvp};
 pub use registers::MkType;
 pub use sim::Simulator;
+pub use vp::VerificationPattern;

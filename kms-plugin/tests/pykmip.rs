@@ -119,6 +119,7 @@ impl Env {
         self.hsm
             .verification_pattern(&SecureKey::parse(key).unwrap(), None)
             .unwrap()
+            .to_string()
     }
 }
 
@@ -137,7 +138,7 @@ fn clear_vp(c: &mut Client, id: &str) -> String {
         .and_then(|m| m.as_bytes())
         .unwrap()
         .to_vec();
-    vp_of_effective(&m, false)
+    vp_of_effective(&m, false).to_string()
 }
 
 fn code(e: kms_plugin::plugin::ClientError) -> (Option<ErrorCode>, String) {

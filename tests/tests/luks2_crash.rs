@@ -152,7 +152,7 @@ impl Fixture {
             .hsm
             .verification_pattern(&SecureKey::parse(&k).unwrap(), None)
         {
-            Ok(vp) => vp,
+            Ok(vp) => vp.to_string(),
             Err(_) => vol
                 .vp_token()
                 .unwrap()

@@ -57,46 +57,7 @@ pub fn crash_point() {
     fail::fail_point!("luks2", |_| std::process::abort());
 }
 
-/// A key verification pattern: 64 lowercase hex digits naming an effective AES key.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Vp(String);
-
-impl Vp {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Vp {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(Vp(s.to_ascii_lowercase()))
-        } else {
-            Err(format!(
-                "a verification pattern is 64 hex digits, not {:?}",
-                truncate(&s, 80)
-            ))
-        }
-    }
-}
-
-impl From<Vp> for String {
-    fn from(v: Vp) -> String {
-        v.0
-    }
-}
-
-impl fmt::Display for Vp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
-}
+pub use ap_sim::VerificationPattern;
 
 /// The `paes-verification-pattern` token: the VP of the volume's effective key, so that a key
 /// set later (setkey, re-encipher) can be proven to be the same AES key.
@@ -107,14 +68,14 @@ pub struct VpToken {
     pub kind: String,
     pub keyslots: Vec<String>,
     #[serde(rename = "verification-pattern")]
-    pub verification_pattern: Vp,
+    pub verification_pattern: VerificationPattern,
     /// Written by IBM's tool for `phmac` integrity volumes; kept when read, never written here.
     #[serde(
         rename = "integrity-verification-pattern",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub integrity_verification_pattern: Option<Vp>,
+    pub integrity_verification_pattern: Option<VerificationPattern>,
 }
 
 impl VpToken {
@@ -124,7 +85,7 @@ impl VpToken {
         serde_json::from_slice(json).map_err(|e| e.to_string())
     }
 
-    pub fn new(vp: Vp) -> Self {
+    pub fn new(vp: VerificationPattern) -> Self {
         VpToken {
             kind: VP_TOKEN_TYPE.into(),
             keyslots: Vec::new(),
@@ -144,13 +105,13 @@ pub struct ReencipherToken {
     pub kind: String,
     pub keyslots: Vec<String>,
     #[serde(rename = "verification-pattern")]
-    pub verification_pattern: Vp,
+    pub verification_pattern: VerificationPattern,
     #[serde(
         rename = "integrity-verification-pattern",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub integrity_verification_pattern: Option<Vp>,
+    pub integrity_verification_pattern: Option<VerificationPattern>,
     #[serde(rename = "original-keyslot")]
     pub original_keyslot: u32,
     #[serde(rename = "unbound-keyslot")]
@@ -189,7 +150,12 @@ impl ReencipherToken {
         Ok(())
     }
 
-    pub fn new(vp: Vp, original_keyslot: u32, unbound_keyslot: u32, mkvp: ap_sim::Mkvp) -> Self {
+    pub fn new(
+        vp: VerificationPattern,
+        original_keyslot: u32,
+        unbound_keyslot: u32,
+        mkvp: ap_sim::Mkvp,
+    ) -> Self {
         ReencipherToken {
             mkvp: Some(mkvp.to_string()),
             kind: REENCIPHER_TOKEN_TYPE.into(),
@@ -382,7 +348,7 @@ pub fn format(
     device: &Path,
     secure_key: &[u8],
     xts: bool,
-    vp: &Vp,
+    vp: &VerificationPattern,
     opts: &FormatOptions,
     passphrase: &[u8],
 ) -> Result<u32, Error> {
@@ -443,7 +409,7 @@ pub fn format(
         dev,
         path: device.to_path_buf(),
     };
-    vol.set_vp_token(&VpToken::new(vp.clone()))?;
+    vol.set_vp_token(&VpToken::new(*vp))?;
     Ok(slot)
 }
 

@@ -51,7 +51,7 @@ use ap_sim::Apqn;
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use crate::luks2::{Found, ReencipherToken, SlotState, Volume, Vp, VpToken};
+use crate::luks2::{Found, ReencipherToken, SlotState, VerificationPattern, Volume, VpToken};
 use crate::passphrase::Supplier;
 use crate::volume::{offer_destroy, parse_key, unlock, verify, vp_of, Unlocked};
 use crate::{Error, Ui};
@@ -134,7 +134,7 @@ struct Plan {
     key: SecureKey,
     direction: Direction,
     in_place: bool,
-    vp: Vp,
+    vp: VerificationPattern,
     /// The VP token must be written first (there is none).
     write_vp_token: bool,
 }
@@ -222,7 +222,7 @@ fn prepare(
         write_vp_token,
     } = plan;
     if write_vp_token {
-        vol.set_vp_token(&VpToken::new(vp.clone()))?;
+        vol.set_vp_token(&VpToken::new(vp))?;
     }
     let (from, to) = match direction {
         Direction::ToNew => (Register::Current, Register::New),
@@ -262,7 +262,7 @@ fn add_or_adopt(
     vol: &mut Volume,
     u: &Unlocked,
     new_key: &SecureKey,
-    vp: &Vp,
+    vp: &VerificationPattern,
 ) -> Result<u32, Error> {
     for slot in vol.orphan_unbound_slots()? {
         let Ok(bytes) = vol.slot_key(slot, u.passphrase.as_bytes()) else {
@@ -279,7 +279,7 @@ fn add_or_adopt(
             continue;
         }
         let same_vp = match hsm.verification_pattern(&k, None) {
-            Ok(kvp) => kvp == vp.as_str(),
+            Ok(kvp) => kvp == *vp,
             // Under a NEW master key that is not set: the VP is checked at completion.
             Err(HsmError::OnlyNew { .. }) => true,
             Err(_) => false,
@@ -355,7 +355,7 @@ fn complete(
                 let new_slot = add_or_adopt(hsm, vol, u, &again, &token.verification_pattern)?;
                 let old_unbound = token.unbound_keyslot;
                 token = ReencipherToken::new(
-                    token.verification_pattern.clone(),
+                    token.verification_pattern,
                     token.original_keyslot,
                     new_slot,
                     again.mkvp(),
@@ -405,7 +405,7 @@ fn check_token_vp(
     name: &str,
     what: &str,
     key: &SecureKey,
-    expected: &Vp,
+    expected: &VerificationPattern,
 ) -> Result<(), Error> {
     let vp = vp_of(hsm, name, what, key)?;
     if &vp != expected {

@@ -10,7 +10,7 @@ use ap_sim::token::SecureKey;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::luks2::{self, FormatOptions, SlotState, Volume, Vp, VpToken};
+use crate::luks2::{self, FormatOptions, SlotState, VerificationPattern, Volume, VpToken};
 use crate::passphrase::{Passphrase, Supplier};
 use crate::{Error, Ui};
 
@@ -82,15 +82,18 @@ pub(crate) fn verify(
     })
 }
 
-pub(crate) fn vp_of(hsm: &Hsm, device: &str, what: &str, key: &SecureKey) -> Result<Vp, Error> {
-    let s = hsm
-        .verification_pattern(key, None)
+pub(crate) fn vp_of(
+    hsm: &Hsm,
+    device: &str,
+    what: &str,
+    key: &SecureKey,
+) -> Result<VerificationPattern, Error> {
+    hsm.verification_pattern(key, None)
         .map_err(|source| Error::Adapter {
             device: device.into(),
             what: what.into(),
             source: Box::new(source),
-        })?;
-    Vp::try_from(s).map_err(Error::Invalid)
+        })
 }
 
 /// What [`format`] made.
@@ -319,14 +322,19 @@ pub fn validate(
 }
 
 /// Writes (or rewrites) the VP token of `device` from its volume key. Returns the VP.
-pub fn setvp(hsm: &Hsm, device: &Path, pass: &mut Supplier, ui: &mut dyn Ui) -> Result<Vp, Error> {
+pub fn setvp(
+    hsm: &Hsm,
+    device: &Path,
+    pass: &mut Supplier,
+    ui: &mut dyn Ui,
+) -> Result<VerificationPattern, Error> {
     let mut vol = Volume::open(device)?;
     let name = vol.name();
     let u = unlock(&mut vol, pass, ui)?;
     let key = parse_key(&name, "the volume key", &u.volume_key)?;
     verify(hsm, &name, "the volume key", &key)?;
     let vp = vp_of(hsm, &name, "the volume key", &key)?;
-    vol.set_vp_token(&VpToken::new(vp.clone()))?;
+    vol.set_vp_token(&VpToken::new(vp))?;
     Ok(vp)
 }
 

@@ -24,8 +24,8 @@ pub enum ZkeyError {
     #[error("the staged key of '{name}' has verification pattern {staged}, but the key's is {expected}: it is not the same key, so it was not installed (both files were kept; remove the staged key with 'zkey reencipher --staged' again)")]
     VpMismatch {
         name: String,
-        staged: String,
-        expected: String,
+        staged: ap_sim::VerificationPattern,
+        expected: ap_sim::VerificationPattern,
     },
     #[error("the APQN check failed:\n{0}(use --no-apqn-check to bind anyway)")]
     CrossCheck(String),

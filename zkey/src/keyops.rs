@@ -75,15 +75,10 @@ pub fn properties_for(
         apqns: spec.apqns.clone(),
         sector_size: spec.sector_size,
         volume_type: spec.volume_type,
-        verification_pattern: Some(parse_vp(&vp)?),
+        verification_pattern: Some(vp),
         creation_time: Some(Timestamp::now()),
         ..KeyProperties::default()
     })
-}
-
-pub fn parse_vp(vp: &str) -> Result<VerificationPattern, ZkeyError> {
-    vp.parse()
-        .map_err(|e| ZkeyError::Invalid(format!("verification pattern: {e}")))
 }
 
 /// Makes a secure key in the adapter: random, or from a clear key.
@@ -213,7 +208,7 @@ pub struct KeyStatus {
     /// The register holding the key's master key: CURRENT or OLD.
     pub register: Option<Register>,
     pub mkvp: Option<Mkvp>,
-    pub verification_pattern: Option<String>,
+    pub verification_pattern: Option<VerificationPattern>,
     /// The stored VP differs from the key's: the key file was swapped.
     pub vp_mismatch: bool,
     /// No APQN the key may use is online: the key cannot be checked now (not a loss).
@@ -296,7 +291,7 @@ pub fn status(
             if let Ok(vp) = ad.hsm.verification_pattern(&key, within) {
                 st.vp_mismatch = props
                     .and_then(|p| p.verification_pattern)
-                    .is_some_and(|stored| stored.to_string() != vp);
+                    .is_some_and(|stored| stored != vp);
                 st.verification_pattern = Some(vp);
             }
         }

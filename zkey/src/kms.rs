@@ -810,11 +810,11 @@ fn refresh_one(
     let within = (!e.properties.apqns.is_empty()).then_some(e.properties.apqns.as_slice());
     let vp = ad.hsm.verification_pattern(&key, within)?;
     if let Some(stored) = e.properties.verification_pattern {
-        if stored.to_string() != vp {
+        if stored != vp {
             return Err(ZkeyError::VpMismatch {
                 name: e.name.to_string(),
                 staged: vp,
-                expected: stored.to_string(),
+                expected: stored,
             });
         }
     }
@@ -997,14 +997,16 @@ fn import_one(
     };
     let props = keyops::properties_for(ad, &key, &spec)?;
     if let Some(stored) = k.properties.get("verification-pattern") {
-        if props.verification_pattern.map(|v| v.to_string()).as_deref() != Some(stored.as_str()) {
+        let stored: ap_sim::VerificationPattern = stored.parse().map_err(|e| {
+            ZkeyError::Invalid(format!(
+                "the KMS holds an invalid verification pattern: {e}"
+            ))
+        })?;
+        if let Some(vp) = props.verification_pattern.filter(|vp| *vp != stored) {
             return Err(ZkeyError::VpMismatch {
                 name: name.to_string(),
-                staged: props
-                    .verification_pattern
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-                expected: stored.clone(),
+                staged: vp,
+                expected: stored,
             });
         }
     }

@@ -304,36 +304,8 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// A key verification pattern: 32 bytes, stored as 64 lowercase hex characters.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct VerificationPattern([u8; 32]);
-
-impl VerificationPattern {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        VerificationPattern(bytes)
-    }
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl FromStr for VerificationPattern {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 32];
-        if s.len() != 64 {
-            return Err("expected 64 hex characters".to_string());
-        }
-        hex::decode_to_slice(s, &mut out).map_err(|e| e.to_string())?;
-        Ok(VerificationPattern(out))
-    }
-}
-
-impl fmt::Display for VerificationPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
+/// The VP is the suite's one type (`ap_sim::vp`).
+pub use ap_sim::VerificationPattern;
 
 /// The typed view of a key's properties (see the module documentation).
 ///

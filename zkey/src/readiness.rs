@@ -571,8 +571,8 @@ fn volume_verdict(
             )
         }
     };
-    if let (Some(t), Some(vp)) = (&h.verification_pattern, st.verification_pattern.as_deref()) {
-        if t != vp {
+    if let (Some(t), Some(vp)) = (&h.verification_pattern, st.verification_pattern) {
+        if *t != vp.to_string() {
             return (
                 Verdict::Unknown,
                 format!("the volume's verification pattern {t} is not key '{}''s: the volume holds another key", e.name),

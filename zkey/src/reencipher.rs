@@ -355,7 +355,7 @@ fn complete(
     }
     let vp = ad.hsm.verification_pattern(&staged, apqns)?;
     let expected = match e.properties.verification_pattern {
-        Some(vp) => vp.to_string(),
+        Some(vp) => vp,
         None => ad.hsm.verification_pattern(live, apqns)?,
     };
     if vp != expected {

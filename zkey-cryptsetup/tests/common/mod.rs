@@ -180,7 +180,7 @@ pub fn volume_vp(hsm: &Hsm, img: &Path) -> String {
     let mut vol = zkey_cryptsetup::luks2::Volume::open(img).unwrap();
     let (_, k) = vol.volume_key(PW).unwrap();
     let key = ap_sim::token::SecureKey::parse(&k).unwrap();
-    hsm.verification_pattern(&key, None).unwrap()
+    hsm.verification_pattern(&key, None).unwrap().to_string()
 }
 
 pub fn header_bytes(img: &Path) -> Vec<u8> {
