@@ -893,8 +893,23 @@ const KNOWN_BUG_VOLUME_VERDICT_FOLLOWS_REPOSITORY_KEY: bool = true;
 /// `zkey validate --all` (exit 0) and `zkey mkchange start` (exit 0, "SAFE TO SET") all call
 /// the volume staged, and the EP11 SET destroys it (CCA: the SET after next). While this is
 /// `true`, invariant (a) and the volume check of `mkchange start` skip volumes whose pending
-/// re-encipher is under a master key that no register holds as NEW.
+/// re-encipher is under a master key that no register holds as NEW, and so does (b).
+///
+/// The same root shows a second way (seed 0x5eed2063): a volume forgotten at one CCA change
+/// (its key under OLD) and staged at the next one with `zkey-cryptsetup reencipher --staged`,
+/// which stages OLD -> CURRENT (as the reference does), not to NEW; readiness calls it staged
+/// and `validate --all` exits 0; after the SET the pending key is under OLD, `zkey-cryptsetup
+/// reencipher --complete` refuses without a terminal ("answer with -q"), and the volume is one
+/// SET away from being destroyed although the suite called the SET safe.
 const KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED: bool = true;
+
+/// Known bug (found while writing this test; `tests/tests/model.rs` shows it with the constant
+/// `false`): a key whose bound APQNs are all offline is reported `lost` ("its master key is
+/// gone, restore it from a KMS or a backup") although the offline APQN still holds its master
+/// key as CURRENT: `keyops::risk` turns every failed verify into `Risk::Lost`. Not a loss, a
+/// false alarm with a harmful advice; the README's `unknown` ("the suite cannot tell") fits.
+/// While this is `true`, a `lost` verdict is only checked for keys that an online APQN holds.
+const KNOWN_BUG_OFFLINE_KEY_IS_LOST: bool = true;
 
 const ALL_SLOTS: [Slot; 3] = [Slot::New, Slot::Current, Slot::Old];
 const IN_USE: [Slot; 2] = [Slot::Current, Slot::Old];
@@ -917,6 +932,14 @@ impl Obs {
         k.live
             .as_deref()
             .is_some_and(|m| self.regs.holds(&k.mktype, &k.apqns, m, &IN_USE, false))
+    }
+
+    /// [`Obs::key_recoverable`] on online APQNs only.
+    fn key_recoverable_online(&self, k: &KeyObs) -> bool {
+        [&k.live, &k.staged]
+            .into_iter()
+            .flatten()
+            .any(|m| self.regs.holds(&k.mktype, &k.apqns, m, &ALL_SLOTS, false))
     }
 
     fn vol_recoverable(&self, v: &VolObs) -> bool {
@@ -1963,7 +1986,7 @@ impl Ctx {
         self.obs = Some(done.clone());
         if judged {
             self.stats.safe_sets_checked += 1;
-            self.check_safe_set(&done, mktype)?;
+            self.check_safe_set(before, &done, mktype)?;
         }
         Ok(())
     }
@@ -2055,6 +2078,21 @@ impl Ctx {
         // Verdicts agree with the registers; validity too; patterns never change.
         for (name, k) in &a.keys {
             let verdict = a.verdict("key", name).unwrap_or("(not reported)");
+            // A key called lost is one whose master keys are in no register at all; one whose
+            // master key sits on an offline APQN comes back when the APQN does.
+            let only_offline = !a.key_recoverable_online(k);
+            if verdict == "lost"
+                && a.key_recoverable(k)
+                && !(KNOWN_BUG_OFFLINE_KEY_IS_LOST && only_offline)
+            {
+                return self.fail(
+                    "a lost verdict for a key the registers still hold",
+                    format!(
+                        "key {name} is lost, but a register holds its master key: {k:?}\n{:?}",
+                        a.regs
+                    ),
+                );
+            }
             if matches!(verdict, "safe" | "staged") && !a.key_recoverable(k) {
                 return self.fail(
                     "verdict vs registers",
@@ -2085,6 +2123,15 @@ impl Ctx {
         }
         for (vname, v) in &a.vols {
             let verdict = a.verdict("volume", vname).unwrap_or("(not reported)");
+            if verdict == "lost" && v.header.formatted && a.vol_recoverable(v) {
+                return self.fail(
+                    "a lost verdict for a volume the registers still hold",
+                    format!(
+                        "volume {vname} is lost, but a register holds its master key: {}",
+                        v.header.raw
+                    ),
+                );
+            }
             if matches!(verdict, "safe" | "staged") && !a.vol_recoverable(v) {
                 return self.fail(
                     "verdict vs registers",
@@ -2118,7 +2165,7 @@ impl Ctx {
     }
 
     /// (b): after the complete steps of a SET readiness called safe.
-    fn check_safe_set(&mut self, a: &Obs, mktype: MkType) -> Res<()> {
+    fn check_safe_set(&mut self, b: &Obs, a: &Obs, mktype: MkType) -> Res<()> {
         for (name, k) in &a.keys {
             let made = self.keys.get(name).and_then(|r| r.vp.clone());
             let changed = k.mktype == mktype.name();
@@ -2142,6 +2189,12 @@ impl Ctx {
             let made = self.keys[&key].volume.as_ref().and_then(|r| r.vp.clone());
             let h = &v.header;
             if !h.formatted {
+                continue;
+            }
+            let stale = b.vols.get(&vname).is_some_and(|vb| {
+                b.stale_stage(vb) && b.verdict("volume", &vname) == Some("staged")
+            });
+            if KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED && stale {
                 continue;
             }
             let changed = v.mktype == mktype.name();
@@ -2311,6 +2364,17 @@ impl Ctx {
             return self.fail(
                 "c: zkey mkchange start succeeded with nothing to SET",
                 format!("no pending change of {types:?} on {g:?}: {:?}", a.pending),
+            );
+        }
+        // When the operation covers every pending change, the whole readiness model agrees.
+        let covers_all = a
+            .pending
+            .iter()
+            .all(|(t, p)| types.contains(&t.as_str()) && p.iter().all(|x| g.contains(x)));
+        if covers_all && !a.safe_to_set {
+            return self.fail(
+                "c: zkey mkchange start succeeded but readiness is not safe_to_set",
+                format!("pending {:?}, verdicts {:?}", a.pending, a.verdicts),
             );
         }
         for (name, k) in &a.keys {
