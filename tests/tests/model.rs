@@ -911,6 +911,16 @@ const KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED: bool = true;
 /// While this is `true`, a `lost` verdict is only checked for keys that an online APQN holds.
 const KNOWN_BUG_OFFLINE_KEY_IS_LOST: bool = true;
 
+/// Known bug (seed 0x5eed2028): `safe_to_set` (and the exit code of `zkey validate --all`)
+/// count every object, also those of a master key type no change is pending for. A CCA key
+/// with a LUKS2 volume whose passphrase only the operator types is `unknown` once its own
+/// change is done (by design, "without alarming" while nothing is pending); as soon as an EP11
+/// NEW key is committed, that AES volume makes readiness NOT SAFE TO SET and `validate --all`
+/// exit 3, while `zkey mkchange start -t ep11` says SAFE TO SET (exit 0). A false alarm, and
+/// the two commands disagree. While this is `true`, the "mkchange start implies safe_to_set"
+/// check ignores objects of master key types with nothing pending.
+const KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET: bool = true;
+
 const ALL_SLOTS: [Slot; 3] = [Slot::New, Slot::Current, Slot::Old];
 const IN_USE: [Slot; 2] = [Slot::Current, Slot::Old];
 
@@ -2371,6 +2381,24 @@ impl Ctx {
             .pending
             .iter()
             .all(|(t, p)| types.contains(&t.as_str()) && p.iter().all(|x| g.contains(x)));
+        // Objects of a master key type no change is pending for cannot make a SET unsafe.
+        let pending_types: Vec<&str> = a.pending.iter().map(|(t, _)| t.as_str()).collect();
+        let unrelated = |kind: &str, name: &str| {
+            match kind {
+                "key" => a.keys.get(name).map(|k| k.mktype.as_str()),
+                "volume" => a.vols.get(name).map(|v| v.mktype.as_str()),
+                _ => None,
+            }
+            .is_some_and(|t| !pending_types.contains(&t))
+        };
+        let only_unrelated = a
+            .verdicts
+            .iter()
+            .filter(|(_, v)| !matches!(v.as_str(), "safe" | "staged"))
+            .all(|((kind, name), _)| unrelated(kind, name));
+        if KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET && only_unrelated {
+            return Ok(());
+        }
         if covers_all && !a.safe_to_set {
             return self.fail(
                 "c: zkey mkchange start succeeded but readiness is not safe_to_set",
