@@ -918,7 +918,7 @@ const KNOWN_BUG_OFFLINE_KEY_IS_LOST: bool = true;
 /// NEW key is committed, that AES volume makes readiness NOT SAFE TO SET and `validate --all`
 /// exit 3, while `zkey mkchange start -t ep11` says SAFE TO SET (exit 0). A false alarm, and
 /// the two commands disagree. While this is `true`, the "mkchange start implies safe_to_set"
-/// check ignores objects of master key types with nothing pending.
+/// check and the precondition of (b) ignore objects of master key types with nothing pending.
 const KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET: bool = true;
 
 const ALL_SLOTS: [Slot; 3] = [Slot::New, Slot::Current, Slot::Old];
@@ -956,6 +956,30 @@ impl Obs {
         !v.header.formatted
             || self.alive(&v.mktype, &[], &v.header.live_mkvp)
             || self.alive(&v.mktype, &[], &v.header.pending_mkvp)
+    }
+
+    /// `safe_to_set`, or (while [`KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET`]) a change is
+    /// pending and only objects of master key types with nothing pending are not ready.
+    fn safe_to_set_for_pending(&self) -> bool {
+        if self.safe_to_set {
+            return true;
+        }
+        let types: Vec<&str> = self.pending.iter().map(|(t, _)| t.as_str()).collect();
+        let unrelated = |kind: &str, name: &str| {
+            match kind {
+                "key" => self.keys.get(name).map(|k| k.mktype.as_str()),
+                "volume" => self.vols.get(name).map(|v| v.mktype.as_str()),
+                _ => None,
+            }
+            .is_some_and(|t| !types.contains(&t))
+        };
+        KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET
+            && !types.is_empty()
+            && self
+                .verdicts
+                .iter()
+                .filter(|(_, v)| !matches!(v.as_str(), "safe" | "staged"))
+                .all(|((kind, name), _)| unrelated(kind, name))
     }
 
     /// The volume's header has a pending re-encipher, and its key is under no NEW key.
@@ -1939,7 +1963,7 @@ impl Ctx {
             .iter()
             .find(|(t, _)| t == mktype.name())
             .is_some_and(|(_, p)| !p.is_empty() && p.iter().all(|x| list.contains(x)));
-        let judged = before.safe_to_set && covered;
+        let judged = before.safe_to_set_for_pending() && covered;
         // The complete steps.
         if let Some(op) = self.open_operation() {
             let id = op["id"].as_str().unwrap_or_default().to_string();
@@ -2381,25 +2405,7 @@ impl Ctx {
             .pending
             .iter()
             .all(|(t, p)| types.contains(&t.as_str()) && p.iter().all(|x| g.contains(x)));
-        // Objects of a master key type no change is pending for cannot make a SET unsafe.
-        let pending_types: Vec<&str> = a.pending.iter().map(|(t, _)| t.as_str()).collect();
-        let unrelated = |kind: &str, name: &str| {
-            match kind {
-                "key" => a.keys.get(name).map(|k| k.mktype.as_str()),
-                "volume" => a.vols.get(name).map(|v| v.mktype.as_str()),
-                _ => None,
-            }
-            .is_some_and(|t| !pending_types.contains(&t))
-        };
-        let only_unrelated = a
-            .verdicts
-            .iter()
-            .filter(|(_, v)| !matches!(v.as_str(), "safe" | "staged"))
-            .all(|((kind, name), _)| unrelated(kind, name));
-        if KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET && only_unrelated {
-            return Ok(());
-        }
-        if covers_all && !a.safe_to_set {
+        if covers_all && !a.safe_to_set_for_pending() {
             return self.fail(
                 "c: zkey mkchange start succeeded but readiness is not safe_to_set",
                 format!("pending {:?}, verdicts {:?}", a.pending, a.verdicts),
