@@ -921,6 +921,30 @@ const KNOWN_BUG_OFFLINE_KEY_IS_LOST: bool = true;
 /// check and the precondition of (b) ignore objects of master key types with nothing pending.
 const KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET: bool = true;
 
+/// Which known bugs the checks excuse (the constants above; the test
+/// `known_bugs_still_reproduce` runs their sequences with none excused).
+#[derive(Copy, Clone, Debug)]
+struct Known {
+    volume_verdict_follows_repository_key: bool,
+    stale_volume_stage_is_staged: bool,
+    offline_key_is_lost: bool,
+    unrelated_objects_block_safe_to_set: bool,
+}
+
+const KNOWN: Known = Known {
+    volume_verdict_follows_repository_key: KNOWN_BUG_VOLUME_VERDICT_FOLLOWS_REPOSITORY_KEY,
+    stale_volume_stage_is_staged: KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED,
+    offline_key_is_lost: KNOWN_BUG_OFFLINE_KEY_IS_LOST,
+    unrelated_objects_block_safe_to_set: KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET,
+};
+
+const NONE_EXCUSED: Known = Known {
+    volume_verdict_follows_repository_key: false,
+    stale_volume_stage_is_staged: false,
+    offline_key_is_lost: false,
+    unrelated_objects_block_safe_to_set: false,
+};
+
 const ALL_SLOTS: [Slot; 3] = [Slot::New, Slot::Current, Slot::Old];
 const IN_USE: [Slot; 2] = [Slot::Current, Slot::Old];
 
@@ -960,7 +984,7 @@ impl Obs {
 
     /// `safe_to_set`, or (while [`KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET`]) a change is
     /// pending and only objects of master key types with nothing pending are not ready.
-    fn safe_to_set_for_pending(&self) -> bool {
+    fn safe_to_set_for_pending(&self, excuse: bool) -> bool {
         if self.safe_to_set {
             return true;
         }
@@ -973,7 +997,7 @@ impl Obs {
             }
             .is_some_and(|t| !types.contains(&t))
         };
-        KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET
+        excuse
             && !types.is_empty()
             && self
                 .verdicts
@@ -1119,6 +1143,7 @@ struct Ctx {
     _kms: Option<KmipServer>,
     fuse: bool,
     sabotage: Sabotage,
+    known: Known,
     log: Vec<String>,
     keys: BTreeMap<String, KeyRec>,
     files: BTreeMap<usize, PathBuf>,
@@ -1144,7 +1169,7 @@ type Res<T> = Result<T, Failure>;
 type Check = Box<dyn Fn(&Ctx, &Obs, &Obs) -> Res<()>>;
 
 impl Ctx {
-    fn new(kms: bool, sabotage: Sabotage) -> Ctx {
+    fn new(kms: bool, sabotage: Sabotage, known: Known) -> Ctx {
         let mut w = World::new();
         w.set_env("ZKEY_CRYPTSETUP_PBKDF", "pbkdf2");
         w.set_env("ZKEY_CRYPTSETUP_PBKDF_FORCE_ITERATIONS", "1000");
@@ -1164,6 +1189,7 @@ impl Ctx {
             _kms: srv,
             fuse: fuse_available(),
             sabotage,
+            known,
             log,
             keys: BTreeMap::new(),
             files: BTreeMap::new(),
@@ -1963,7 +1989,8 @@ impl Ctx {
             .iter()
             .find(|(t, _)| t == mktype.name())
             .is_some_and(|(_, p)| !p.is_empty() && p.iter().all(|x| list.contains(x)));
-        let judged = before.safe_to_set_for_pending() && covered;
+        let judged = before.safe_to_set_for_pending(self.known.unrelated_objects_block_safe_to_set)
+            && covered;
         // The complete steps.
         if let Some(op) = self.open_operation() {
             let id = op["id"].as_str().unwrap_or_default().to_string();
@@ -2084,11 +2111,11 @@ impl Ctx {
                     );
                 }
                 let key_dead = b.keys.get(&vb.key).is_none_or(|k| !b.key_usable(k));
-                if KNOWN_BUG_VOLUME_VERDICT_FOLLOWS_REPOSITORY_KEY && verdict == "safe" && key_dead
+                if self.known.volume_verdict_follows_repository_key && verdict == "safe" && key_dead
                 {
                     continue;
                 }
-                if KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED
+                if self.known.stale_volume_stage_is_staged
                     && verdict == "staged"
                     && b.stale_stage(vb)
                 {
@@ -2117,7 +2144,7 @@ impl Ctx {
             let only_offline = !a.key_recoverable_online(k);
             if verdict == "lost"
                 && a.key_recoverable(k)
-                && !(KNOWN_BUG_OFFLINE_KEY_IS_LOST && only_offline)
+                && !(self.known.offline_key_is_lost && only_offline)
             {
                 return self.fail(
                     "a lost verdict for a key the registers still hold",
@@ -2228,7 +2255,7 @@ impl Ctx {
             let stale = b.vols.get(&vname).is_some_and(|vb| {
                 b.stale_stage(vb) && b.verdict("volume", &vname) == Some("staged")
             });
-            if KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED && stale {
+            if self.known.stale_volume_stage_is_staged && stale {
                 continue;
             }
             let changed = v.mktype == mktype.name();
@@ -2405,7 +2432,8 @@ impl Ctx {
             .pending
             .iter()
             .all(|(t, p)| types.contains(&t.as_str()) && p.iter().all(|x| g.contains(x)));
-        if covers_all && !a.safe_to_set_for_pending() {
+        if covers_all && !a.safe_to_set_for_pending(self.known.unrelated_objects_block_safe_to_set)
+        {
             return self.fail(
                 "c: zkey mkchange start succeeded but readiness is not safe_to_set",
                 format!("pending {:?}, verdicts {:?}", a.pending, a.verdicts),
@@ -2436,7 +2464,7 @@ impl Ctx {
                 continue;
             }
             let verdict = a.verdict("volume", vname).unwrap_or("(not reported)");
-            if KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED && verdict == "staged" && a.stale_stage(v) {
+            if self.known.stale_volume_stage_is_staged && verdict == "staged" && a.stale_stage(v) {
                 continue;
             }
             let new = a.same_on_all(&k.mktype, &g, Slot::New);
@@ -2525,7 +2553,16 @@ fn run(
     kms: bool,
     sabotage: Sabotage,
 ) -> (Option<Failure>, RunStats, Vec<String>) {
-    let mut c = Ctx::new(kms, sabotage);
+    run_with(actions, kms, sabotage, KNOWN)
+}
+
+fn run_with(
+    actions: &[Action],
+    kms: bool,
+    sabotage: Sabotage,
+    known: Known,
+) -> (Option<Failure>, RunStats, Vec<String>) {
+    let mut c = Ctx::new(kms, sabotage, known);
     let mut failure = None;
     for (i, a) in actions.iter().enumerate() {
         c.step = i;
@@ -2734,4 +2771,159 @@ fn a_forged_safe_verdict_before_an_unstaged_set_is_caught() {
     );
     assert!(r.contains("export W=$(mktemp -d)"), "{r}");
     println!("{r}");
+}
+
+fn gen_key(key: usize, key_type: KeyType, apqns: Apqns, volume: VolumeKind) -> Action {
+    Action::Generate {
+        key,
+        key_type,
+        xts: volume != VolumeKind::None,
+        apqns,
+        volume,
+        data: key as u64,
+        kms_bound: false,
+    }
+}
+
+/// The known bugs, each as the minimal sequence the model found: they fail with nothing
+/// excused and pass with the exclusions. When one of them is fixed this test fails: drop its
+/// exclusion constant then.
+#[test]
+fn known_bugs_still_reproduce() {
+    use Action::*;
+    let ep11 = Apqns::Group(Group::Ep11);
+    let cca = Apqns::Group(Group::Cca);
+    let load = |apqns, mktype| LoadNew {
+        apqns,
+        mktype,
+        load: Load::Random,
+    };
+    let cases: Vec<(&str, Vec<Action>, &str)> = vec![
+        (
+            "KNOWN_BUG_VOLUME_VERDICT_FOLLOWS_REPOSITORY_KEY",
+            vec![
+                gen_key(0, KeyType::Ep11Aes, ep11, VolumeKind::Dummy),
+                load(ep11, MkType::Ep11),
+                Commit { apqns: ep11 },
+                VolumeReencipher {
+                    key: 0,
+                    how: VolRenc::Staged,
+                },
+                Set {
+                    apqns: ep11,
+                    mktype: MkType::Ep11,
+                    complete: true,
+                },
+                load(ep11, MkType::Ep11),
+                Commit { apqns: ep11 },
+                Set {
+                    apqns: ep11,
+                    mktype: MkType::Ep11,
+                    complete: false,
+                },
+            ],
+            "a: a SET lost a volume that readiness did not report at risk",
+        ),
+        (
+            "KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED (NEW replaced)",
+            vec![
+                gen_key(2, KeyType::Ep11Aes, ep11, VolumeKind::Dummy),
+                load(ep11, MkType::Ep11),
+                Commit { apqns: ep11 },
+                VolumeReencipher {
+                    key: 2,
+                    how: VolRenc::Staged,
+                },
+                ClearNew {
+                    apqns: ep11,
+                    mktype: MkType::Ep11,
+                },
+                load(ep11, MkType::Ep11),
+                Commit { apqns: ep11 },
+                Set {
+                    apqns: ep11,
+                    mktype: MkType::Ep11,
+                    complete: true,
+                },
+            ],
+            "a: a SET lost a volume that readiness did not report at risk",
+        ),
+        (
+            "KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED (staged from OLD)",
+            vec![
+                gen_key(
+                    0,
+                    KeyType::AesCipher,
+                    Apqns::One(Group::Cca, 0),
+                    VolumeKind::Dummy,
+                ),
+                load(cca, MkType::Aes),
+                Reencipher {
+                    filter: Filter::Name(0),
+                    how: Renc::ToNewStaged,
+                },
+                Set {
+                    apqns: cca,
+                    mktype: MkType::Aes,
+                    complete: true,
+                },
+                load(cca, MkType::Aes),
+                Reencipher {
+                    filter: Filter::All,
+                    how: Renc::ToNewStaged,
+                },
+                VolumeReencipher {
+                    key: 0,
+                    how: VolRenc::Staged,
+                },
+                Set {
+                    apqns: cca,
+                    mktype: MkType::Aes,
+                    complete: true,
+                },
+            ],
+            "b: a volume is not whole after a safe SET and its complete steps",
+        ),
+        (
+            "KNOWN_BUG_OFFLINE_KEY_IS_LOST",
+            vec![
+                gen_key(
+                    0,
+                    KeyType::AesData,
+                    Apqns::One(Group::Cca, 0),
+                    VolumeKind::None,
+                ),
+                Offline(Target::Card(Group::Cca, 0)),
+            ],
+            "a lost verdict for a key the registers still hold",
+        ),
+        (
+            "KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET",
+            vec![
+                gen_key(2, KeyType::AesData, cca, VolumeKind::Typed),
+                load(ep11, MkType::Ep11),
+                Commit { apqns: ep11 },
+                MkchangeStart {
+                    group: Group::Ep11,
+                    types: "ep11",
+                },
+            ],
+            "c: zkey mkchange start succeeded but readiness is not safe_to_set",
+        ),
+    ];
+    for (bug, actions, invariant) in cases {
+        let (f, _, log) = run_with(&actions, false, Sabotage::None, NONE_EXCUSED);
+        let f =
+            f.unwrap_or_else(|| panic!("{bug}: no longer reproduces: fixed? drop its exclusion"));
+        assert_eq!(
+            f.invariant,
+            invariant,
+            "{bug}: {}\n{}",
+            f.detail,
+            log.join("\n")
+        );
+        let (f, _, _) = run(&actions, false, Sabotage::None);
+        assert!(f.is_none(), "{bug}: fails even with the exclusion: {f:?}");
+        println!("{bug}: reproduces ({invariant}); excused");
+    }
 }
