@@ -925,6 +925,15 @@ const KNOWN_BUG_OFFLINE_KEY_IS_LOST: bool = true;
 /// check and the precondition of (b) ignore objects of master key types with nothing pending.
 const KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET: bool = true;
 
+/// Known bug (seed 0x10021): a CCA key staged, SET, not completed, and SET again has a dead
+/// live key and a staged copy under OLD, which `zkey reencipher --complete` recovers (by design:
+/// "a staged key whose master key moved on twice is brought from OLD to CURRENT"). Readiness
+/// calls it `lost`, "restore it from a KMS or from a backup", with no action, until someone
+/// runs `--complete` anyway (`keyops::risk` knows CompletePending only for a staged copy under
+/// CURRENT). Flagged, so no silent loss, but the wrong verdict and a harmful advice. While this is
+/// `true`, the "lost means no register holds it" check skips keys with a staged copy under OLD.
+const KNOWN_BUG_STAGED_UNDER_OLD_IS_LOST: bool = true;
+
 /// Which known bugs the checks excuse (the constants above; the test
 /// `known_bugs_still_reproduce` runs their sequences with none excused).
 #[derive(Copy, Clone, Debug)]
@@ -933,6 +942,7 @@ struct Known {
     stale_volume_stage_is_staged: bool,
     offline_key_is_lost: bool,
     unrelated_objects_block_safe_to_set: bool,
+    staged_under_old_is_lost: bool,
 }
 
 const KNOWN: Known = Known {
@@ -940,6 +950,7 @@ const KNOWN: Known = Known {
     stale_volume_stage_is_staged: KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED,
     offline_key_is_lost: KNOWN_BUG_OFFLINE_KEY_IS_LOST,
     unrelated_objects_block_safe_to_set: KNOWN_BUG_UNRELATED_OBJECTS_BLOCK_SAFE_TO_SET,
+    staged_under_old_is_lost: KNOWN_BUG_STAGED_UNDER_OLD_IS_LOST,
 };
 
 const NONE_EXCUSED: Known = Known {
@@ -947,6 +958,7 @@ const NONE_EXCUSED: Known = Known {
     stale_volume_stage_is_staged: false,
     offline_key_is_lost: false,
     unrelated_objects_block_safe_to_set: false,
+    staged_under_old_is_lost: false,
 };
 
 const ALL_SLOTS: [Slot; 3] = [Slot::New, Slot::Current, Slot::Old];
@@ -2146,9 +2158,14 @@ impl Ctx {
             // A key called lost is one whose master keys are in no register at all; one whose
             // master key sits on an offline APQN comes back when the APQN does.
             let only_offline = !a.key_recoverable_online(k);
+            let staged_under_old = k
+                .staged
+                .as_deref()
+                .is_some_and(|m| a.regs.holds(&k.mktype, &k.apqns, m, &[Slot::Old], true));
             if verdict == "lost"
                 && a.key_recoverable(k)
                 && !(self.known.offline_key_is_lost && only_offline)
+                && !(self.known.staged_under_old_is_lost && staged_under_old)
             {
                 return self.fail(
                     "a lost verdict for a key the registers still hold",
@@ -2929,6 +2946,29 @@ fn known_bugs_still_reproduce() {
                 },
             ],
             "c: zkey mkchange start succeeded but readiness is not safe_to_set",
+        ),
+        (
+            "KNOWN_BUG_STAGED_UNDER_OLD_IS_LOST",
+            vec![
+                gen_key(3, KeyType::AesCipher, cca, VolumeKind::None),
+                load(cca, MkType::Aes),
+                Reencipher {
+                    filter: Filter::Name(3),
+                    how: Renc::ToNewStaged,
+                },
+                Set {
+                    apqns: cca,
+                    mktype: MkType::Aes,
+                    complete: false,
+                },
+                load(cca, MkType::Aes),
+                Set {
+                    apqns: cca,
+                    mktype: MkType::Aes,
+                    complete: true,
+                },
+            ],
+            "a lost verdict for a key the registers still hold",
         ),
     ];
     for (bug, actions, invariant) in cases {
