@@ -912,7 +912,10 @@ const KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED: bool = true;
 /// gone, restore it from a KMS or a backup") although the offline APQN still holds its master
 /// key as CURRENT: `keyops::risk` turns every failed verify into `Risk::Lost`. Not a loss, a
 /// false alarm with a harmful advice; the README's `unknown` ("the suite cannot tell") fits.
-/// While this is `true`, a `lost` verdict is only checked for keys that an online APQN holds.
+/// The same for a LUKS2 volume whose APQNs are all offline (seed 0x100ad: its header key is
+/// `Unusable` to `zkey-cryptsetup validate`, and readiness says "the volume key's master key is
+/// gone"). While this is `true`, a `lost` verdict is only checked for keys and volumes whose
+/// master key an online APQN holds.
 const KNOWN_BUG_OFFLINE_KEY_IS_LOST: bool = true;
 
 /// Known bug (seed 0x5eed2028): `safe_to_set` (and the exit code of `zkey validate --all`)
@@ -2205,7 +2208,15 @@ impl Ctx {
         }
         for (vname, v) in &a.vols {
             let verdict = a.verdict("volume", vname).unwrap_or("(not reported)");
-            if verdict == "lost" && v.header.formatted && a.vol_recoverable(v) {
+            let online_too = [&v.header.live_mkvp, &v.header.pending_mkvp]
+                .into_iter()
+                .flatten()
+                .any(|m| a.regs.holds(&v.mktype, &[], m, &ALL_SLOTS, false));
+            if verdict == "lost"
+                && v.header.formatted
+                && a.vol_recoverable(v)
+                && !(self.known.offline_key_is_lost && !online_too)
+            {
                 return self.fail(
                     "a lost verdict for a volume the registers still hold",
                     format!(
