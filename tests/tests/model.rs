@@ -2215,7 +2215,7 @@ impl Ctx {
             if verdict == "lost"
                 && v.header.formatted
                 && a.vol_recoverable(v)
-                && !(self.known.offline_key_is_lost && !online_too)
+                && (online_too || !self.known.offline_key_is_lost)
             {
                 return self.fail(
                     "a lost verdict for a volume the registers still hold",
