@@ -880,8 +880,8 @@ struct Obs {
     pending: Vec<(String, Vec<String>)>,
 }
 
-/// Known bug (found by seed 0x5eed2026 + i, see the report on branch model-test): a LUKS2
-/// volume whose repository key is no longer usable (e.g. only the header was re-enciphered at
+/// Known bug (found among the first 60 sequences of the default seed; its minimal sequence is
+/// the first case of `known_bugs_still_reproduce`): a LUKS2 volume whose repository key is no longer usable (e.g. only the header was re-enciphered at
 /// the previous EP11 change) is judged `safe` by the readiness model although a NEW master key
 /// is loaded and its header is not staged, because `volume_verdict` asks whether NEW is loaded
 /// *for the repository key's token* (`keyops::new_loaded`), which fails for a dead token; the
@@ -890,8 +890,7 @@ struct Obs {
 /// check still runs. Set it to `false` to see the bug.
 const KNOWN_BUG_VOLUME_VERDICT_FOLLOWS_REPOSITORY_KEY: bool = true;
 
-/// Known bug (seed 0x5eed2058, see the report on branch model-test): a LUKS2 header with a
-/// pending re-encipher is judged `staged` whenever some NEW master key is loaded, without
+/// Known bug (seed 0x5eed2058): a LUKS2 header with a pending re-encipher is judged `staged` whenever some NEW master key is loaded, without
 /// checking that the pending key is under *that* NEW key. After `zkey-cryptsetup reencipher
 /// --staged`, `ap-sim tke clear-new` and a different NEW key loaded (and committed), readiness,
 /// `zkey validate --all` (exit 0) and `zkey mkchange start` (exit 0, "SAFE TO SET") all call
@@ -909,9 +908,9 @@ const KNOWN_BUG_VOLUME_VERDICT_FOLLOWS_REPOSITORY_KEY: bool = true;
 /// SET away from being destroyed although the suite called the SET safe.
 const KNOWN_BUG_STALE_VOLUME_STAGE_IS_STAGED: bool = true;
 
-/// Known bug (found while writing this test; `tests/tests/model.rs` shows it with the constant
-/// `false`): a key whose bound APQNs are all offline is reported `lost` ("its master key is
-/// gone, restore it from a KMS or a backup") although the offline APQN still holds its master
+/// Known bug (found by the "lost means gone" check as soon as it was added; minimal sequence in
+/// `known_bugs_still_reproduce`: a key bound to 08.002f, card 08 offline): a key whose bound
+/// APQNs are all offline is reported `lost` ("its master key is gone, restore it from a KMS or a backup") although the offline APQN still holds its master
 /// key as CURRENT: `keyops::risk` turns every failed verify into `Risk::Lost`. Not a loss, a
 /// false alarm with a harmful advice; the README's `unknown` ("the suite cannot tell") fits.
 /// The same for a LUKS2 volume whose APQNs are all offline (seed 0x100ad: its header key is
@@ -922,8 +921,8 @@ const KNOWN_BUG_OFFLINE_KEY_IS_LOST: bool = true;
 
 /// Known bug (seed 0x5eed2028): `safe_to_set` (and the exit code of `zkey validate --all`)
 /// count every object, also those of a master key type no change is pending for. A CCA key
-/// with a LUKS2 volume whose passphrase only the operator types is `unknown` once its own
-/// change is done (by design, "without alarming" while nothing is pending); as soon as an EP11
+/// with a LUKS2 volume whose passphrase only the operator types is `unknown` while no AES
+/// change is pending (by design, "without alarming"); as soon as an EP11
 /// NEW key is committed, that AES volume makes readiness NOT SAFE TO SET and `validate --all`
 /// exit 3, while `zkey mkchange start -t ep11` says SAFE TO SET (exit 0). A false alarm, and
 /// the two commands disagree. While this is `true`, the "mkchange start implies safe_to_set"
