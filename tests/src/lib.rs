@@ -5,6 +5,10 @@
 //! crash scenarios need binaries with the `failpoints` feature; those are built on demand into a
 //! target directory of their own, so that they never replace the normal binaries.
 
+pub mod prng;
+pub mod registers;
+pub mod shrink;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
