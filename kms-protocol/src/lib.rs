@@ -336,6 +336,17 @@ pub struct ReencipherReport {
     pub keys: Vec<ReencipheredKey>,
 }
 
+impl ReencipherReport {
+    /// The keys that were staged, completed or re-enciphered (not skipped).
+    pub fn changed(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter(|k| k.changed())
+            .map(|k| k.key.clone())
+            .collect()
+    }
+}
+
 /// `key_status`: one of the plug-in's own keys, as its token says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginKeyStatus {

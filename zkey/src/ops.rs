@@ -531,12 +531,7 @@ pub fn kms_reencipher(
     direction: zkey_kms_protocol::MkDirection,
 ) -> Result<(zkey_kms_protocol::ReencipherReport, crate::kms::Notices), ZkeyError> {
     let (rep, notices) = crate::kms::reencipher(w, ad, mode, direction, None)?;
-    let changed: Vec<String> = rep
-        .keys
-        .iter()
-        .filter(|k| k.changed())
-        .map(|k| k.key.clone())
-        .collect();
+    let changed = rep.changed();
     if !changed.is_empty() {
         record(
             w,

@@ -164,12 +164,7 @@ pub(crate) fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
                     None => println!("{}: {}: {}", k.key, k.action, k.detail),
                 }
             }
-            let changed: Vec<String> = rep
-                .keys
-                .iter()
-                .filter(|k| k.changed())
-                .map(|k| k.key.clone())
-                .collect();
+            let changed = rep.changed();
             if changed.is_empty() {
                 println!("Nothing to do: no key of the plug-in is affected.");
             } else {
