@@ -3,6 +3,13 @@
 //! A reader sees either the old or the new content of a file, never a mix, and a crash at any
 //! point leaves one of the two on disk: write a temporary file in the same directory, fsync it,
 //! rename it over the target, fsync the directory.
+//!
+//! The temporary file's name is unpredictable (`.NAME.tmp.` and 16 random hex digits) and it is
+//! created exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`), so that nobody who can write the directory
+//! can make the write go through a link planted in advance; its mode is set on the open
+//! descriptor. The rename replaces whatever `NAME` is, a link included, without following it.
+//! Temporary files a crash left behind (they may hold keys) are removed by whoever next takes
+//! the directory's exclusive [`Lock`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -30,20 +37,9 @@ fn write_atomic_with(
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let (tmp, mut f) = create_temp(&dir, &name.to_string_lossy(), mode)?;
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode; a private file must not end up wider, and a
-        // file that existed as a leftover temp keeps its old mode, so set it explicitly.
+        // The umask may have narrowed the mode: set it on the descriptor, as asked.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         fill(&mut f)?;
         if sync {
@@ -61,6 +57,49 @@ fn write_atomic_with(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+const TEMP_MARK: &str = ".tmp.";
+
+/// A new temporary file beside `name` in `dir`, created exclusively under a random name.
+fn create_temp(dir: &Path, name: &str, mode: u32) -> io::Result<(PathBuf, File)> {
+    let mut last = None;
+    for _ in 0..8 {
+        let tmp = dir.join(format!(".{name}{TEMP_MARK}{:016x}", rand::random::<u64>()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(mode)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("eight tries"))
+}
+
+/// Removes the temporary files of atomic writes that a crash left in `dir` (they are named
+/// `.NAME.tmp.*`; links and directories are left alone). The caller holds the exclusive lock
+/// that every writer of `dir` takes, so none of them is being written.
+pub fn remove_leftover_temps(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)?.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with('.') && name.contains(TEMP_MARK)) {
+            continue;
+        }
+        if e.file_type().is_ok_and(|t| t.is_file()) && fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(n)
 }
 
 /// Fsyncs a directory, so that a rename or unlink in it survives a crash.
@@ -113,12 +152,16 @@ pub enum LockKind {
 }
 
 impl Lock {
-    /// Waits for the lock on `path` (created if missing, mode 0600).
+    /// Waits for the lock on `path` (created if missing, mode 0600). An exclusive lock first
+    /// clears the temporary files a crash left in the lock's directory.
     pub fn acquire(path: &Path, kind: LockKind) -> io::Result<Lock> {
         let f = Self::open(path)?;
         match kind {
             LockKind::Shared => f.lock_shared()?,
-            LockKind::Exclusive => f.lock()?,
+            LockKind::Exclusive => {
+                f.lock()?;
+                remove_leftover_temps(&parent_dir(path))?;
+            }
         }
         Ok(Lock { _file: f })
     }
@@ -131,7 +174,12 @@ impl Lock {
             LockKind::Exclusive => f.try_lock(),
         };
         match r {
-            Ok(()) => Ok(Some(Lock { _file: f })),
+            Ok(()) => {
+                if kind == LockKind::Exclusive {
+                    remove_leftover_temps(&parent_dir(path))?;
+                }
+                Ok(Some(Lock { _file: f }))
+            }
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
@@ -156,7 +204,8 @@ mod tests {
     fn replaces_content_and_sets_mode_despite_leftover_temp() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        // A temp left by a crashed run of this same pid with a wide mode must not leak its mode.
+        // A temp a crashed run left, with a wide mode: it is never reused, and the next
+        // exclusive lock of the directory removes it.
         let leftover = d.path().join(format!(".f.tmp.{}", std::process::id()));
         fs::write(&leftover, b"junk").unwrap();
         fs::set_permissions(&leftover, fs::Permissions::from_mode(0o666)).unwrap();
@@ -167,7 +216,50 @@ mod tests {
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        let _l = Lock::acquire(&d.path().join(".lock"), LockKind::Exclusive).unwrap();
         assert!(!leftover.exists());
+        assert_eq!(fs::read(&p).unwrap(), b"two", "the file itself stays");
+    }
+
+    #[test]
+    fn a_link_planted_where_the_temp_used_to_be_is_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"root's file").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        // The names an attacker could predict before (pid-based) and some random-looking ones.
+        for n in [
+            format!(".state.json.tmp.{}", std::process::id()),
+            ".state.json.tmp.0000000000000000".to_string(),
+        ] {
+            std::os::unix::fs::symlink(&victim, d.path().join(n)).unwrap();
+        }
+        let target = d.path().join("state.json");
+        write_atomic(&target, b"secret", 0o600).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"root's file");
+        assert_eq!(
+            fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        // A link at the target itself is replaced, not followed.
+        let link = d.path().join("linked");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        write_atomic(&link, b"new", 0o600).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"root's file");
+        assert!(!fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // The cleanup removes no link and nothing but temps.
+        let _l = Lock::acquire(&d.path().join(".lock"), LockKind::Exclusive).unwrap();
+        assert!(victim.exists() && target.exists());
+        assert_eq!(
+            fs::read_dir(d.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_symlink())
+                .count(),
+            2
+        );
     }
 
     #[test]

@@ -404,3 +404,46 @@ fn command_abbreviations_of_the_reference_work() {
     w.ok("zkey", &["re", "-N", "k"]);
     w.ok("zkey", &["rem", "-N", "k", "-F"]);
 }
+
+#[test]
+fn temporary_files_a_crash_left_are_removed_by_the_next_change() {
+    // A kill -9 between creating a temp file and renaming it leaves the temp behind; the
+    // simulator's may hold every master key. The next command that changes the directory
+    // removes them (under its exclusive lock); links planted there are left alone, not followed.
+    let w = World::new();
+    w.ok("zkey", &["generate", "-N", "k1", "-a", "08.002f,09.002f"]);
+    let sim_temp = w.sim.join(".state.json.tmp.4242");
+    let repo_temp = w.repo.join(".k1.skey.tmp.0123456789abcdef");
+    std::fs::write(&sim_temp, b"{\"master keys\":...}").unwrap();
+    std::fs::write(&repo_temp, b"a key").unwrap();
+    let victim = w.root.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    let link = w.repo.join(".k1.info.tmp.4243");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    w.ok(
+        "ap-sim",
+        &[
+            "tke",
+            "load-new",
+            "-a",
+            "08.002f,09.002f",
+            "-t",
+            "aes",
+            "--random",
+        ],
+    );
+    assert!(
+        !sim_temp.exists(),
+        "the TKE's next change removes its leftover"
+    );
+    w.ok("zkey", &["reencipher", "-N", "k1", "--to-new", "--staged"]);
+    assert!(
+        !repo_temp.exists(),
+        "zkey's next change removes its leftover"
+    );
+    assert!(
+        std::fs::symlink_metadata(&link).is_ok(),
+        "a link is not touched"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+}
