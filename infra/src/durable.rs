@@ -18,18 +18,25 @@ use std::path::{Path, PathBuf};
 
 /// Atomically replaces `path` with `data`, created with `mode` (subject to the umask).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    write_atomic_with(path, mode, true, |f| f.write_all(data))
+    write_atomic_with(path, mode, None, true, |f| f.write_all(data))
+}
+
+/// [`write_atomic`], the new file also given group `gid`: on the open descriptor, before the
+/// rename, so that no path (and no link someone swaps in) is followed to do it.
+pub fn write_atomic_group(path: &Path, data: &[u8], mode: u32, gid: u32) -> io::Result<()> {
+    write_atomic_with(path, mode, Some(gid), true, |f| f.write_all(data))
 }
 
 /// Like [`write_atomic`] but without fsync: for derived files (the sysfs tree) that are rebuilt
 /// from durable state, where atomic visibility matters and durability does not.
 pub fn replace_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    write_atomic_with(path, mode, false, |f| f.write_all(data))
+    write_atomic_with(path, mode, None, false, |f| f.write_all(data))
 }
 
 fn write_atomic_with(
     path: &Path,
     mode: u32,
+    gid: Option<u32>,
     sync: bool,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
@@ -40,6 +47,9 @@ fn write_atomic_with(
     let (tmp, mut f) = create_temp(&dir, &name.to_string_lossy(), mode)?;
     let result = (|| {
         // The umask may have narrowed the mode: set it on the descriptor, as asked.
+        if gid.is_some() {
+            std::os::unix::fs::fchown(&f, None, gid)?;
+        }
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         fill(&mut f)?;
         if sync {
@@ -219,6 +229,29 @@ mod tests {
         let _l = Lock::acquire(&d.path().join(".lock"), LockKind::Exclusive).unwrap();
         assert!(!leftover.exists());
         assert_eq!(fs::read(&p).unwrap(), b"two", "the file itself stays");
+    }
+
+    #[test]
+    fn the_group_is_set_on_the_descriptor_not_through_the_path() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: chown to another group needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"x").unwrap();
+        let before = fs::metadata(&victim).unwrap().gid();
+        let p = d.path().join("key");
+        write_atomic_group(&p, b"k", 0o640, 65534).unwrap();
+        let m = fs::metadata(&p).unwrap();
+        assert_eq!((m.gid(), m.mode() & 0o777), (65534, 0o640));
+        // Replacing a link at the path gives the new file the group, never the link's target.
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+        write_atomic_group(&p, b"k", 0o640, 65534).unwrap();
+        assert_eq!(fs::metadata(&victim).unwrap().gid(), before);
+        assert_eq!(fs::read(&victim).unwrap(), b"x");
     }
 
     #[test]

@@ -467,8 +467,8 @@ impl Repository {
 
     /// Atomically replaces a file of the repository, with the repository's mode and group.
     fn write_file(&self, path: &Path, data: &[u8]) -> Result<(), RepoError> {
-        durable::write_atomic(path, data, self.file_mode).map_err(io_err("write", path))?;
-        self.fix_owner(path)
+        durable::write_atomic_group(path, data, self.file_mode, self.gid)
+            .map_err(io_err("write", path))
     }
 
     fn remove_file(&self, path: &Path) -> Result<(), RepoError> {
