@@ -88,10 +88,11 @@ pub const WRAPPING_KEY_GROUP: &str = "zkey-wrapping-key";
 pub struct KmipConf {
     #[serde(default)]
     pub servers: Vec<String>,
+    /// Parsed once, when the file is read (the file holds them as `08.002f` strings).
     #[serde(default)]
-    pub cca_apqns: Vec<String>,
+    pub cca_apqns: Vec<Apqn>,
     #[serde(default)]
-    pub ep11_apqns: Vec<String>,
+    pub ep11_apqns: Vec<Apqn>,
     pub wrapping_key_id: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub io_timeout_ms: Option<u64>,
@@ -203,17 +204,18 @@ impl KmipPlugin {
         durable::write_atomic(&p, data, 0o600).map_err(|e| io_err(&p, e))
     }
 
-    fn apqns(list: &[String]) -> Result<Option<Vec<Apqn>>, WireError> {
-        if list.is_empty() {
-            return Ok(None);
-        }
+    /// The APQNs a key is used on: these, or (none configured) every APQN of the key's mode.
+    fn within(list: &[Apqn]) -> Option<Vec<Apqn>> {
+        (!list.is_empty()).then(|| list.to_vec())
+    }
+
+    fn parse_apqns(list: &[String]) -> Result<Vec<Apqn>, WireError> {
         list.iter()
             .map(|s| {
                 s.parse::<Apqn>()
                     .map_err(|e| err(ErrorCode::InvalidRequest, format!("APQN '{s}': {e}")))
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+            .collect()
     }
 
     fn identity_token(&self) -> Result<Option<EccKeyToken>, WireError> {
@@ -238,7 +240,7 @@ impl KmipPlugin {
         Ok(IdentityKey::new(
             token,
             self.hsm()?,
-            Self::apqns(&conf.cca_apqns)?,
+            Self::within(&conf.cca_apqns),
         ))
     }
 
@@ -350,7 +352,7 @@ impl KmipPlugin {
     fn register_wrapping_key(&mut self, notices: &mut Vec<String>) -> Result<(), WireError> {
         let mut conf = self.load_conf()?;
         let hsm = self.hsm()?;
-        let apqns = Self::apqns(&conf.cca_apqns)?;
+        let apqns = Self::within(&conf.cca_apqns);
         let mut clear = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(&mut clear[..]);
         let secure = hsm
@@ -409,8 +411,8 @@ impl KmipPlugin {
         }
         let conf = self.load_conf()?;
         let apqns = match key_type.mode() {
-            ap_sim::adapter::Mode::Ep11 => Self::apqns(&conf.ep11_apqns)?,
-            _ => Self::apqns(&conf.cca_apqns)?,
+            ap_sim::adapter::Mode::Ep11 => Self::within(&conf.ep11_apqns),
+            _ => Self::within(&conf.cca_apqns),
         };
         let hsm = self.hsm()?;
         for attempt in 0..2 {
@@ -420,7 +422,7 @@ impl KmipPlugin {
                 self.register_wrapping_key(notices)?;
                 continue;
             };
-            let kek_apqns = Self::apqns(&conf.cca_apqns)?;
+            let kek_apqns = Self::within(&conf.cca_apqns);
             if let Err(e) = hsm.verify(&kek, kek_apqns.as_deref()) {
                 if attempt == 0 && matches!(e, HsmError::Unusable { .. }) {
                     notices.push(format!(
@@ -509,12 +511,10 @@ impl KmipPlugin {
             }
         }
         if let Some(l) = cca {
-            Self::apqns(&l)?;
-            conf.cca_apqns = l;
+            conf.cca_apqns = Self::parse_apqns(&l)?;
         }
         if let Some(l) = ep11 {
-            Self::apqns(&l)?;
-            conf.ep11_apqns = l;
+            conf.ep11_apqns = Self::parse_apqns(&l)?;
         }
         if let Some(s) = options.get("servers") {
             let list: Vec<String> = s
@@ -547,7 +547,7 @@ impl KmipPlugin {
         if self.identity_token()?.is_none() && !conf.cca_apqns.is_empty() {
             let t = self
                 .hsm()?
-                .generate_ecc(Self::apqns(&conf.cca_apqns)?.as_deref())
+                .generate_ecc(Self::within(&conf.cca_apqns).as_deref())
                 .map_err(|e| hsm_err("cannot generate the identity key", e))?;
             self.write_key_file(&format!("{IDENTITY}.skey"), t.as_bytes())?;
             notices.push("generated a new identity key: create a CSR with --gen-csr and have the KMS's CA certify it".into());
@@ -799,7 +799,7 @@ impl KmipPlugin {
         let _lock = self.lock()?;
         let conf = self.load_conf()?;
         let hsm = self.hsm()?;
-        let apqns = Self::apqns(&conf.cca_apqns)?;
+        let apqns = Self::within(&conf.cca_apqns);
         let mut keys = Vec::new();
         let mut failed: Vec<(Kind, WireError)> = Vec::new();
         for kind in [Kind::Ecc, Kind::Aes]
@@ -875,7 +875,7 @@ impl KmipPlugin {
         let on = if conf.cca_apqns.is_empty() {
             "the CCA APQNs".to_string()
         } else {
-            conf.cca_apqns.join(",")
+            ap_sim::apqn::format_list(&conf.cca_apqns)
         };
         let skey = format!("{name}.skey");
         let reenc = format!("{name}.reenc");
@@ -977,7 +977,7 @@ impl KmipPlugin {
         // Shared: a re-encipher in progress finishes its files first.
         let _lock = Lock::acquire(&p, LockKind::Shared).map_err(|e| io_err(&p, e))?;
         let conf = self.load_conf()?;
-        let apqns = Self::apqns(&conf.cca_apqns)?.unwrap_or_default();
+        let apqns = Self::within(&conf.cca_apqns).unwrap_or_default();
         let mut keys = Vec::new();
         for kind in [Kind::Ecc, Kind::Aes] {
             let Some(current) = self.read_opt(&format!("{}.skey", kind.name()))? else {
@@ -1187,8 +1187,14 @@ impl PluginV1 for KmipPlugin {
                     conf.servers.join(", ")
                 },
             ),
-            ("CCA APQNs".into(), conf.cca_apqns.join(", ")),
-            ("EP11 APQNs".into(), conf.ep11_apqns.join(", ")),
+            (
+                "CCA APQNs".into(),
+                ap_sim::apqn::format_list(&conf.cca_apqns),
+            ),
+            (
+                "EP11 APQNs".into(),
+                ap_sim::apqn::format_list(&conf.ep11_apqns),
+            ),
             (
                 "Wrapping key ID".into(),
                 conf.wrapping_key_id
