@@ -22,10 +22,7 @@ pub fn start(
     dry_run: bool,
 ) -> Result<(Operation, Plan), ZkeyError> {
     let (op, plan) = start_steps(w, ad, req, dry_run)?;
-    if !dry_run {
-        audit(w, ad, &op, "start")?;
-    }
-    Ok((op, plan))
+    Ok((recorded(w, ad, "start", dry_run, op)?, plan))
 }
 
 pub(super) fn start_steps(
@@ -235,6 +232,20 @@ pub(super) fn audit(
     )
 }
 
+/// `op` after its step ran, the step's audit record written (none for a dry run).
+fn recorded(
+    w: &Writer<'_>,
+    ad: &Adapters,
+    step: &str,
+    dry_run: bool,
+    op: Operation,
+) -> Result<Operation, ZkeyError> {
+    if !dry_run {
+        audit(w, ad, &op, step)?;
+    }
+    Ok(op)
+}
+
 /// After the SET: completes every key, keeping the previous secure keys as a backup.
 pub fn finalize(
     w: &Writer<'_>,
@@ -242,11 +253,13 @@ pub fn finalize(
     id: &str,
     dry_run: bool,
 ) -> Result<Operation, ZkeyError> {
-    let op = finalize_steps(w, ad, id, dry_run)?;
-    if !dry_run {
-        audit(w, ad, &op, "finalize")?;
-    }
-    Ok(op)
+    recorded(
+        w,
+        ad,
+        "finalize",
+        dry_run,
+        finalize_steps(w, ad, id, dry_run)?,
+    )
 }
 
 pub(super) fn finalize_steps(
@@ -424,11 +437,7 @@ pub fn cancel(
     id: &str,
     dry_run: bool,
 ) -> Result<Operation, ZkeyError> {
-    let op = cancel_steps(w, ad, id, dry_run)?;
-    if !dry_run {
-        audit(w, ad, &op, "cancel")?;
-    }
-    Ok(op)
+    recorded(w, ad, "cancel", dry_run, cancel_steps(w, ad, id, dry_run)?)
 }
 
 pub(super) fn cancel_steps(

@@ -170,13 +170,10 @@ pub(crate) struct GenerateArgs {
 #[derive(Args)]
 pub(crate) struct ValidateArgs {
     /// A key file instead of repository keys
+    #[arg(conflicts_with_all = ["name", "apqns"])]
     pub(crate) file: Option<PathBuf>,
-    /// Key names (wildcards allowed)
-    #[arg(short = 'N', long, conflicts_with = "file")]
-    pub(crate) name: Option<Pattern>,
-    /// APQNs (wildcards allowed)
-    #[arg(short = 'a', long)]
-    pub(crate) apqns: Option<String>,
+    #[command(flatten)]
+    pub(crate) keys: KeyFilter,
     /// Do not cross-check the keys' APQNs (online, type, master keys)
     #[arg(long)]
     pub(crate) no_apqn_check: bool,
@@ -191,13 +188,10 @@ pub(crate) struct ValidateArgs {
 #[derive(Args)]
 pub(crate) struct ReencipherArgs {
     /// A key file instead of repository keys (re-enciphered in place, or to --output)
+    #[arg(conflicts_with_all = ["name", "apqns"])]
     pub(crate) file: Option<PathBuf>,
-    /// Key names (wildcards allowed; a filter that matches no key is an error)
-    #[arg(short = 'N', long, conflicts_with = "file")]
-    pub(crate) name: Option<Pattern>,
-    /// Keys bound to these APQNs, comma-separated (8.2f is 08.002f; wildcards allowed)
-    #[arg(short = 'a', long)]
-    pub(crate) apqns: Option<String>,
+    #[command(flatten)]
+    pub(crate) keys: KeyFilter,
     #[command(flatten)]
     pub(crate) way: WayFlags,
     /// Do not ask before an in-place re-encipher to NEW
@@ -224,12 +218,8 @@ pub(crate) struct ImportArgs {
 
 #[derive(Args)]
 pub(crate) struct ListArgs {
-    /// Key names (wildcards allowed)
-    #[arg(short = 'N', long)]
-    pub(crate) name: Option<Pattern>,
-    /// Keys bound to these APQNs (8.2f is 08.002f; wildcards allowed)
-    #[arg(short = 'a', long)]
-    pub(crate) apqns: Option<String>,
+    #[command(flatten)]
+    pub(crate) keys: KeyFilter,
     /// Volumes (dev or dev:dm-name, wildcards allowed)
     #[arg(short = 'l', long)]
     pub(crate) volumes: Option<String>,
@@ -556,5 +546,35 @@ impl WayFlags {
             complete: self.complete,
         }
         .request()
+    }
+}
+
+/// `-N` and `-a` of `validate`, `reencipher` and `list`: which repository keys.
+#[derive(Args, Clone, Debug)]
+pub(crate) struct KeyFilter {
+    /// Key names (wildcards allowed; a filter that matches no key is an error)
+    #[arg(short = 'N', long)]
+    pub(crate) name: Option<Pattern>,
+    /// Keys bound to these APQNs, comma-separated (8.2f is 08.002f; wildcards allowed)
+    #[arg(short = 'a', long)]
+    pub(crate) apqns: Option<String>,
+}
+
+impl KeyFilter {
+    pub(crate) fn selection(&self) -> zkey::reencipher::Selection {
+        zkey::reencipher::Selection {
+            names: self.name.clone(),
+            apqns: self
+                .apqns
+                .as_deref()
+                .map(|s| {
+                    s.split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(Pattern::new)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
     }
 }

@@ -17,7 +17,7 @@ pub(crate) use zeroize::Zeroizing;
 pub(crate) use zkey::adapters::Adapters;
 pub(crate) use zkey::crypttab::{shell_line, VolumePlan};
 pub(crate) use zkey::keyops::{self, KeyStatus, NewKey};
-pub(crate) use zkey::reencipher::{self, Outcome, Selection};
+pub(crate) use zkey::reencipher::{self, Outcome};
 pub(crate) use zkey::repository::{self, DummyPassphrase, Reader, Repository};
 pub(crate) use zkey::volume::{Edit, SectorSize, Volume, VolumeType};
 pub(crate) use zkey::{KeyName, KeyProperties, Pattern};

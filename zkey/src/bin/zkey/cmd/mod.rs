@@ -103,18 +103,6 @@ pub(crate) fn dummy_pass(meta: &Meta) -> Result<Option<DummyPassphrase>> {
     })
 }
 
-pub(crate) fn apqn_patterns(s: &Option<String>) -> Vec<Pattern> {
-    s.as_deref()
-        .map(|s| {
-            s.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(Pattern::new)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 pub(crate) fn exit_if(cond: bool, code: Exit) -> ExitCode {
     if cond {
         code.into()

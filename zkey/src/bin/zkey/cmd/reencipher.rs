@@ -20,10 +20,7 @@ pub(crate) fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
     }
     let repo = open_repo()?;
     let w = repo.write(lock_wait())?;
-    let sel = Selection {
-        names: a.name.clone(),
-        apqns: apqn_patterns(&a.apqns),
-    };
+    let sel = a.keys.selection();
     let tty = std::io::stderr().is_terminal() && !a.json;
     let mut n = 0;
     let done = zkey::ops::reencipher(&w, &ad, &sel, &req, a.force, &mut TermUi, |r| {

@@ -18,10 +18,7 @@ pub(crate) fn validate(a: ValidateArgs) -> Result<ExitCode> {
     }
     let repo = open_repo()?;
     let r = repo.read(lock_wait())?;
-    let sel = Selection {
-        names: a.name.clone(),
-        apqns: apqn_patterns(&a.apqns),
-    };
+    let sel = a.keys.selection();
     let plugin = zkey::readiness::plugin_facts(&r)?;
     let scope = zkey::readiness::Scope {
         keys: sel.clone(),
@@ -59,10 +56,7 @@ pub(crate) fn list(a: ListArgs) -> Result<ExitCode> {
     let ad = adapters()?;
     let repo = open_repo()?;
     let r = repo.read(lock_wait())?;
-    let sel = Selection {
-        names: a.name.clone(),
-        apqns: apqn_patterns(&a.apqns),
-    };
+    let sel = a.keys.selection();
     let vol_patterns: Vec<Pattern> = a
         .volumes
         .as_deref()
