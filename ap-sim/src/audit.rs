@@ -56,7 +56,11 @@ pub struct Record {
     pub seq: u64,
     /// UTC, RFC 3339.
     pub time: String,
+    /// The real user id's name (`uid N` when it has none): who ran the command.
     pub user: String,
+    /// What `SUDO_USER` claimed, kept apart from `user` because any caller can set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo_user: Option<String>,
     pub host: String,
     #[serde(flatten)]
     pub event: Event,
@@ -77,6 +81,10 @@ impl Record {
 pub enum AuditError {
     #[error("audit log {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// The file does not end where the adapter says it does: appending would chain new records
+    /// past a gap, and the next verification would no longer see it.
+    #[error("audit log {path}: {why}. Nothing was appended to it. Run `zkey audit verify` to see where it breaks, and keep the file as evidence")]
+    Broken { path: PathBuf, why: String },
     /// The authenticator (the adapter) failed.
     #[error(transparent)]
     Adapter(Box<dyn std::error::Error + Send + Sync>),
@@ -120,6 +128,9 @@ pub struct Verification {
     pub first_break: Option<Break>,
     /// The last record was written but not yet confirmed by the adapter (a crash in between).
     pub unconfirmed_tail: bool,
+    /// The file ends in an incomplete line (a write torn by a crash or a full disk). It was never
+    /// confirmed, is not counted in `records`, and the next append removes it.
+    pub torn_tail: bool,
 }
 
 /// One audit log file and the adapter that authenticates it.
@@ -180,10 +191,12 @@ impl AuditLog {
             .map_err(io_err(p))?;
         f.lock().map_err(io_err(p))?;
         let last = cut_torn_tail_and_read_last(&mut f).map_err(io_err(p))?;
+        self.check_ends_at_head(last.as_ref())?;
         let mut rec = Record {
             seq: last.as_ref().map_or(1, |r| r.seq + 1),
             time: utc_now(),
             user: current_user(),
+            sudo_user: std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()),
             host: hostname(),
             event,
             prev: last.map_or_else(|| GENESIS.to_string(), |r| r.mac),
@@ -204,27 +217,76 @@ impl AuditLog {
         Ok(rec)
     }
 
+    /// Refuses to append unless the file's last record is the head the adapter confirmed, or the
+    /// one authentic record after it that a crash left unconfirmed. Without this, records cut off
+    /// the tail would be hidden by the next appends: their sequence numbers would pass the head
+    /// again and verification would find nothing missing.
+    fn check_ends_at_head(&self, last: Option<&Record>) -> Result<(), AuditError> {
+        let Some(head) = self.auth.head(&self.id)? else {
+            return Ok(());
+        };
+        let why = match last {
+            None => format!(
+                "it is empty, but the adapter confirmed {} records: it was truncated or replaced",
+                head.seq
+            ),
+            Some(r) if r.seq == head.seq && r.mac == head.mac => return Ok(()),
+            Some(r)
+                if r.seq == head.seq + 1
+                    && r.prev == head.mac
+                    && r.mac == hex::encode(self.auth.macs(&self.id, &[&r.signed_bytes()])?[0]) =>
+            {
+                return Ok(())
+            }
+            Some(r) if r.seq < head.seq => format!(
+                "it ends at record {}, but the adapter confirmed {} records: its tail was cut off",
+                r.seq, head.seq
+            ),
+            Some(r) => format!(
+                "its last record (sequence number {}) is not the record {} the adapter confirmed, nor an authentic one after it: records were removed, altered or forged",
+                r.seq, head.seq
+            ),
+        };
+        Err(AuditError::Broken {
+            path: self.path.clone(),
+            why,
+        })
+    }
+
     /// Every record that parses, in file order (for `show`; `verify` is the proof).
     pub fn records(&self) -> Result<Vec<Record>, AuditError> {
         Ok(self
             .lines()?
+            .0
             .into_iter()
             .filter_map(|l| serde_json::from_str(&l).ok())
             .collect())
     }
 
-    fn lines(&self) -> Result<Vec<String>, AuditError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_err(&self.path)(e)),
+    /// The complete lines, and whether an incomplete one followed them. Read under a shared lock
+    /// so that a record being appended (written, then confirmed by the adapter) is never seen
+    /// half done: a writer holds the exclusive lock across both steps.
+    fn lines(&self) -> Result<(Vec<String>, bool), AuditError> {
+        let p = &self.path;
+        let mut f = match File::open(p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+            Err(e) => return Err(io_err(p)(e)),
         };
-        Ok(text.lines().map(str::to_string).collect())
+        f.lock_shared().map_err(io_err(p))?;
+        let mut text = String::new();
+        f.read_to_string(&mut text).map_err(io_err(p))?;
+        let torn = !text.is_empty() && !text.ends_with('\n');
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if torn {
+            lines.pop();
+        }
+        Ok((lines, torn))
     }
 
     /// Proves the log intact, or names the first bad record.
     pub fn verify(&self) -> Result<Verification, AuditError> {
-        let lines = self.lines()?;
+        let (lines, torn_tail) = self.lines()?;
         let parsed: Vec<Result<Record, String>> = lines
             .iter()
             .map(|l| serde_json::from_str::<Record>(l).map_err(|e| e.to_string()))
@@ -242,6 +304,7 @@ impl AuditLog {
             intact: true,
             first_break: None,
             unconfirmed_tail: false,
+            torn_tail,
         };
         let mut prev = GENESIS.to_string();
         for (i, (rec, mac)) in parsed.iter().zip(&macs).enumerate() {
@@ -320,12 +383,7 @@ fn cut_torn_tail_and_read_last(f: &mut File) -> io::Result<Option<Record>> {
 }
 
 fn current_user() -> String {
-    if let Ok(u) = std::env::var("SUDO_USER") {
-        if !u.is_empty() {
-            return u;
-        }
-    }
-    let uid = nix::unistd::geteuid();
+    let uid = nix::unistd::getuid();
     match nix::unistd::User::from_uid(uid) {
         Ok(Some(user)) => user.name,
         _ => format!("uid {uid}"),
@@ -482,5 +540,43 @@ mod tests {
         write(&log, &l);
         let v = log.verify().unwrap();
         assert!(v.intact && v.unconfirmed_tail, "{v:?}");
+    }
+
+    #[test]
+    fn a_cut_tail_is_not_hidden_by_later_appends() {
+        let (_t, log) = setup();
+        for i in 0..5 {
+            log.append(ev(i)).unwrap();
+        }
+        let cut = lines(&log)[..3].to_vec();
+        write(&log, &cut);
+        for i in 5..7 {
+            let e = log.append(ev(i)).unwrap_err();
+            assert!(e.to_string().contains("tail was cut off"), "{e}");
+        }
+        assert_eq!(lines(&log), cut, "nothing was appended past the gap");
+        let v = log.verify().unwrap();
+        assert!(!v.intact, "{v:?}");
+        // An emptied log, or one whose last record was replaced, is refused the same way.
+        write(&log, &[]);
+        assert!(log.append(ev(9)).is_err());
+        let mut l = cut.clone();
+        l[2] = l[2].replace("\"k2\"", "\"evil\"");
+        write(&log, &l);
+        assert!(log.append(ev(9)).is_err());
+    }
+
+    #[test]
+    fn a_torn_line_is_reported_precisely_and_then_removed() {
+        let (_t, log) = setup();
+        log.append(ev(0)).unwrap();
+        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
+        f.write_all(b"{\"seq\":2,\"ti").unwrap();
+        drop(f);
+        let v = log.verify().unwrap();
+        assert!(v.intact && v.torn_tail && v.records == 1, "{v:?}");
+        log.append(ev(1)).unwrap();
+        let v = log.verify().unwrap();
+        assert!(v.intact && !v.torn_tail && v.records == 2, "{v:?}");
     }
 }

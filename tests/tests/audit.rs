@@ -108,3 +108,38 @@ fn edits_truncation_and_reordering_are_detected() {
     assert!(out.contains("BROKEN at record 1"), "{out}");
     w.ok("zkey", &["audit", "verify"]);
 }
+
+#[test]
+fn a_cut_tail_stays_visible_after_more_changes() {
+    let w = rotated_world();
+    let repo = w.repo.join("audit.log");
+    let orig = fs::read_to_string(&repo).unwrap();
+    let lines: Vec<&str> = orig.lines().collect();
+    let cut = lines[..lines.len() - 2].join("\n") + "\n";
+    fs::write(&repo, &cut).unwrap();
+    // Two ordinary changes: each is refused before it can chain past the gap.
+    for name in ["later1", "later2"] {
+        let err = w.fails("zkey", &["generate", "-N", name, "-a", CCA, "--xts"]);
+        assert!(err.contains("tail was cut off"), "{err}");
+    }
+    assert_eq!(fs::read_to_string(&repo).unwrap(), cut, "nothing appended");
+    let o = w.run("zkey", &["audit", "verify"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("cut off"));
+}
+
+#[test]
+fn the_real_user_is_recorded_and_sudo_user_only_as_a_claim() {
+    let mut w = World::new();
+    w.set_env("SUDO_USER", "mallory");
+    w.ok("zkey", &["generate", "-N", "k", "-a", CCA, "--xts"]);
+    let v = w.json("zkey", &["audit", "show", "--event", "generate", "--json"]);
+    let r = &v["records"][0];
+    let id = std::process::Command::new("id")
+        .arg("-run")
+        .output()
+        .unwrap();
+    let me = String::from_utf8(id.stdout).unwrap().trim().to_string();
+    assert_eq!(r["user"], me.as_str(), "{v}");
+    assert_eq!(r["sudo_user"], "mallory", "{v}");
+}

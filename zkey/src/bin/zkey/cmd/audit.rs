@@ -16,6 +16,14 @@ pub(crate) fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
                 );
             } else {
                 for v in &vs {
+                    if v.torn_tail {
+                        println!(
+                            "{} ({}): line {} is incomplete (a write torn by a crash or a full disk); it was never confirmed and the next append removes it",
+                            v.log,
+                            v.path.display(),
+                            v.records + 1
+                        );
+                    }
                     match &v.first_break {
                         None => println!(
                             "{} ({}): intact, {} records{}",
