@@ -196,7 +196,7 @@ impl AuditLog {
             seq: last.as_ref().map_or(1, |r| r.seq + 1),
             time: utc_now(),
             user: current_user(),
-            sudo_user: std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()),
+            sudo_user: claimed_sudo_user(),
             host: hostname(),
             event,
             prev: last.map_or_else(|| GENESIS.to_string(), |r| r.mac),
@@ -217,40 +217,22 @@ impl AuditLog {
         Ok(rec)
     }
 
-    /// Refuses to append unless the file's last record is the head the adapter confirmed, or the
-    /// one authentic record after it that a crash left unconfirmed. Without this, records cut off
-    /// the tail would be hidden by the next appends: their sequence numbers would pass the head
-    /// again and verification would find nothing missing.
+    /// Refuses to append unless the log ends at the head the adapter confirmed (or the one record
+    /// after it that a crash left unconfirmed). Without this, records cut off the tail would be
+    /// hidden by the next appends: their sequence numbers would pass the head again and
+    /// verification would find nothing missing. A forged or altered record is `verify`'s to find.
     fn check_ends_at_head(&self, last: Option<&Record>) -> Result<(), AuditError> {
-        let Some(head) = self.auth.head(&self.id)? else {
-            return Ok(());
-        };
-        let why = match last {
-            None => format!(
-                "it is empty, but the adapter confirmed {} records: it was truncated or replaced",
-                head.seq
-            ),
-            Some(r) if r.seq == head.seq && r.mac == head.mac => return Ok(()),
-            Some(r)
-                if r.seq == head.seq + 1
-                    && r.prev == head.mac
-                    && r.mac == hex::encode(self.auth.macs(&self.id, &[&r.signed_bytes()])?[0]) =>
-            {
-                return Ok(())
+        match self.auth.head(&self.id)? {
+            None => Ok(()),
+            Some(head) => {
+                end_against_head(&head, last)
+                    .map(drop)
+                    .map_err(|why| AuditError::Broken {
+                        path: self.path.clone(),
+                        why,
+                    })
             }
-            Some(r) if r.seq < head.seq => format!(
-                "it ends at record {}, but the adapter confirmed {} records: its tail was cut off",
-                r.seq, head.seq
-            ),
-            Some(r) => format!(
-                "its last record (sequence number {}) is not the record {} the adapter confirmed, nor an authentic one after it: records were removed, altered or forged",
-                r.seq, head.seq
-            ),
-        };
-        Err(AuditError::Broken {
-            path: self.path.clone(),
-            why,
-        })
+        }
     }
 
     /// Every record that parses, in file order (for `show`; `verify` is the proof).
@@ -333,19 +315,52 @@ impl AuditLog {
         };
         out.first_break = match (head, last) {
             (None, None) => None,
-            (None, Some(_)) => Some(Break { line: 1, why: "the adapter has no record of this log: it was not written on this system".into() }),
-            (Some(h), None) => Some(broken(format!("the log is empty, but the adapter confirmed {} records: it was truncated or replaced", h.seq))),
-            (Some(h), Some(r)) if r.seq < h.seq => Some(broken(format!("the log ends at record {}, but the adapter confirmed {} records: its tail was cut off", r.seq, h.seq))),
-            (Some(h), Some(r)) if r.seq == h.seq && r.mac != h.mac => Some(broken("the last record is not the one the adapter confirmed: the log was replaced".into())),
-            (Some(h), Some(r)) if r.seq == h.seq + 1 => {
-                out.unconfirmed_tail = true;
-                None
-            }
-            (Some(h), Some(r)) if r.seq > h.seq + 1 => Some(broken(format!("the log has records beyond the {} the adapter confirmed", h.seq))),
-            _ => None,
+            (None, Some(_)) => Some(Break {
+                line: 1,
+                why: "the adapter has no record of this log: it was not written on this system"
+                    .into(),
+            }),
+            (Some(h), last) => match end_against_head(&h, last) {
+                Ok(End::Confirmed) => None,
+                Ok(End::Unconfirmed) => {
+                    out.unconfirmed_tail = true;
+                    None
+                }
+                Err(why) => Some(broken(why)),
+            },
         };
         out.intact = out.first_break.is_none();
         Ok(out)
+    }
+}
+
+/// Where a log's last record stands against the head the adapter confirmed.
+enum End {
+    Confirmed,
+    /// The one record after the head, written by an append that crashed before confirming it.
+    Unconfirmed,
+}
+
+/// The one rule for how a log may end, which append and verify both apply; `Err` says why not.
+fn end_against_head(head: &AuditHead, last: Option<&Record>) -> Result<End, String> {
+    match last {
+        None => Err(format!(
+            "the log is empty, but the adapter confirmed {} records: it was truncated or replaced",
+            head.seq
+        )),
+        Some(r) if r.seq < head.seq => Err(format!(
+            "the log ends at record {}, but the adapter confirmed {} records: its tail was cut off",
+            r.seq, head.seq
+        )),
+        Some(r) if r.seq == head.seq && r.mac == head.mac => Ok(End::Confirmed),
+        Some(r) if r.seq == head.seq + 1 && r.prev == head.mac => Ok(End::Unconfirmed),
+        Some(r) if r.seq > head.seq + 1 => Err(format!(
+            "the log has records beyond the {} the adapter confirmed",
+            head.seq
+        )),
+        Some(_) => {
+            Err("the last record is not the one the adapter confirmed: the log was replaced".into())
+        }
     }
 }
 
@@ -390,6 +405,10 @@ fn current_user() -> String {
     }
 }
 
+fn claimed_sudo_user() -> Option<String> {
+    std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty())
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -418,6 +437,12 @@ mod tests {
             result: "ok".into(),
             ..Event::default()
         }
+    }
+
+    /// The start of a record, as a crash or a full disk leaves it.
+    fn append_torn_line(log: &AuditLog) {
+        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
+        f.write_all(b"{\"seq\":2,\"ti").unwrap();
     }
 
     fn lines(log: &AuditLog) -> Vec<String> {
@@ -520,9 +545,7 @@ mod tests {
     fn a_torn_last_line_is_cut_and_an_unconfirmed_record_accepted() {
         let (_t, log) = setup();
         log.append(ev(0)).unwrap();
-        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
-        f.write_all(b"{\"seq\":2,\"ti").unwrap();
-        drop(f);
+        append_torn_line(&log);
         log.append(ev(1)).unwrap();
         let v = log.verify().unwrap();
         assert!(v.intact && v.records == 2, "{v:?}");
@@ -557,22 +580,32 @@ mod tests {
         assert_eq!(lines(&log), cut, "nothing was appended past the gap");
         let v = log.verify().unwrap();
         assert!(!v.intact, "{v:?}");
-        // An emptied log, or one whose last record was replaced, is refused the same way.
         write(&log, &[]);
-        assert!(log.append(ev(9)).is_err());
-        let mut l = cut.clone();
-        l[2] = l[2].replace("\"k2\"", "\"evil\"");
+        let e = log.append(ev(9)).unwrap_err();
+        assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn a_replaced_last_record_is_refused() {
+        let (_t, log) = setup();
+        for i in 0..3 {
+            log.append(ev(i)).unwrap();
+        }
+        let mut l = lines(&log);
+        let mut r: Record = serde_json::from_str(&l[2]).unwrap();
+        r.mac = GENESIS.into();
+        l[2] = serde_json::to_string(&r).unwrap();
         write(&log, &l);
-        assert!(log.append(ev(9)).is_err());
+        let e = log.append(ev(9)).unwrap_err();
+        assert!(e.to_string().contains("replaced"), "{e}");
+        assert_eq!(lines(&log), l, "nothing was appended");
     }
 
     #[test]
     fn a_torn_line_is_reported_precisely_and_then_removed() {
         let (_t, log) = setup();
         log.append(ev(0)).unwrap();
-        let mut f = OpenOptions::new().append(true).open(log.path()).unwrap();
-        f.write_all(b"{\"seq\":2,\"ti").unwrap();
-        drop(f);
+        append_torn_line(&log);
         let v = log.verify().unwrap();
         assert!(v.intact && v.torn_tail && v.records == 1, "{v:?}");
         log.append(ev(1)).unwrap();
