@@ -12,6 +12,13 @@
 //! between the two leaves one valid, unconfirmed record at the end, which [`AuditLog::verify`]
 //! accepts and reports. A torn last line (a crash in the middle of the write) was never confirmed
 //! and is cut off by the next append.
+//!
+//! An action and its record must not come apart in a crash, so an action that changes durable
+//! state is recorded twice: an intent ([`AuditLog::append_intent`]: what will change) appended
+//! before the change, and its result ([`AuditLog::append_result`], the same `intent_id`) after.
+//! A log that refuses the intent (its tail was cut) thus stops the action before it changes
+//! anything, and verification tells each action done, partly done, not done (failed) or unknown:
+//! an intent without a result was interrupted by a crash (or is still running).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -49,6 +56,17 @@ pub struct Event {
     pub details: Option<String>,
 }
 
+/// Which half of an action a record is. A record without a phase (every record of an older
+/// log, a refusal that changed nothing) stands alone.
+#[derive(Copy, Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Appended before the durable change: what will change. Its `result` is `pending`.
+    Intent,
+    /// Appended after the change (or its failure): what happened.
+    Result,
+}
+
 /// One line of the log.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +80,12 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sudo_user: Option<String>,
     pub host: String,
+    // Both absent on records that stand alone, so that older logs sign (and verify) unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The action an intent announces and its results report (the same id on each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent_id: Option<String>,
     #[serde(flatten)]
     pub event: Event,
     pub prev: String,
@@ -131,6 +155,101 @@ pub struct Verification {
     /// The file ends in an incomplete line (a write torn by a crash or a full disk). It was never
     /// confirmed, is not counted in `records`, and the next append removes it.
     pub torn_tail: bool,
+    /// How the actions recorded with an intent ended (none for a broken log).
+    pub actions: ActionCounts,
+    /// The intents without a result: each action was interrupted (a crash) or is still running,
+    /// and whether its change happened is to be checked on the objects it names.
+    pub unknown_actions: Vec<ActionReport>,
+}
+
+/// How an action recorded with an intent ended, by its result records.
+#[derive(Copy, Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActionStatus {
+    /// Every result is `ok`.
+    Done,
+    /// Some results are `ok`, some `failed` (e.g. a re-encipher where some keys failed).
+    PartlyDone,
+    /// Every result is `failed`: the action reported that it did not make its change.
+    NotDone,
+    /// No result: the process ended between the intent and the result (a crash), or is still
+    /// running. The change may or may not have happened.
+    Unknown,
+}
+
+#[derive(Copy, Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ActionCounts {
+    pub done: usize,
+    pub partly_done: usize,
+    pub not_done: usize,
+    pub unknown: usize,
+}
+
+/// One intent and how its action ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActionReport {
+    /// The intent's record.
+    pub seq: u64,
+    pub time: String,
+    pub intent_id: String,
+    pub event: String,
+    pub apqns: Vec<Apqn>,
+    pub keys: Vec<String>,
+    pub details: Option<String>,
+    pub status: ActionStatus,
+    /// What to look at to see whether an unknown action's change happened (filled by the
+    /// caller that knows the commands, e.g. zkey).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+}
+
+/// Each intent of `records` (in log order) and how its action ended.
+pub fn actions(records: &[Record]) -> Vec<ActionReport> {
+    use std::collections::HashMap;
+    // (any ok, any failed) per intent id.
+    let mut outcome: HashMap<&str, (bool, bool)> = HashMap::new();
+    for r in records {
+        if let (Some(Phase::Result), Some(id)) = (r.phase, r.intent_id.as_deref()) {
+            let o = outcome.entry(id).or_default();
+            if r.event.result.starts_with("failed") {
+                o.1 = true;
+            } else {
+                o.0 = true;
+            }
+        }
+    }
+    records
+        .iter()
+        .filter(|r| r.phase == Some(Phase::Intent))
+        .filter_map(|r| {
+            let id = r.intent_id.clone()?;
+            let status = match outcome.get(id.as_str()) {
+                None => ActionStatus::Unknown,
+                Some((true, false)) => ActionStatus::Done,
+                Some((true, true)) => ActionStatus::PartlyDone,
+                Some((false, _)) => ActionStatus::NotDone,
+            };
+            Some(ActionReport {
+                seq: r.seq,
+                time: r.time.clone(),
+                intent_id: id,
+                event: r.event.event.clone(),
+                apqns: r.event.apqns.clone(),
+                keys: r.event.keys.clone(),
+                details: r.event.details.clone(),
+                status,
+                check: None,
+            })
+        })
+        .collect()
+}
+
+/// An intent appended to a log: its action's results are appended with [`AuditLog::append_result`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub id: String,
+    /// The intent as written: its event, command, APQNs and keys are what the results repeat.
+    pub event: Event,
 }
 
 /// One audit log file and the adapter that authenticates it.
@@ -179,8 +298,34 @@ impl AuditLog {
         &self.id
     }
 
-    /// Appends an event; returns the record as written.
+    /// Appends an event that stands alone (a refusal that changed nothing); returns the record
+    /// as written. An action that changes durable state appends an intent and a result instead.
     pub fn append(&self, event: Event) -> Result<Record, AuditError> {
+        self.append_as(event, None, None)
+    }
+
+    /// Appends the intent of an action, before the action changes anything: if this fails
+    /// (the log refuses appends, the adapter is gone), the action must not be done. Its
+    /// `result` is set to `pending`.
+    pub fn append_intent(&self, mut event: Event) -> Result<Intent, AuditError> {
+        event.result = "pending".into();
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.append_as(event.clone(), Some(Phase::Intent), Some(id.clone()))?;
+        Ok(Intent { id, event })
+    }
+
+    /// Appends a result of the action `intent` announced: `event.result` is `ok...` or
+    /// `failed: why`. An action may have several (one per kind of outcome).
+    pub fn append_result(&self, intent: &Intent, event: Event) -> Result<Record, AuditError> {
+        self.append_as(event, Some(Phase::Result), Some(intent.id.clone()))
+    }
+
+    fn append_as(
+        &self,
+        event: Event,
+        phase: Option<Phase>,
+        intent_id: Option<String>,
+    ) -> Result<Record, AuditError> {
         let p = &self.path;
         let mut f = OpenOptions::new()
             .read(true)
@@ -198,6 +343,8 @@ impl AuditLog {
             user: current_user(),
             sudo_user: claimed_sudo_user(),
             host: hostname(),
+            phase,
+            intent_id,
             event,
             prev: last.map_or_else(|| GENESIS.to_string(), |r| r.mac),
             mac: String::new(),
@@ -287,6 +434,8 @@ impl AuditLog {
             first_break: None,
             unconfirmed_tail: false,
             torn_tail,
+            actions: ActionCounts::default(),
+            unknown_actions: Vec::new(),
         };
         let mut prev = GENESIS.to_string();
         for (i, (rec, mac)) in parsed.iter().zip(&macs).enumerate() {
@@ -330,6 +479,21 @@ impl AuditLog {
             },
         };
         out.intact = out.first_break.is_none();
+        if out.intact {
+            let records: Vec<Record> = parsed.into_iter().flatten().collect();
+            for a in actions(&records) {
+                let c = &mut out.actions;
+                match a.status {
+                    ActionStatus::Done => c.done += 1,
+                    ActionStatus::PartlyDone => c.partly_done += 1,
+                    ActionStatus::NotDone => c.not_done += 1,
+                    ActionStatus::Unknown => c.unknown += 1,
+                }
+                if a.status == ActionStatus::Unknown {
+                    out.unknown_actions.push(a);
+                }
+            }
+        }
         Ok(out)
     }
 }
@@ -599,6 +763,77 @@ mod tests {
         let e = log.append(ev(9)).unwrap_err();
         assert!(e.to_string().contains("replaced"), "{e}");
         assert_eq!(lines(&log), l, "nothing was appended");
+    }
+
+    #[test]
+    fn records_without_intents_sign_as_before_and_verify() {
+        let (_t, log) = setup();
+        log.append(ev(0)).unwrap();
+        let line = &lines(&log)[0];
+        assert!(
+            !line.contains("phase") && !line.contains("intent_id"),
+            "a record that stands alone has the older format: {line}"
+        );
+        let v = log.verify().unwrap();
+        assert!(v.intact && v.actions == ActionCounts::default(), "{v:?}");
+    }
+
+    #[test]
+    fn each_intent_is_done_partly_done_not_done_or_unknown() {
+        let (_t, log) = setup();
+        let result = |i: &Intent, r: &str| {
+            log.append_result(
+                i,
+                Event {
+                    result: r.into(),
+                    ..i.event.clone()
+                },
+            )
+            .unwrap();
+        };
+        let done = log.append_intent(ev(1)).unwrap();
+        let partly = log.append_intent(ev(2)).unwrap();
+        let not_done = log.append_intent(ev(3)).unwrap();
+        result(&partly, "ok");
+        result(&done, "ok");
+        result(&partly, "failed: k2: no");
+        result(&not_done, "failed: refused");
+        let unknown = log.append_intent(ev(4)).unwrap();
+        assert_ne!(done.id, partly.id);
+        let v = log.verify().unwrap();
+        assert!(v.intact, "{v:?}");
+        assert_eq!(
+            v.actions,
+            ActionCounts {
+                done: 1,
+                partly_done: 1,
+                not_done: 1,
+                unknown: 1
+            }
+        );
+        assert_eq!(v.unknown_actions.len(), 1);
+        let u = &v.unknown_actions[0];
+        assert_eq!((u.intent_id.as_str(), u.seq), (unknown.id.as_str(), 8));
+        assert_eq!(u.keys, ["k4"]);
+        let recs = log.records().unwrap();
+        assert_eq!(recs[0].phase, Some(Phase::Intent));
+        assert_eq!(recs[0].event.result, "pending");
+        let st: Vec<ActionStatus> = actions(&recs).iter().map(|a| a.status).collect();
+        use ActionStatus::*;
+        assert_eq!(st, [Done, PartlyDone, NotDone, Unknown]);
+    }
+
+    #[test]
+    fn an_intent_refused_by_a_cut_log_is_not_written() {
+        let (_t, log) = setup();
+        for i in 0..3 {
+            log.append(ev(i)).unwrap();
+        }
+        let cut = lines(&log)[..2].to_vec();
+        write(&log, &cut);
+        let e = log.append_intent(ev(9)).unwrap_err();
+        assert!(e.to_string().contains("tail was cut off"), "{e}");
+        assert_eq!(lines(&log), cut);
     }
 
     #[test]

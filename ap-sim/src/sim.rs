@@ -622,7 +622,10 @@ impl Simulator {
         AuditLog::new(self.dir.join(AUDIT_FILE), TKE_AUDIT_ID, self.clone())
     }
 
-    /// Runs a TKE action as one update and records it, done or refused, in the TKE audit log.
+    /// Runs a TKE action as one update between its intent and its result in the TKE audit log,
+    /// so that a crash between the update and its record leaves an intent that verification
+    /// reports as unknown, never a change of the registers that is not on record. A log that
+    /// refuses the intent stops the action before it changes anything.
     fn tke_audited<T>(
         &self,
         action: &str,
@@ -630,14 +633,26 @@ impl Simulator {
         mktype: MkType,
         op: impl FnOnce(&mut Bus) -> Result<(T, Note), SimError>,
     ) -> Result<T, SimError> {
+        let log = self.tke_audit_log();
+        let intent = log
+            .append_intent(tke_event(action, apqns, mktype, Note::default(), String::new()))
+            .map_err(|e| {
+                SimError::Invalid(format!(
+                    "the TKE action was not done: its intent could not be recorded in the audit log: {e}"
+                ))
+            })?;
         let res = self.update(op);
-        match &res {
-            Ok((_, n)) => self.tke_record(action, apqns, mktype, Ok(()), n.clone())?,
-            Err(e) => self.tke_record(action, apqns, mktype, Err(e), Note::default())?,
-        }
+        let (outcome, note) = match &res {
+            Ok((_, n)) => (Ok(()), n.clone()),
+            Err(e) => (Err(e), Note::default()),
+        };
+        let event = tke_event(action, apqns, mktype, note, result_text(outcome));
+        log.append_result(&intent, event)
+            .map_err(|e| unrecorded(outcome, e))?;
         res.map(|(t, _)| t)
     }
 
+    /// Records a refusal that changed nothing (no intent: there was no change to announce).
     fn tke_record(
         &self,
         action: &str,
@@ -646,31 +661,11 @@ impl Simulator {
         outcome: Result<(), &SimError>,
         note: Note,
     ) -> Result<(), SimError> {
-        let result = match outcome {
-            Ok(()) => "ok".to_string(),
-            Err(e) => format!("failed: {e}"),
-        };
-        let event = Event {
-            event: format!("tke-{action}"),
-            command: format!("ap-sim tke {action}"),
-            apqns: apqns.to_vec(),
-            mktype: Some(mktype),
-            old_mkvp: note.old,
-            new_mkvp: note.new,
-            keys: Vec::new(),
-            result,
-            details: note.details,
-        };
-        self.tke_audit_log().append(event).map(drop).map_err(|e| {
-            let done = if outcome.is_ok() {
-                "was done"
-            } else {
-                "was refused"
-            };
-            SimError::Invalid(format!(
-                "the TKE action {done}, but it could not be recorded in the audit log: {e}"
-            ))
-        })
+        let event = tke_event(action, apqns, mktype, note, result_text(outcome));
+        self.tke_audit_log()
+            .append(event)
+            .map(drop)
+            .map_err(|e| unrecorded(outcome, e))
     }
 
     /// The registers of the given APQNs (all APQNs with master keys when `None`).
@@ -944,6 +939,38 @@ pub fn register_views(bus: &Bus, apqn: Apqn, mktype: MkType) -> Result<TypeRegis
         }),
     }
 }
+fn tke_event(action: &str, apqns: &[Apqn], mktype: MkType, note: Note, result: String) -> Event {
+    Event {
+        event: format!("tke-{action}"),
+        command: format!("ap-sim tke {action}"),
+        apqns: apqns.to_vec(),
+        mktype: Some(mktype),
+        old_mkvp: note.old,
+        new_mkvp: note.new,
+        keys: Vec::new(),
+        result,
+        details: note.details,
+    }
+}
+
+fn result_text(outcome: Result<(), &SimError>) -> String {
+    match outcome {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+fn unrecorded(outcome: Result<(), &SimError>, e: AuditError) -> SimError {
+    let done = if outcome.is_ok() {
+        "was done"
+    } else {
+        "was refused"
+    };
+    SimError::Invalid(format!(
+        "the TKE action {done}, but it could not be recorded in the audit log: {e}"
+    ))
+}
+
 /// The adapter keeps the audit trail honest: the MAC key and the logs' heads are in its
 /// private state.
 impl Authenticator for Simulator {

@@ -407,6 +407,101 @@ impl World {
     }
 }
 
+/// Every file under a directory (recursively) with its content, without the lock and the
+/// temporary files of atomic writes: what a command changed, whatever directory it wrote.
+pub type Tree = std::collections::BTreeMap<PathBuf, Vec<u8>>;
+
+fn tree_of(dir: &Path, out: &mut Tree) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == ".lock" || name.contains(".tmp.") {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            out.insert(p.clone(), Vec::new());
+            tree_of(&p, out);
+        } else {
+            out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
+        }
+    }
+}
+
+/// The records of an audit log file (none if it is missing).
+pub fn audit_records(log: &Path) -> Vec<ap_sim::audit::Record> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+impl World {
+    /// The repository's files, recursively (a KMS plug-in's directory included).
+    pub fn repo_tree(&self) -> Tree {
+        let mut t = Tree::new();
+        tree_of(&self.repo, &mut t);
+        t
+    }
+
+    /// The audit trail after a crash of a command started on the repository `before`: both
+    /// logs verify intact, and an action and its record never came apart. A change of the
+    /// repository (its files, the audit log aside) has an intent written by the crashed
+    /// command; each such intent is done (then its change is on disk), partly done, not done,
+    /// or unknown (no result: the crash), and every unknown one says what to check.
+    pub fn assert_audit_after_crash(&self, before: &Tree, step: usize) {
+        use ap_sim::audit::ActionStatus;
+        let v = self.json("zkey", &["audit", "verify", "--json"]);
+        for log in v["logs"].as_array().expect("logs") {
+            assert_eq!(log["intact"], true, "step {step}: {log}");
+            for u in log["unknown_actions"].as_array().expect("unknown_actions") {
+                assert!(u["check"].is_string(), "step {step}: {u}");
+            }
+        }
+        let log = self.repo.join("audit.log");
+        let seen = before
+            .get(&log)
+            .map_or(0, |l| l.split(|b| *b == b'\n').count() - 1);
+        let after = self.repo_tree();
+        let without_log = |t: &Tree| {
+            let mut t = t.clone();
+            t.remove(&log);
+            t
+        };
+        let changed = without_log(before) != without_log(&after);
+        let new: Vec<_> = ap_sim::audit::actions(&audit_records(&log))
+            .into_iter()
+            .filter(|a| a.seq as usize > seen)
+            .collect();
+        if changed {
+            assert!(
+                !new.is_empty(),
+                "step {step}: the repository changed, but no intent was recorded"
+            );
+        }
+        for a in &new {
+            if a.status == ActionStatus::Done {
+                assert!(
+                    changed,
+                    "step {step}: {} is done but nothing changed",
+                    a.event
+                );
+            }
+        }
+        let unknown = new
+            .iter()
+            .filter(|a| a.status == ActionStatus::Unknown)
+            .count();
+        assert!(
+            unknown <= 1,
+            "step {step}: one crash, {unknown} unknown actions"
+        );
+    }
+}
+
 impl Default for World {
     fn default() -> Self {
         Self::new()

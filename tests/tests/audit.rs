@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use tests::World;
+use tests::{failpoint_bin_dir, World};
 
 const CCA: &str = "08.002f,09.002f";
 
@@ -142,4 +142,80 @@ fn the_real_user_is_recorded_and_sudo_user_only_as_a_claim() {
     let me = String::from_utf8(id.stdout).unwrap().trim().to_string();
     assert_eq!(r["user"], me.as_str(), "{v}");
     assert_eq!(r["sudo_user"], "mallory", "{v}");
+}
+
+#[test]
+fn generate_on_a_cut_log_changes_nothing() {
+    let w = rotated_world();
+    let repo = w.repo.join("audit.log");
+    let orig = fs::read_to_string(&repo).unwrap();
+    let lines: Vec<&str> = orig.lines().collect();
+    fs::write(&repo, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    let before = w.repo_snapshot();
+    let err = w.fails("zkey", &["generate", "-N", "later", "-a", CCA, "--xts"]);
+    assert!(
+        err.contains("tail was cut off") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        w.repo_snapshot(),
+        before,
+        "the repository is byte-identical"
+    );
+    let err = w.fails("zkey", &["remove", "-N", "disk1", "--force"]);
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(w.repo_snapshot(), before);
+}
+
+#[test]
+fn an_interrupted_action_is_unknown_and_says_what_to_check() {
+    let mut w = World::new();
+    w.ok("zkey", &["generate", "-N", "k0", "-a", CCA]);
+    // A crash between the intent and the result: the first crash point after which the log
+    // holds an intent for k1.
+    w.use_bins(failpoint_bin_dir());
+    let log = w.repo.join("audit.log");
+    let clean = fs::read(&log).unwrap();
+    let mut n = 0;
+    loop {
+        assert!(w.crash_at("zkey", n, &["generate", "-N", "k1", "-a", CCA]));
+        if fs::read(&log).unwrap() != clean {
+            break;
+        }
+        n += 1;
+    }
+    let v = w.json("zkey", &["audit", "verify", "--json"]);
+    let log = &v["logs"][0];
+    assert_eq!(log["intact"], true, "{v}");
+    assert_eq!(log["actions"]["done"], 1, "{v}");
+    assert_eq!(log["actions"]["unknown"], 1, "{v}");
+    let u = &log["unknown_actions"][0];
+    assert_eq!(u["event"], "generate", "{u}");
+    assert_eq!(u["status"], "unknown", "{u}");
+    assert!(
+        u["check"]
+            .as_str()
+            .unwrap()
+            .contains("zkey validate -N 'k1'"),
+        "{u}"
+    );
+    let out = w.ok("zkey", &["audit", "verify"]);
+    assert!(
+        out.contains("1 done") && out.contains("1 unknown") && out.contains("UNKNOWN: generate k1"),
+        "{out}"
+    );
+    // `show` lists each action once: k0's by its result, k1's by its intent, as unknown.
+    let s = w.json("zkey", &["audit", "show", "--source", "zkey", "--json"]);
+    let recs = s["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 2, "{s}");
+    assert_eq!(recs[0]["status"], "done");
+    assert_eq!(recs[0]["phase"], "result");
+    assert_eq!(recs[1]["status"], "unknown");
+    assert_eq!(recs[1]["phase"], "intent");
+    assert_eq!(recs[0]["intent_id"].as_str().unwrap().len(), 16);
+    // The next command appends after it, and the interrupted one stays unknown.
+    w.ok("zkey", &["generate", "-N", "k2", "-a", CCA]);
+    let v = w.json("zkey", &["audit", "verify", "--json"]);
+    assert_eq!(v["logs"][0]["actions"]["unknown"], 1, "{v}");
+    assert_eq!(v["logs"][0]["actions"]["done"], 2, "{v}");
 }

@@ -1,6 +1,7 @@
 //! Kill zkey and the KMIP plug-in at every durable step of a staged and a complete
 //! re-encipher of the plug-in's own keys around an APKA and AES master key change: after each
-//! crash the plug-in still reaches the KMS, and a re-run finishes the job.
+//! crash the plug-in still reaches the KMS, a re-run finishes the job, and the audit trail is
+//! intact with the crashed command's intent on record.
 
 use tests::{failpoint_bin_dir, KmipServer, World};
 
@@ -19,12 +20,18 @@ fn plugin_key_reencipher_survives_a_crash_at_every_step() {
             w.load_new(CCA, "aes");
             let staged = ["kms", "reencipher", "--to-new", "--staged"];
             let hit = if phase == "staged" {
-                w.crash_at("zkey", n, &staged)
+                let before = w.repo_tree();
+                let hit = w.crash_at("zkey", n, &staged);
+                w.assert_audit_after_crash(&before, n);
+                hit
             } else {
                 w.ok("zkey", &staged);
                 w.set(CCA, "apka");
                 w.set(CCA, "aes");
-                w.crash_at("zkey", n, &["kms", "reencipher", "--complete"])
+                let before = w.repo_tree();
+                let hit = w.crash_at("zkey", n, &["kms", "reencipher", "--complete"]);
+                w.assert_audit_after_crash(&before, n);
+                hit
             };
             // The identity key still authenticates to the KMS after any crash.
             w.ok("zkey", &["kms", "refresh"]);

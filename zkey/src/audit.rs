@@ -7,7 +7,8 @@
 
 use serde::Serialize;
 
-use ap_sim::audit::{AuditError, AuditLog, Event, Record, Verification};
+pub use ap_sim::audit::ActionStatus;
+use ap_sim::audit::{ActionReport, AuditError, AuditLog, Event, Phase, Record, Verification};
 use ap_sim::sim::Simulator;
 
 use crate::keyname::Pattern;
@@ -40,8 +41,23 @@ pub fn logs(repo: &Repository, sim: &Simulator) -> [(Source, AuditLog); 2] {
     ]
 }
 
-pub fn verify_all(repo: &Repository, sim: &Simulator) -> Result<Vec<Verification>, AuditError> {
-    logs(repo, sim).iter().map(|(_, l)| l.verify()).collect()
+/// Verifies both logs, and says for each action without a result what to check. The caller
+/// holds the repository's shared lock, so that no zkey command is between an intent and its
+/// result (the TKE's actions last milliseconds, and only the TKE log can show one running).
+pub fn verify_all(
+    r: &crate::repository::Reader<'_>,
+    sim: &Simulator,
+) -> Result<Vec<Verification>, AuditError> {
+    logs(r.repository(), sim)
+        .iter()
+        .map(|(src, l)| {
+            let mut v = l.verify()?;
+            for a in &mut v.unknown_actions {
+                a.check = Some(what_to_check(*src, a));
+            }
+            Ok(v)
+        })
+        .collect()
 }
 
 /// Which records `show` prints; every given filter must match.
@@ -84,30 +100,106 @@ pub struct Entry {
     pub source: Source,
     #[serde(flatten)]
     pub record: Record,
+    /// For a result or an intent: how its action ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<ActionStatus>,
+    /// For an intent without a result: what to check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
-/// The records of both logs that match, oldest first.
-pub fn show(repo: &Repository, sim: &Simulator, f: &Filter) -> Result<Vec<Entry>, AuditError> {
+/// The records of both logs that match, oldest first: each action once. An intent that has
+/// results is shown through them (each with the action's status); an intent without one is
+/// shown itself, as `unknown`, with what to check.
+pub fn show(
+    r: &crate::repository::Reader<'_>,
+    sim: &Simulator,
+    f: &Filter,
+) -> Result<Vec<Entry>, AuditError> {
     let mut out = Vec::new();
-    for (src, log) in logs(repo, sim) {
-        out.extend(
-            log.records()?
+    for (src, log) in logs(r.repository(), sim) {
+        let records = log.records()?;
+        let actions: std::collections::HashMap<String, ActionReport> =
+            ap_sim::audit::actions(&records)
                 .into_iter()
-                .filter(|r| f.matches(src, r))
-                .map(|record| Entry {
-                    source: src,
-                    record,
-                }),
-        );
+                .map(|a| (a.intent_id.clone(), a))
+                .collect();
+        for record in records {
+            let action = record.intent_id.as_ref().and_then(|id| actions.get(id));
+            let unknown = action.is_some_and(|a| a.status == ActionStatus::Unknown);
+            if record.phase == Some(Phase::Intent) && !unknown {
+                continue;
+            }
+            if !f.matches(src, &record) {
+                continue;
+            }
+            out.push(Entry {
+                source: src,
+                status: action.map(|a| a.status),
+                check: action.filter(|_| unknown).map(|a| what_to_check(src, a)),
+                record,
+            });
+        }
     }
     out.sort_by(|a, b| a.record.time.cmp(&b.record.time));
     Ok(out)
 }
 
-/// Appends a repository event. Key lifecycle commands call it after they acted; a failure to
-/// record is reported to the caller, who says that the action itself was done.
-pub fn record(repo: &Repository, sim: &Simulator, event: Event) -> Result<(), AuditError> {
-    repository_log(repo, sim).append(event).map(drop)
+/// Runs `act`, an action on the repository, between its intent and its results in the
+/// repository's log. The intent is appended just before the action's first change (see
+/// [`Writer::changing`](crate::repository::Writer::changing)): if the log refuses it, nothing is
+/// changed. The results (`results` of what `act` returned, or `failed: why`) follow the action.
+/// An action that changed nothing writes no intent: its results, if any (failures it reports),
+/// stand alone, and a command its checks refused leaves the log as it was.
+pub fn audited<T>(
+    w: &crate::repository::Writer<'_>,
+    ad: &crate::adapters::Adapters,
+    intent: Event,
+    act: impl FnOnce() -> Result<T, crate::ZkeyError>,
+    results: impl FnOnce(&T) -> Vec<Event>,
+) -> Result<T, crate::ZkeyError> {
+    use crate::ZkeyError;
+    let log = repository_log(w.repository(), ad.hsm.simulator());
+    if !w.intend(log.clone(), intent) {
+        // An action already declared covers this one.
+        return act();
+    }
+    let res = act();
+    let ended = w.end_action();
+    match (res, ended) {
+        (Ok(t), None) => {
+            for ev in results(&t) {
+                log.append(ev).map_err(ZkeyError::Audit)?;
+            }
+            Ok(t)
+        }
+        (Ok(t), Some((log, intent))) => {
+            let mut evs = results(&t);
+            if evs.is_empty() {
+                evs.push(Event {
+                    result: "ok".into(),
+                    ..intent.event.clone()
+                });
+            }
+            for ev in evs {
+                log.append_result(&intent, ev).map_err(ZkeyError::Audit)?;
+            }
+            Ok(t)
+        }
+        (Err(e), Some((log, intent))) => {
+            // The action's error is what the caller must see; if its result cannot be recorded
+            // either, the intent stays unknown, which verification reports.
+            let _ = log.append_result(
+                &intent,
+                Event {
+                    result: format!("failed: {e}"),
+                    ..intent.event.clone()
+                },
+            );
+            Err(e)
+        }
+        (Err(e), None) => Err(e),
+    }
 }
 
 /// A repository event as the operations write it: `name` is the event (`generate`,
@@ -123,13 +215,29 @@ pub fn event(name: &str, keys: &[&crate::KeyName], apqns: &[ap_sim::Apqn]) -> Ev
     }
 }
 
-/// Records `event` in the repository's log, after the action was done.
-pub fn record_done(
-    w: &crate::repository::Writer<'_>,
-    ad: &crate::adapters::Adapters,
-    event: Event,
-) -> Result<(), crate::ZkeyError> {
-    record(w.repository(), ad.hsm.simulator(), event).map_err(crate::ZkeyError::Audit)
+/// What to look at to see whether an action that has no result (a crash) made its change.
+pub fn what_to_check(src: Source, a: &ActionReport) -> String {
+    let apqns = ap_sim::apqn::format_list(&a.apqns);
+    match src {
+        Source::Tke => {
+            format!("the master key registers: `ap-sim tke status -a {apqns}` (or `zkey validate`)")
+        }
+        Source::Zkey if a.event.starts_with("mkchange") => {
+            "the operation: `zkey mkchange list`, and the keys: `zkey validate`".into()
+        }
+        Source::Zkey if a.event.starts_with("kms") => {
+            "the KMS binding and its keys: `zkey kms info`, `zkey kms list`".into()
+        }
+        Source::Zkey if a.keys.is_empty() => "the repository: `zkey list`, `zkey validate`".into(),
+        Source::Zkey => {
+            let names: Vec<String> = a
+                .keys
+                .iter()
+                .map(|k| format!("`zkey validate -N '{k}'`"))
+                .collect();
+            format!("whether the keys exist and work: {}", names.join(", "))
+        }
+    }
 }
 
 /// The records of a re-encipher: one per kind of result (staged, in place, completed, failed),

@@ -185,6 +185,7 @@ impl KmsConf {
     }
 
     fn save(&self, w: &Writer<'_>) -> Result<(), ZkeyError> {
+        w.changing()?;
         let p = w.repository().path().join(CONF);
         let all: Vec<Apqn> = self
             .cca_apqns
@@ -242,6 +243,7 @@ pub fn bind(w: &Writer<'_>, name: &str) -> Result<(KmsConf, Notices), ZkeyError>
         )));
     }
     let dir = w.repository().path().join(name);
+    w.changing()?;
     std::fs::create_dir_all(&dir).map_err(|source| ZkeyError::Io {
         action: "creating",
         path: dir.clone(),
@@ -314,6 +316,7 @@ pub fn configure(
         ep11 = Some(e);
     }
     let mut s = Session::open(&conf)?;
+    w.changing()?;
     let result = s.call(|c| {
         c.configure(
             cca.as_ref()
@@ -354,6 +357,7 @@ pub fn configure(
 pub fn unbind(w: &Writer<'_>) -> Result<(usize, Notices), ZkeyError> {
     let conf = require(w)?;
     let mut s = Session::open(&conf)?;
+    w.changing()?;
     s.call(|c| c.deconfigure())?;
     let notices = s.close()?;
     let mut n = 0;
@@ -453,6 +457,8 @@ pub fn generate_with_notices(
         return Err(crate::repository::RepoError::KeyExists { name: name.clone() }.into());
     }
     keyops::check_volumes_free(w, name, &spec.volumes)?;
+    // The KMS (and maybe kms.conf) is changed from here on.
+    w.changing()?;
     let binding = match conf.id.clone() {
         Some(id) => id,
         None => {

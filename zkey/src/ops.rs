@@ -60,9 +60,14 @@ fn key_event(name: &str, key_name: &KeyName, key: &SecureKey, apqns: &[Apqn]) ->
     }
 }
 
-/// Appends a record to the repository's audit log, after the action it records was done.
-pub fn record(w: &Writer<'_>, ad: &Adapters, ev: Event) -> Result<(), ZkeyError> {
-    crate::audit::record_done(w, ad, ev)
+use crate::audit::audited;
+
+/// An intent: the event, saying what will change.
+fn intent(ev: Event, change: String) -> Event {
+    Event {
+        details: Some(change),
+        ..ev
+    }
 }
 
 /// Where a new key's material comes from.
@@ -125,26 +130,34 @@ pub fn generate(
     pass: Option<DummyPassphrase>,
 ) -> Result<Added, ZkeyError> {
     let bound = crate::kms::KmsConf::load(w)?.is_some() && !local;
-    let (key, notices) = if bound {
-        if matches!(source, Source::Clear(_)) || !spec.apqns.is_empty() {
-            return Err(ZkeyError::Invalid("a key of a KMS-bound repository is generated in the KMS and uses the plug-in's APQNs: drop --clearkey/--apqns, or add --local for a local key".into()));
-        }
-        let (key, props, notices) = crate::kms::generate_with_notices(w, ad, name, spec)?;
-        w.create_key(name, &key.to_bytes(), &props, pass)?;
-        (key, notices)
-    } else {
-        let key = keyops::make_key(ad, spec, clear(source))?;
-        keyops::store_new(w, ad, name, &key, spec, pass)?;
-        (key, Vec::new())
+    let what = intent(
+        event("generate", &[name], &spec.apqns),
+        format!("creates key '{name}'"),
+    );
+    let act = || {
+        let (key, notices) = if bound {
+            if matches!(source, Source::Clear(_)) || !spec.apqns.is_empty() {
+                return Err(ZkeyError::Invalid("a key of a KMS-bound repository is generated in the KMS and uses the plug-in's APQNs: drop --clearkey/--apqns, or add --local for a local key".into()));
+            }
+            let (key, props, notices) = crate::kms::generate_with_notices(w, ad, name, spec)?;
+            w.create_key(name, &key.to_bytes(), &props, pass)?;
+            (key, notices)
+        } else {
+            let key = keyops::make_key(ad, spec, clear(source))?;
+            keyops::store_new(w, ad, name, &key, spec, pass)?;
+            (key, Vec::new())
+        };
+        let staged_in = crate::mkchange::stage_new_key(w, ad, &w.entry(name)?)?;
+        Ok(Added {
+            key,
+            in_kms: bound,
+            staged_in,
+            under_old: false,
+            notices,
+        })
     };
-    record(w, ad, key_event("generate", name, &key, &spec.apqns))?;
-    let staged_in = crate::mkchange::stage_new_key(w, ad, &w.entry(name)?)?;
-    Ok(Added {
-        key,
-        in_kms: bound,
-        staged_in,
-        under_old: false,
-        notices,
+    audited(w, ad, what, act, |a| {
+        vec![key_event("generate", name, &a.key, &spec.apqns)]
     })
 }
 
@@ -161,15 +174,23 @@ pub fn import(
     if spec.apqn_check && !spec.apqns.is_empty() {
         keyops::check_binding(ad, key.key_type(), &spec.apqns, Some(key.mkvp()))?;
     }
-    keyops::store_new(w, ad, name, key, spec, pass)?;
-    record(w, ad, key_event("import", name, key, &spec.apqns))?;
-    let staged_in = crate::mkchange::stage_new_key(w, ad, &w.entry(name)?)?;
-    Ok(Added {
-        key: key.clone(),
-        in_kms: false,
-        staged_in,
-        under_old: v.register == Register::Old,
-        notices: Vec::new(),
+    let what = intent(
+        key_event("import", name, key, &spec.apqns),
+        format!("creates key '{name}'"),
+    );
+    let act = || {
+        keyops::store_new(w, ad, name, key, spec, pass)?;
+        let staged_in = crate::mkchange::stage_new_key(w, ad, &w.entry(name)?)?;
+        Ok(Added {
+            key: key.clone(),
+            in_kms: false,
+            staged_in,
+            under_old: v.register == Register::Old,
+            notices: Vec::new(),
+        })
+    };
+    audited(w, ad, what, act, |_| {
+        vec![key_event("import", name, key, &spec.apqns)]
     })
 }
 
@@ -216,16 +237,21 @@ pub fn remove(
     if !ask(ui, &q, force)? {
         return Err(ZkeyError::Invalid(format!("key '{name}' was not removed")));
     }
-    let mut notices = Vec::new();
-    if let Ok(e) = w.entry(name) {
-        if e.properties.is_kms_bound() {
-            notices = crate::kms::remove_with_notices(w, &e.properties)
-                .map_err(|e| ZkeyError::Invalid(format!("{e}; the key was not removed")))?;
+    let act = || {
+        let mut notices = Vec::new();
+        if let Ok(e) = w.entry(name) {
+            if e.properties.is_kms_bound() {
+                w.changing()?;
+                notices = crate::kms::remove_with_notices(w, &e.properties)
+                    .map_err(|e| ZkeyError::Invalid(format!("{e}; the key was not removed")))?;
+            }
         }
-    }
-    w.remove_key(name)?;
-    record(w, ad, event("remove", &[name], &[]))?;
-    Ok(notices)
+        w.remove_key(name)?;
+        Ok(notices)
+    };
+    let ev = event("remove", &[name], &[]);
+    let what = intent(ev.clone(), format!("removes key '{name}'"));
+    audited(w, ad, what, act, |_| vec![ev])
 }
 
 /// Renames a key.
@@ -235,13 +261,18 @@ pub fn rename(
     name: &KeyName,
     new_name: &KeyName,
 ) -> Result<(), ZkeyError> {
-    w.rename_key(name, new_name)?;
-    record(
+    let ev = event("rename", &[name, new_name], &[]);
+    let what = intent(ev.clone(), format!("renames '{name}' to '{new_name}'"));
+    audited(
         w,
         ad,
-        Event {
-            details: Some(format!("renamed to '{new_name}'")),
-            ..event("rename", &[name, new_name], &[])
+        what,
+        || Ok(w.rename_key(name, new_name)?),
+        |_| {
+            vec![Event {
+                details: Some(format!("renamed to '{new_name}'")),
+                ..ev
+            }]
         },
     )
 }
@@ -259,13 +290,18 @@ pub fn copy(
     props.volumes = volumes;
     keyops::check_volumes_free(w, new_name, &props.volumes)?;
     props.creation_time = Some(Timestamp::now());
-    w.copy_key(name, new_name, &props)?;
-    record(
+    let ev = event("copy", &[name, new_name], &props.apqns);
+    let what = intent(ev.clone(), format!("copies '{name}' to '{new_name}'"));
+    audited(
         w,
         ad,
-        Event {
-            details: Some(format!("copied to '{new_name}'")),
-            ..event("copy", &[name, new_name], &props.apqns)
+        what,
+        || Ok(w.copy_key(name, new_name, &props)?),
+        |_| {
+            vec![Event {
+                details: Some(format!("copied to '{new_name}'")),
+                ..ev
+            }]
         },
     )
 }
@@ -350,22 +386,25 @@ pub fn change(
     if removing && !ask(ui, &format!("Remove the dummy passphrase of '{name}'? Volumes that open only with it can no longer be opened"), c.force)? {
         return Err(ZkeyError::Invalid("the dummy passphrase was not removed; nothing was changed".into()));
     }
-    w.write_info(name, &p)?;
-    match c.passphrase {
-        Some(PassphraseChange::Set(d)) => w.write_pass(name, d)?,
-        Some(PassphraseChange::Remove) => {
-            w.remove_pass(name)?;
+    let ev = event("change", &[name], &p.apqns);
+    let what = intent(ev.clone(), format!("changes the properties of '{name}'"));
+    let act = || {
+        w.write_info(name, &p)?;
+        match c.passphrase {
+            Some(PassphraseChange::Set(d)) => w.write_pass(name, d)?,
+            Some(PassphraseChange::Remove) => {
+                w.remove_pass(name)?;
+            }
+            None => {}
         }
-        None => {}
-    }
-    record(
-        w,
-        ad,
-        Event {
+        Ok(())
+    };
+    audited(w, ad, what, act, |_| {
+        vec![Event {
             details: Some("properties changed".into()),
-            ..event("change", &[name], &p.apqns)
-        },
-    )
+            ..ev
+        }]
+    })
 }
 
 /// What `zkey reencipher` of repository keys did, and where everything stands after it.
@@ -394,10 +433,37 @@ pub fn reencipher(
     if opts.way.is_some_and(|w| w != Way::FromOld) && opts.mode != Some(Mode::Complete) {
         reencipher::preflight_to_new(ad, w, sel)?;
     }
-    let report = reencipher::reencipher_repository(w, ad, sel, opts, each)?;
-    for ev in crate::audit::reencipher_events(&report) {
-        record(w, ad, ev)?;
-    }
+    // The intent names the selected keys: what to check if the re-encipher is cut short.
+    let keys: Vec<String> = w
+        .entries()?
+        .into_iter()
+        .map(|e| match e {
+            Ok(e) => (sel.matches(&e.name, &e.properties.apqns), e.name),
+            Err(d) => (sel.matches_damaged(&d.name), d.name),
+        })
+        .filter(|(m, _)| *m)
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let what = Event {
+        event: "reencipher".into(),
+        command: "zkey reencipher".into(),
+        keys,
+        details: Some(
+            format!(
+                "re-enciphers the selected keys ({:?}, {:?})",
+                opts.way, opts.mode
+            )
+            .to_lowercase(),
+        ),
+        ..Event::default()
+    };
+    let report = audited(
+        w,
+        ad,
+        what,
+        || reencipher::reencipher_repository(w, ad, sel, opts, each),
+        crate::audit::reencipher_events,
+    )?;
     // Whether the SET is safe now is a question about the whole host, not the selection.
     let readiness = crate::readiness::assess(
         w,
@@ -475,16 +541,12 @@ pub fn kms_bind(
     ad: &Adapters,
     plugin: &str,
 ) -> Result<(crate::kms::KmsConf, crate::kms::Notices), ZkeyError> {
-    let done = crate::kms::bind(w, plugin)?;
-    record(
-        w,
-        ad,
-        Event {
-            details: Some(format!("bound to {plugin}")),
-            ..event("kms-bind", &[], &[])
-        },
-    )?;
-    Ok(done)
+    let ev = Event {
+        details: Some(format!("bound to {plugin}")),
+        ..event("kms-bind", &[], &[])
+    };
+    let what = intent(ev.clone(), format!("binds the repository to {plugin}"));
+    audited(w, ad, what, || crate::kms::bind(w, plugin), |_| vec![ev])
 }
 
 /// `zkey kms unbind`: asks, deconfigures the plug-in, makes the keys local, and records it.
@@ -499,13 +561,20 @@ pub fn kms_unbind(
     if !ask(ui, &format!("Unbind the repository from the KMS plug-in '{}'? Its keys stay, as local keys that can no longer be refreshed from the KMS", c.kms), force)? {
         return Err(ZkeyError::Invalid("the repository stays bound".into()));
     }
-    let (n, notices) = crate::kms::unbind(w)?;
-    record(
+    let what = intent(
+        event("kms-unbind", &[], &[]),
+        format!("unbinds the repository from {}", c.kms),
+    );
+    let (n, notices) = audited(
         w,
         ad,
-        Event {
-            details: Some(format!("unbound from {}; {n} keys made local", c.kms)),
-            ..event("kms-unbind", &[], &[])
+        what,
+        || crate::kms::unbind(w),
+        |(n, _)| {
+            vec![Event {
+                details: Some(format!("unbound from {}; {n} keys made local", c.kms)),
+                ..event("kms-unbind", &[], &[])
+            }]
         },
     )?;
     Ok((c.kms, n, notices))
@@ -518,9 +587,15 @@ pub fn kms_configure(
     apqns: Option<Vec<Apqn>>,
     options: std::collections::BTreeMap<String, String>,
 ) -> Result<(zkey_kms_protocol::ConfigureResult, crate::kms::Notices), ZkeyError> {
-    let done = crate::kms::configure(w, ad, apqns, options)?;
-    record(w, ad, event("kms-configure", &[], &[]))?;
-    Ok(done)
+    let ev = event("kms-configure", &[], &[]);
+    let what = intent(ev.clone(), "configures the KMS plug-in".into());
+    audited(
+        w,
+        ad,
+        what,
+        || crate::kms::configure(w, ad, apqns, options),
+        |_| vec![ev],
+    )
 }
 
 /// `zkey kms reencipher`: the plug-in's own keys, recorded when any changed.
@@ -530,20 +605,32 @@ pub fn kms_reencipher(
     mode: zkey_kms_protocol::ReencipherMode,
     direction: zkey_kms_protocol::MkDirection,
 ) -> Result<(zkey_kms_protocol::ReencipherReport, crate::kms::Notices), ZkeyError> {
-    let (rep, notices) = crate::kms::reencipher(w, ad, mode, direction, None)?;
-    let changed = rep.changed();
-    if !changed.is_empty() {
-        record(
-            w,
-            ad,
-            Event {
+    let details = format!("{mode:?}, {direction:?}").to_lowercase();
+    let what = intent(
+        event("kms-reencipher", &[], &[]),
+        format!("re-enciphers the plug-in's keys ({details})"),
+    );
+    audited(
+        w,
+        ad,
+        what,
+        || {
+            // The plug-in changes its own files.
+            w.changing()?;
+            crate::kms::reencipher(w, ad, mode, direction, None)
+        },
+        |(rep, _)| {
+            let changed = rep.changed();
+            if changed.is_empty() {
+                return vec![];
+            }
+            vec![Event {
                 keys: changed,
-                details: Some(format!("{mode:?}, {direction:?}").to_lowercase()),
+                details: Some(details.clone()),
                 ..event("kms-reencipher", &[], &[])
-            },
-        )?;
-    }
-    Ok((rep, notices))
+            }]
+        },
+    )
 }
 
 /// `zkey kms import`: repository keys rebuilt from the KMS, recorded.
@@ -554,11 +641,21 @@ pub fn kms_import(
     names: Option<&crate::Pattern>,
     volume_check: bool,
 ) -> Result<(Vec<crate::kms::KeyOutcome>, crate::kms::Notices), ZkeyError> {
-    let (outs, notices) = crate::kms::import(w, ad, label, names, |v| {
-        !volume_check || crate::volume::check_device(v).is_ok()
-    })?;
-    record_outcomes(w, ad, "kms-import", &outs, crate::kms::Done::Imported)?;
-    Ok((outs, notices))
+    let what = intent(
+        event("kms-import", &[], &[]),
+        "creates repository keys from the KMS".into(),
+    );
+    audited(
+        w,
+        ad,
+        what,
+        || {
+            crate::kms::import(w, ad, label, names, |v| {
+                !volume_check || crate::volume::check_device(v).is_ok()
+            })
+        },
+        |(outs, _)| outcomes("kms-import", outs, crate::kms::Done::Imported),
+    )
 }
 
 /// `zkey kms refresh`: bound keys re-imported under the CURRENT master key, recorded.
@@ -568,29 +665,28 @@ pub fn kms_refresh(
     names: Option<&crate::Pattern>,
     reload_properties: bool,
 ) -> Result<(Vec<crate::kms::KeyOutcome>, crate::kms::Notices), ZkeyError> {
-    let (outs, notices) = crate::kms::refresh(w, ad, names, reload_properties)?;
-    record_outcomes(w, ad, "kms-refresh", &outs, crate::kms::Done::Refreshed)?;
-    Ok((outs, notices))
+    let what = intent(
+        event("kms-refresh", &[], &[]),
+        "replaces bound keys with their copies from the KMS".into(),
+    );
+    audited(
+        w,
+        ad,
+        what,
+        || crate::kms::refresh(w, ad, names, reload_properties),
+        |(outs, _)| outcomes("kms-refresh", outs, crate::kms::Done::Refreshed),
+    )
 }
 
-fn record_outcomes(
-    w: &Writer<'_>,
-    ad: &Adapters,
-    name: &str,
-    outs: &[crate::kms::KeyOutcome],
-    done: crate::kms::Done,
-) -> Result<(), ZkeyError> {
+/// The record of an import or refresh: the keys it did.
+fn outcomes(name: &str, outs: &[crate::kms::KeyOutcome], done: crate::kms::Done) -> Vec<Event> {
     let keys = outs
         .iter()
         .filter(|o| o.result == done)
         .map(|o| o.name.clone())
         .collect();
-    record(
-        w,
-        ad,
-        Event {
-            keys,
-            ..event(name, &[], &[])
-        },
-    )
+    vec![Event {
+        keys,
+        ..event(name, &[], &[])
+    }]
 }

@@ -40,8 +40,10 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ap_sim::audit::{AuditError, AuditLog, Event, Intent};
 use ap_sim::durable::{self, Lock, LockKind};
 use rand::RngCore;
+use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::keyname::KeyName;
@@ -254,6 +256,9 @@ pub enum RepoError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The intent of a change could not be appended to the audit log, so the change was not made.
+    #[error("nothing was changed: the change could not be announced in the audit log first: {0}")]
+    Audit(AuditError),
 }
 
 /// An `Io` error for `path`, as a `map_err` argument.
@@ -391,10 +396,13 @@ impl Repository {
 
     /// Takes the exclusive lock (waiting up to `wait`) for reading and changing.
     pub fn write(&self, wait: Duration) -> Result<Writer<'_>, RepoError> {
-        Ok(Writer(Reader {
-            repo: self,
-            _lock: self.lock(LockKind::Exclusive, wait)?,
-        }))
+        Ok(Writer {
+            reader: Reader {
+                repo: self,
+                _lock: self.lock(LockKind::Exclusive, wait)?,
+            },
+            action: Mutex::new(Action::None),
+        })
     }
 
     /// Takes the repository lock, polling until `wait` has passed; then [`RepoError::Busy`].
@@ -677,16 +685,73 @@ impl<'r> Reader<'r> {
 
 /// Read and write access to the repository under the exclusive lock.
 #[derive(Debug)]
-pub struct Writer<'r>(Reader<'r>);
+pub struct Writer<'r> {
+    reader: Reader<'r>,
+    action: Mutex<Action>,
+}
+
+/// The audit record of the action a [`Writer`] is doing.
+#[derive(Debug)]
+enum Action {
+    None,
+    /// Declared, nothing changed yet: the intent is appended at the first change.
+    Declared(AuditLog, Event),
+    Written(AuditLog, Intent),
+}
 
 impl<'r> Deref for Writer<'r> {
     type Target = Reader<'r>;
     fn deref(&self) -> &Reader<'r> {
-        &self.0
+        &self.reader
     }
 }
 
 impl<'r> Writer<'r> {
+    /// Declares the action this writer is about to do: its intent is appended to `log` just
+    /// before its first change ([`Writer::changing`]), so that a command refused by its checks
+    /// leaves the log as it was, and a change is never on disk without its intent. Returns false
+    /// (and declares nothing) while another action is declared: that one covers this one.
+    pub fn intend(&self, log: AuditLog, intent: Event) -> bool {
+        let mut a = self.action.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*a, Action::None) {
+            return false;
+        }
+        *a = Action::Declared(log, intent);
+        true
+    }
+
+    /// Called before every durable change, here and by the operations for changes outside the
+    /// repository's files (a KMS, a volume header): appends the declared intent the first time.
+    /// If the log refuses it (its tail was cut), the change must not be made, and is not.
+    pub fn changing(&self) -> Result<(), RepoError> {
+        let mut a = self.action.lock().unwrap_or_else(|e| e.into_inner());
+        if let Action::Declared(log, event) = &*a {
+            let intent = log.append_intent(event.clone()).map_err(RepoError::Audit)?;
+            *a = Action::Written(log.clone(), intent);
+        }
+        Ok(())
+    }
+
+    /// Ends the declared action: its log and intent if the intent was written (something was
+    /// changed, or begun to be), for the results to follow.
+    pub fn end_action(&self) -> Option<(AuditLog, Intent)> {
+        let mut a = self.action.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *a, Action::None) {
+            Action::Written(log, intent) => Some((log, intent)),
+            _ => None,
+        }
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> Result<(), RepoError> {
+        self.changing()?;
+        self.repo.write_file(path, data)
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<(), RepoError> {
+        self.changing()?;
+        self.repo.remove_file(path)
+    }
+
     fn render(name: &KeyName, props: &KeyProperties) -> Result<String, RepoError> {
         props.render().map_err(|source| RepoError::Properties {
             name: name.clone(),
@@ -739,7 +804,7 @@ impl<'r> Writer<'r> {
             let mut put = |file: KeyFile, data: &[u8]| {
                 let path = self.repo.key_file(name, file);
                 written.push(path.clone());
-                self.repo.write_file(&path, data)
+                self.write_file(&path, data)
             };
             put(KeyFile::Skey, secure_key)?;
             if let Some(pass) = &pass {
@@ -764,8 +829,7 @@ impl<'r> Writer<'r> {
                 what: "secure key",
             });
         }
-        self.repo
-            .write_file(&self.repo.key_file(name, KeyFile::Skey), secure_key)
+        self.write_file(&self.repo.key_file(name, KeyFile::Skey), secure_key)
     }
 
     /// Replaces the properties of a healthy key, setting `update-time` and a fresh hash. A key
@@ -777,16 +841,14 @@ impl<'r> Writer<'r> {
         props.update_time = Some(Timestamp::now());
         self.put_info(name, &props)?;
         if entry.has_pass && props.volume_type != VolumeType::Luks2 {
-            self.repo
-                .remove_file(&self.repo.key_file(name, KeyFile::Pass))?;
+            self.remove_file(&self.repo.key_file(name, KeyFile::Pass))?;
         }
         Ok(())
     }
 
     fn put_info(&self, name: &KeyName, props: &KeyProperties) -> Result<(), RepoError> {
         let info = Self::render(name, props)?;
-        self.repo
-            .write_file(&self.repo.key_file(name, KeyFile::Info), info.as_bytes())
+        self.write_file(&self.repo.key_file(name, KeyFile::Info), info.as_bytes())
     }
 
     /// Stores a staged re-enciphered key (`.renc`), replacing an earlier one.
@@ -798,16 +860,14 @@ impl<'r> Writer<'r> {
                 what: "staged key",
             });
         }
-        self.repo
-            .write_file(&self.repo.key_file(name, KeyFile::Renc), secure_key)
+        self.write_file(&self.repo.key_file(name, KeyFile::Renc), secure_key)
     }
 
     /// Removes a staged key of a healthy key; `Ok(false)` if there was none.
     pub fn remove_staged(&self, name: &KeyName) -> Result<bool, RepoError> {
         let entry = self.entry(name)?;
         if entry.staged.is_some() {
-            self.repo
-                .remove_file(&self.repo.key_file(name, KeyFile::Renc))?;
+            self.remove_file(&self.repo.key_file(name, KeyFile::Renc))?;
         }
         Ok(entry.staged.is_some())
     }
@@ -825,16 +885,14 @@ impl<'r> Writer<'r> {
                 what: "dummy passphrase",
             });
         }
-        self.repo
-            .write_file(&self.repo.key_file(name, KeyFile::Pass), &pass)
+        self.write_file(&self.repo.key_file(name, KeyFile::Pass), &pass)
     }
 
     /// Removes the dummy passphrase of a healthy key; `Ok(false)` if there was none.
     pub fn remove_pass(&self, name: &KeyName) -> Result<bool, RepoError> {
         let entry = self.entry(name)?;
         if entry.has_pass {
-            self.repo
-                .remove_file(&self.repo.key_file(name, KeyFile::Pass))?;
+            self.remove_file(&self.repo.key_file(name, KeyFile::Pass))?;
         }
         Ok(entry.has_pass)
     }
@@ -848,7 +906,7 @@ impl<'r> Writer<'r> {
             return Err(RepoError::KeyNotFound { name: name.clone() });
         }
         for file in [KeyFile::Renc, KeyFile::Pass, KeyFile::Skey, KeyFile::Info] {
-            self.repo.remove_file(&self.repo.key_file(name, file))?;
+            self.remove_file(&self.repo.key_file(name, file))?;
         }
         Ok(())
     }
@@ -874,6 +932,7 @@ impl<'r> Writer<'r> {
             return Ok(());
         }
         self.require_absent(new)?;
+        self.changing()?;
         let order = [KeyFile::Skey, KeyFile::Pass, KeyFile::Renc, KeyFile::Info];
         let files: Vec<KeyFile> = order
             .into_iter()
@@ -952,15 +1011,13 @@ impl<'r> Writer<'r> {
         if staged != verified_staged {
             return Err(RepoError::StagedChanged { name: name.clone() });
         }
-        self.repo
-            .write_file(&self.repo.key_file(name, KeyFile::Skey), &staged)?;
+        self.write_file(&self.repo.key_file(name, KeyFile::Skey), &staged)?;
         let mut props = props.clone();
         let now = Timestamp::now();
         props.reencipher_time = Some(now.clone());
         props.update_time = Some(now);
         self.put_info(name, &props)?;
-        self.repo
-            .remove_file(&self.repo.key_file(name, KeyFile::Renc))?;
+        self.remove_file(&self.repo.key_file(name, KeyFile::Renc))?;
         Ok(Promotion::Promoted)
     }
 }

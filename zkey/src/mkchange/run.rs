@@ -21,8 +21,20 @@ pub fn start(
     req: &Request,
     dry_run: bool,
 ) -> Result<(Operation, Plan), ZkeyError> {
-    let (op, plan) = start_steps(w, ad, req, dry_run)?;
-    Ok((recorded(w, ad, "start", dry_run, op)?, plan))
+    let intent = step_intent(
+        "start",
+        &req.apqns,
+        "stages every affected key for a new master key".into(),
+    );
+    audited(
+        w,
+        ad,
+        "start",
+        dry_run,
+        intent,
+        || start_steps(w, ad, req, dry_run),
+        |(op, _)| op,
+    )
 }
 
 pub(super) fn start_steps(
@@ -201,17 +213,41 @@ pub fn stage_new_key(
     Ok(None)
 }
 
-/// The audit record of a step of the operation (start, finalize, cancel), written by the step.
-pub(super) fn audit(
+/// The intent of a step: what it will change.
+fn step_intent(step: &str, apqns: &[ap_sim::Apqn], change: String) -> ap_sim::audit::Event {
+    ap_sim::audit::Event {
+        event: format!("mkchange-{step}"),
+        command: format!("zkey mkchange {step}"),
+        apqns: apqns.to_vec(),
+        details: Some(change),
+        ..Default::default()
+    }
+}
+
+/// Runs a step of the operation (start, finalize, cancel) between its intent and its result
+/// (none for a dry run, which changes nothing).
+fn audited<T>(
     w: &Writer<'_>,
     ad: &Adapters,
-    op: &Operation,
     step: &str,
-) -> Result<(), ZkeyError> {
+    dry_run: bool,
+    intent: ap_sim::audit::Event,
+    act: impl FnOnce() -> Result<T, ZkeyError>,
+    op: impl Fn(&T) -> &Operation,
+) -> Result<T, ZkeyError> {
+    crate::audit::audited(w, ad, intent, act, |t| {
+        if dry_run {
+            Vec::new()
+        } else {
+            vec![step_event(op(t), step)]
+        }
+    })
+}
+
+/// The result record of a step of the operation.
+fn step_event(op: &Operation, step: &str) -> ap_sim::audit::Event {
     let t = op.types.first();
-    crate::audit::record_done(
-        w,
-        ad,
+    {
         ap_sim::audit::Event {
             event: format!("mkchange-{step}"),
             command: format!("zkey mkchange {step}"),
@@ -228,22 +264,8 @@ pub(super) fn audit(
                 s => format!("ok: {s:?}").to_lowercase(),
             },
             details: Some(format!("operation {}", op.id)),
-        },
-    )
-}
-
-/// `op` after its step ran, the step's audit record written (none for a dry run).
-fn recorded(
-    w: &Writer<'_>,
-    ad: &Adapters,
-    step: &str,
-    dry_run: bool,
-    op: Operation,
-) -> Result<Operation, ZkeyError> {
-    if !dry_run {
-        audit(w, ad, &op, step)?;
+        }
     }
-    Ok(op)
 }
 
 /// After the SET: completes every key, keeping the previous secure keys as a backup.
@@ -253,12 +275,19 @@ pub fn finalize(
     id: &str,
     dry_run: bool,
 ) -> Result<Operation, ZkeyError> {
-    recorded(
+    let intent = step_intent(
+        "finalize",
+        &load(w, id)?.apqns,
+        format!("completes every key of operation {id} after the SET"),
+    );
+    audited(
         w,
         ad,
         "finalize",
         dry_run,
-        finalize_steps(w, ad, id, dry_run)?,
+        intent,
+        || finalize_steps(w, ad, id, dry_run),
+        |op| op,
     )
 }
 
@@ -379,6 +408,7 @@ pub(super) fn finalize_item(
         std::fs::create_dir_all(backup_dir).map_err(io("creating", backup_dir.to_path_buf()))?;
         let b = backup_dir.join(format!("{}.skey", item.name));
         if !b.exists() {
+            w.changing()?;
             durable::write_atomic(&b, &e.secure_key, w.repository().file_mode())
                 .map_err(io("writing", b))?;
         }
@@ -437,7 +467,20 @@ pub fn cancel(
     id: &str,
     dry_run: bool,
 ) -> Result<Operation, ZkeyError> {
-    recorded(w, ad, "cancel", dry_run, cancel_steps(w, ad, id, dry_run)?)
+    let intent = step_intent(
+        "cancel",
+        &load(w, id)?.apqns,
+        format!("removes the staged keys of operation {id}"),
+    );
+    audited(
+        w,
+        ad,
+        "cancel",
+        dry_run,
+        intent,
+        || cancel_steps(w, ad, id, dry_run),
+        |op| op,
+    )
 }
 
 pub(super) fn cancel_steps(

@@ -55,6 +55,7 @@ pub fn load(r: &crate::repository::Reader<'_>, id: &str) -> Result<Operation, Zk
 }
 
 pub(super) fn save(w: &Writer<'_>, op: &mut Operation) -> Result<(), ZkeyError> {
+    w.changing()?;
     op.updated = ap_sim::audit::utc_now();
     let d = dir(w);
     if !d.exists() {

@@ -8,7 +8,7 @@ pub(crate) fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
     let sim = ad.hsm.simulator();
     match a {
         AuditCmd::Verify { json } => {
-            let vs = zkey::audit::verify_all(&repo, sim)?;
+            let vs = zkey::audit::verify_all(&repo.read(lock_wait())?, sim)?;
             if json {
                 println!(
                     "{}",
@@ -45,6 +45,24 @@ pub(crate) fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
                             b.why
                         ),
                     }
+                    let c = &v.actions;
+                    if c.done + c.partly_done + c.not_done + c.unknown > 0 {
+                        println!(
+                            "  actions: {} done, {} partly done, {} not done (failed), {} unknown",
+                            c.done, c.partly_done, c.not_done, c.unknown
+                        );
+                    }
+                    for a in &v.unknown_actions {
+                        println!(
+                            "  UNKNOWN: {} {} (record {}, {}{}): no result was recorded; the command was interrupted (a crash) or is still running. Check {}",
+                            a.event,
+                            or_dash(a.keys.join(",")),
+                            a.seq,
+                            a.time,
+                            a.details.as_deref().map(|d| format!(", {d}")).unwrap_or_default(),
+                            a.check.as_deref().unwrap_or("what it names")
+                        );
+                    }
                 }
             }
             Ok(if vs.iter().all(|v| v.intact) {
@@ -77,7 +95,7 @@ pub(crate) fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
                     }
                 }),
             };
-            let mut entries = zkey::audit::show(&repo, sim, &f)?;
+            let mut entries = zkey::audit::show(&repo.read(lock_wait())?, sim, &f)?;
             if let Some(n) = last {
                 entries.drain(..entries.len().saturating_sub(n));
             }
@@ -110,7 +128,12 @@ pub(crate) fn audit_cmd(a: AuditCmd) -> Result<ExitCode> {
                         .map(|m| m.to_string())
                         .unwrap_or_else(|| "-".into()),
                     or_dash(r.keys.join(",")),
-                    r.result.clone(),
+                    match e.status {
+                        Some(zkey::audit::ActionStatus::Unknown) => {
+                            "unknown: interrupted, no result recorded".to_string()
+                        }
+                        _ => r.result.clone(),
+                    },
                 ]);
             }
             if t.is_empty() {
