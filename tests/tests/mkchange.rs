@@ -282,11 +282,16 @@ fn start_and_finalize_survive_a_crash_at_every_step() {
             w.load_new(CCA, "aes");
             let start = ["mkchange", "start", "-a", CCA, "-t", "aes"];
             let hit = if phase == "start" {
-                w.crash_at("zkey", n, &start)
+                let tree = w.repo_tree();
+                let hit = w.crash_at("zkey", n, &start);
+                w.assert_audit_after_crash(&tree, n);
+                hit
             } else if phase == "cancel" {
                 w.ok("zkey", &start);
                 let id = op_id(&w);
+                let tree = w.repo_tree();
                 let hit = w.crash_at("zkey", n, &["mkchange", "cancel", "-i", &id, "-F"]);
+                w.assert_audit_after_crash(&tree, n);
                 assert!(w.key_states().iter().all(|s| s.1), "cancel step {n}");
                 w.ok("zkey", &["mkchange", "cancel", "-i", &id, "-F"]);
                 assert!(
@@ -298,7 +303,10 @@ fn start_and_finalize_survive_a_crash_at_every_step() {
             } else {
                 w.ok("zkey", &start);
                 w.set(CCA, "aes");
-                w.crash_at("zkey", n, &["mkchange", "finalize", "-i", &op_id(&w)])
+                let tree = w.repo_tree();
+                let hit = w.crash_at("zkey", n, &["mkchange", "finalize", "-i", &op_id(&w)]);
+                w.assert_audit_after_crash(&tree, n);
+                hit
             };
             // After any crash every key still works ...
             assert!(
