@@ -3,7 +3,8 @@
 //! asks of both ("when was the master key last changed, and can you prove it?").
 //!
 //! The records and their authentication are `ap_sim::audit`'s; this module names the logs,
-//! merges them, and filters them.
+//! merges them, filters them, and runs each repository action between its intent and its
+//! results ([`audited`]), so that a crash never leaves a change without its record.
 
 use serde::Serialize;
 
