@@ -280,6 +280,8 @@ fn busy_repository_fails_at_once_with_zero_wait() {
         busy(&["list"]);
         busy(&["validate"]);
         busy(&["reencipher", "--complete"]);
+        // No zkey command is between an intent and its result while verify reads.
+        busy(&["audit", "verify"]);
     }
     {
         // Readers share the lock; writers still may not enter.
