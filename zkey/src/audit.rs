@@ -88,18 +88,25 @@ pub struct Entry {
 
 /// The records of both logs that match, oldest first.
 pub fn show(repo: &Repository, sim: &Simulator, f: &Filter) -> Result<Vec<Entry>, AuditError> {
-    let mut out = Vec::new();
+    let mut all = Vec::new();
     for (src, log) in logs(repo, sim) {
-        out.extend(
-            log.records()?
-                .into_iter()
-                .filter(|r| f.matches(src, r))
-                .map(|record| Entry {
-                    source: src,
-                    record,
-                }),
-        );
+        all.extend(log.records()?.into_iter().map(|record| Entry {
+            source: src,
+            record,
+        }));
     }
+    // A -N that spells a recorded key's name exactly selects that key alone, as everywhere.
+    let f = Filter {
+        key: f
+            .key
+            .as_ref()
+            .map(|p| p.resolve(all.iter().flat_map(|e| e.record.event.keys.iter()))),
+        ..f.clone()
+    };
+    let mut out: Vec<Entry> = all
+        .into_iter()
+        .filter(|e| f.matches(e.source, &e.record))
+        .collect();
     out.sort_by(|a, b| a.record.time.cmp(&b.record.time));
     Ok(out)
 }

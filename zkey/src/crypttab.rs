@@ -184,9 +184,10 @@ pub fn plans(
     names: Option<&crate::Pattern>,
     volumes: &[crate::Pattern],
 ) -> Result<Vec<VolumePlan>, crate::ZkeyError> {
+    let resolved = crate::reencipher::resolve_names(names, r)?;
     let mut out = Vec::new();
     for e in r.entries()?.into_iter().flatten() {
-        if names.is_some_and(|p| !p.matches_name(&e.name)) {
+        if resolved.as_ref().is_some_and(|p| !p.matches_name(&e.name)) {
             continue;
         }
         let xts = ap_sim::token::SecureKey::parse(&e.secure_key)

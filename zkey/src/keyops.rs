@@ -138,7 +138,7 @@ pub fn check_volumes_free(
         }) {
             return Err(ZkeyError::Invalid(format!(
                 "volume {v} is already associated with key '{}': a volume has one key (remove it there first with 'zkey change -N {} --volumes -{v}')",
-                e.name, e.name
+                e.name, crate::keyname::quote(e.name.as_str())
             )));
         }
     }
@@ -175,6 +175,7 @@ impl Risk {
     }
 
     pub fn advice(&self, key_type: KeyType, name: &str) -> String {
+        let name = crate::keyname::quote_selecting(name);
         match self {
             Risk::Lost => "the key is unusable: its master key is gone (restore it from a KMS with 'zkey kms refresh', or from a backup)".into(),
             Risk::EncipheredWithOld => format!("enciphered with the OLD master key: the next SET destroys it; run 'zkey reencipher -N {name} --from-old' now"),

@@ -124,6 +124,7 @@ pub fn generate(
     local: bool,
     pass: Option<DummyPassphrase>,
 ) -> Result<Added, ZkeyError> {
+    name.check_new()?;
     let bound = crate::kms::KmsConf::load(w)?.is_some() && !local;
     let (key, notices) = if bound {
         if matches!(source, Source::Clear(_)) || !spec.apqns.is_empty() {
@@ -157,6 +158,7 @@ pub fn import(
     spec: &NewKey,
     pass: Option<DummyPassphrase>,
 ) -> Result<Added, ZkeyError> {
+    name.check_new()?;
     let v = ad.hsm.verify(key, spec.apqn_slice())?;
     if spec.apqn_check && !spec.apqns.is_empty() {
         keyops::check_binding(ad, key.key_type(), &spec.apqns, Some(key.mkvp()))?;
@@ -235,6 +237,7 @@ pub fn rename(
     name: &KeyName,
     new_name: &KeyName,
 ) -> Result<(), ZkeyError> {
+    new_name.check_new()?;
     w.rename_key(name, new_name)?;
     record(
         w,
@@ -254,6 +257,7 @@ pub fn copy(
     new_name: &KeyName,
     volumes: Vec<Volume>,
 ) -> Result<(), ZkeyError> {
+    new_name.check_new()?;
     let e = w.entry(name)?;
     let mut props = e.properties.clone();
     props.volumes = volumes;

@@ -52,7 +52,7 @@ pub(crate) fn import(a: ImportArgs) -> Result<()> {
     let w = repo.write(lock_wait())?;
     let added = zkey::ops::import(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
     if added.under_old {
-        eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", zkey::keyname::quote(a.name.as_str()));
+        eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", zkey::keyname::quote_selecting(a.name.as_str()));
     }
     print_added(&added);
     println!("Secure key '{}' imported into the repository.", a.name);
