@@ -224,6 +224,11 @@ pub type NewPassphrase<'a> =
 #[derive(Debug)]
 pub enum Ran {
     Formatted,
+    /// The volume is formatted with this key already (its VP token has the key's VP): nothing
+    /// was done.
+    AlreadyFormatted {
+        verification_pattern: String,
+    },
     /// The volume is served (decrypted) at this path.
     Opened(PathBuf),
     /// The real cryptsetup ran (a plain volume).
@@ -263,9 +268,17 @@ pub fn run(
                     .map_err(crate::ZkeyError::Invalid)?,
                 label: None,
             };
-            zkey_cryptsetup::volume::format(&ad.hsm, &device, &secure_key, &opts, &pass, ui)
-                .map_err(cs)?;
-            Ok(Ran::Formatted)
+            use zkey_cryptsetup::volume::FormatOutcome;
+            match zkey_cryptsetup::volume::format(&ad.hsm, &device, &secure_key, &opts, &pass, ui)
+                .map_err(cs)?
+            {
+                FormatOutcome::Formatted(_) => Ok(Ran::Formatted),
+                FormatOutcome::AlreadyFormatted {
+                    verification_pattern,
+                } => Ok(Ran::AlreadyFormatted {
+                    verification_pattern,
+                }),
+            }
         }
         Action::Open => {
             let source = match &plan.passphrase_file {

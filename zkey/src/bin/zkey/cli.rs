@@ -107,6 +107,10 @@ pub(crate) enum Cmd {
         /// Only the format commands
         #[arg(long)]
         format: bool,
+        /// With --run: format even a device that holds a LUKS header already (destroys that
+        /// volume); without it, only a yes on a terminal does
+        #[arg(short = 'F', long)]
+        force: bool,
     },
 }
 
