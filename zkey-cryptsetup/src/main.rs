@@ -280,13 +280,11 @@ impl Ui for Term {
         if self.force {
             return Ok(true);
         }
+        // Batch mode's yes is for routine questions, not for this one.
         if self.batch || !io::stdin().is_terminal() {
             return Ok(false);
         }
-        let batch = std::mem::replace(&mut self.batch, false);
-        let yes = self.confirm(question);
-        self.batch = batch;
-        yes
+        self.confirm(question)
     }
 }
 

@@ -199,8 +199,24 @@ pub fn format_checked(
     passphrase: &[u8],
 ) -> Result<Formatted, Error> {
     let FormatTarget {
-        device, key, vp, ..
+        device,
+        key,
+        vp,
+        overwrites,
     } = target;
+    // A passphrase prompt lies between the check and this: a header that appeared meanwhile
+    // was not part of what the operator agreed to.
+    if !overwrites
+        && !matches!(
+            crate::status::header_status(&device),
+            Ok(crate::status::HeaderStatus::NotFormatted { .. })
+        )
+    {
+        return Err(Error::HasHeader {
+            device: luks2::name(&device),
+            what: "a LUKS header written since it was checked".into(),
+        });
+    }
     let secure_key = Zeroizing::new(key.to_bytes());
     let secure_key = secure_key.as_slice();
     let keyslot = luks2::format(&device, secure_key, key.is_xts(), &vp, opts, passphrase)?;
