@@ -70,6 +70,11 @@ impl Glob {
         }
     }
 
+    /// The pattern that matches exactly `text`: every wildcard character in it quoted.
+    pub fn literal(text: &str) -> Self {
+        Glob::new(&escape(text))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.source
     }
@@ -108,6 +113,19 @@ impl Glob {
         }
         self.tokens[p..].iter().all(|tok| *tok == Token::AnyRun)
     }
+}
+
+/// `text` with every character that is syntax in a pattern (`*`, `?`, `[`, `]`, `\\`) quoted by
+/// a `\\`, so that as a pattern it matches `text` alone.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn parse_class(chars: &[char], mut i: usize) -> Option<(Token, usize)> {
@@ -175,5 +193,16 @@ mod tests {
         assert!(!Glob::new("a\\*").matches("ab"));
         assert!(Glob::new("[").matches("["));
         assert!(Glob::new("x?z").matches("xyz"));
+    }
+
+    #[test]
+    fn an_escaped_text_matches_itself_alone() {
+        for text in ["b[1]", "a*b", "q?", "[!x]", "back\\slash", "plain"] {
+            let g = Glob::literal(text);
+            assert!(g.is_literal(), "{text}");
+            assert!(g.matches(text), "{text}");
+        }
+        assert!(!Glob::literal("b[1]").matches("b1"));
+        assert_eq!(escape("b[1]"), "b\\[1\\]");
     }
 }

@@ -1,6 +1,7 @@
 //! The zkey suite's shared infrastructure, below every crate that uses it: nothing here knows
 //! about adapters, keys or volumes.
 //!
+//! - [`device`]: which device a path stands for (one device under two names is one).
 //! - [`durable`]: atomic file replacement, directory fsync, advisory locks, crash points.
 //! - [`glob`]: the one wildcard matcher (fnmatch-style, linear).
 //! - [`table`]: aligned text tables for human output.
@@ -10,6 +11,7 @@
 //! - [`sys`]: the workspace's only `unsafe` code: fork, `_exit`, signal dispositions and the
 //!   FUSE server's terminate handler, mlock/madvise of key material.
 
+pub mod device;
 pub mod docs;
 pub mod durable;
 pub mod exit;

@@ -16,7 +16,8 @@
 //! | path | what it is |
 //! |---|---|
 //! | `RUN/NAME` | the decrypted volume: a single-file FUSE mount (the mount point is a regular file, the file system's root is the volume), mode 0600, size = payload size. The analogue of `/dev/mapper/NAME`. |
-//! | `RUN/.NAME.pid` | the server's state file: pid, device, offset, size, sector size (never key material). The server holds an exclusive `flock` on it for as long as it runs, so "is NAME open" is "is that lock held", and `close` waits for the lock to be released to know the server has exited. |
+//! | `RUN/.NAME.pid` | the server's state file: pid, device and its identity (device and inode, or device number), offset, size, sector size (never key material). The server holds an exclusive `flock` on it for as long as it runs, so "is NAME open" is "is that lock held", and `close` waits for the lock to be released to know the server has exited. |
+//! | `RUN/.open.lock` | `flock` held by [`open`] from its check that the device is not open under another name until the new server holds its own lock, so that two opens of one device under two names cannot both pass the check. |
 //!
 //! A single-file mount was chosen over a directory holding one file because the path then names
 //! the volume itself, as `/dev/mapper/NAME` does, and there is nothing else to put in a directory.
@@ -101,6 +102,10 @@ pub enum FuseError {
     Xts(#[from] XtsError),
     #[error("mapping {0:?} is already open")]
     AlreadyOpen(String),
+    /// The device is served already, under another name: two servers of one device would each
+    /// cache and write it, and corrupt it.
+    #[error("the device is open already as {name:?} ({})", file.display())]
+    DeviceMapped { name: String, file: PathBuf },
     #[error("mapping {0:?} is not open")]
     NotOpen(String),
     #[error("mapping {0:?} is in use (a loop device, a mount or an open file holds it)")]
@@ -598,14 +603,17 @@ pub struct ActiveMapping {
     pub file: PathBuf,
     pub pid: u32,
     pub device: PathBuf,
+    /// What `device` resolved to when it was opened (absent in state files of older versions).
+    pub device_id: Option<infra::device::DeviceId>,
     pub data_offset: u64,
     pub size: u64,
     pub sector_size: u32,
 }
 
 fn write_state(f: &mut File, name: &str, m: &Mapping) -> io::Result<()> {
+    let id = infra::device::DeviceId::of(&m.device)?;
     let text = format!(
-        "pid={}\nname={name}\ndevice={}\ndata_offset={}\nsize={}\nsector_size={}\n",
+        "pid={}\nname={name}\ndevice={}\ndevice_id={id}\ndata_offset={}\nsize={}\nsector_size={}\n",
         std::process::id(),
         m.device.display(),
         m.data_offset,
@@ -628,6 +636,7 @@ fn parse_state(run_dir: &Path, name: &str, text: &str) -> Option<ActiveMapping> 
         file: run_dir.join(name),
         pid: get("pid")?.parse().ok()?,
         device: PathBuf::from(get("device")?),
+        device_id: get("device_id").and_then(|t| t.parse().ok()),
         data_offset: get("data_offset")?.parse().ok()?,
         size: get("size")?.parse().ok()?,
         sector_size: get("sector_size")?.parse().ok()?,
@@ -694,6 +703,35 @@ pub fn open(mapping: Mapping, name: &str, run_dir: &Path) -> Result<PathBuf, Fus
     let file = run_dir.join(name);
     let state = state_path(&run_dir, name);
 
+    // One device, one mapping: two servers would each cache and write it. Checked and started
+    // under the run directory's open lock, so two opens under two names cannot both pass.
+    let open_lock_path = run_dir.join(".open.lock");
+    let open_lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&open_lock_path)
+        .map_err(io_err(format!("open {}", open_lock_path.display())))?;
+    open_lock
+        .lock()
+        .map_err(io_err(format!("lock {}", open_lock_path.display())))?;
+    let id = infra::device::DeviceId::of(&mapping.device)
+        .map_err(io_err(format!("inspect {}", mapping.device.display())))?;
+    if let Some(m) = list(&run_dir)?.into_iter().find(|m| {
+        m.name != name
+            && m.device_id.map_or_else(
+                || infra::device::DeviceId::same(&m.device, &mapping.device),
+                |o| o == id,
+            )
+    }) {
+        return Err(FuseError::DeviceMapped {
+            name: m.name,
+            file: m.file,
+        });
+    }
+
     // The state file doubles as the lock that makes "open NAME" exclusive.
     let mut lock = OpenOptions::new()
         .read(true)
@@ -750,6 +788,8 @@ pub fn open(mapping: Mapping, name: &str, run_dir: &Path) -> Result<PathBuf, Fus
     // descriptor, which it closes, then it locks its own).
     drop(lock);
     let message = read_report(rd, SERVER_TIMEOUT);
+    // The server holds its own lock now (or has failed): the next open's check sees it.
+    drop(open_lock);
     match message.as_deref() {
         Some("OK") => Ok(file),
         other => {
@@ -1095,6 +1135,10 @@ mod tests {
         let text = fs::read_to_string(dir.path().join("s")).unwrap();
         assert!(!text.contains("0101"), "no key material in the state file");
         let a = parse_state(dir.path(), "vol", &text).unwrap();
+        assert_eq!(
+            a.device_id,
+            Some(infra::device::DeviceId::of(&dev).unwrap())
+        );
         assert_eq!(
             (a.device, a.data_offset, a.size, a.sector_size),
             (dev, 4096, m.size, 4096)

@@ -98,6 +98,23 @@ pub enum Error {
     Sysfs(String),
     #[error("operation cancelled: {0}")]
     Declined(String),
+    /// `format` of a device that holds a LUKS header already, not confirmed.
+    #[error("'{device}' already holds {what}: formatting it destroys that volume's key and so all of its data. Nothing was changed. If the device is the volume of another key (a second name of one device), use that key; if the volume is really no longer needed, answer yes on a terminal or add --force")]
+    HasHeader { device: String, what: String },
+    /// `open` of a volume whose key is not the one its VP token names, not confirmed.
+    #[error("the volume key of '{device}' has verification pattern {found}, but the volume's VP token says {expected} ('zkey-cryptsetup validate' reports the volume invalid): it may not be the key the data was written with, and data written through a wrong key destroys the volume. Not opened. If the key is right and the token wrong, rewrite the token with 'zkey-cryptsetup setvp {device}'; to open anyway, answer yes on a terminal or add --force")]
+    VpTokenMismatch {
+        device: String,
+        found: String,
+        expected: String,
+    },
+    /// `open` of a device that is open already under another name.
+    #[error("'{device}' is open already as '{name}' ({file}): a second mapping of one device would let two caches write it, which corrupts it. Use {file}, or close it first with 'zkey-cryptsetup close {name}'")]
+    AlreadyMapped {
+        device: String,
+        name: String,
+        file: String,
+    },
     #[error(transparent)]
     Passphrase(#[from] passphrase::Error),
     #[error("cannot read {what} '{path}': {source}")]
@@ -125,6 +142,14 @@ pub trait Ui {
     /// that keep previous keys as a backup (a master key change operation) answer no.
     fn confirm_destroy(&mut self, question: &str) -> Result<bool, Error> {
         self.confirm(question)
+    }
+    /// Asks before something that loses data if the operator is wrong (formatting over a LUKS
+    /// header, opening a key its VP token disowns). Batch mode does not answer it: only a
+    /// person on a terminal, or `--force`. `Ok(false)` when nobody can be asked; the operation
+    /// then refuses with an error that says why and how to force it.
+    fn confirm_risk(&mut self, question: &str) -> Result<bool, Error> {
+        let _ = question;
+        Ok(false)
     }
 }
 
@@ -156,5 +181,8 @@ impl Ui for Recorder {
     fn confirm(&mut self, question: &str) -> Result<bool, Error> {
         self.questions.push(question.to_string());
         Ok(self.answer)
+    }
+    fn confirm_risk(&mut self, question: &str) -> Result<bool, Error> {
+        self.confirm(question)
     }
 }

@@ -203,6 +203,11 @@ enum Command {
         pbkdf: PbkdfOpts,
         #[command(flatten)]
         key: KeyOpts,
+        /// Format even over an existing LUKS header (destroys that volume). Without it, such a
+        /// device is formatted only when the question on a terminal is answered yes; batch mode
+        /// does not answer it.
+        #[arg(long)]
+        force: bool,
     },
     /// Opens the volume through the FUSE data path.
     Open {
@@ -213,6 +218,11 @@ enum Command {
         name: String,
         #[command(flatten)]
         key: KeyOpts,
+        /// Open even when the volume key does not match the volume's VP token. Without it, such
+        /// a volume opens only when the question on a terminal is answered yes; batch mode does
+        /// not answer it.
+        #[arg(long)]
+        force: bool,
     },
     /// Closes a volume opened with `open`.
     Close {
@@ -237,6 +247,8 @@ fn parse_sector_size(s: &str) -> Result<u32, String> {
 /// questions on the terminal, or "yes" in batch mode.
 struct Term {
     batch: bool,
+    /// `--force`: yes to the questions batch mode does not answer ([`Ui::confirm_risk`]).
+    force: bool,
 }
 
 impl Ui for Term {
@@ -263,6 +275,16 @@ impl Ui for Term {
             .read_line(&mut line)
             .map_err(|e| zkey_cryptsetup::Error::Declined(e.to_string()))?;
         Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
+    }
+    fn confirm_risk(&mut self, question: &str) -> Result<bool, zkey_cryptsetup::Error> {
+        if self.force {
+            return Ok(true);
+        }
+        // Batch mode's yes is for routine questions, not for this one.
+        if self.batch || !io::stdin().is_terminal() {
+            return Ok(false);
+        }
+        self.confirm(question)
     }
 }
 
@@ -377,7 +399,10 @@ fn print_validate(r: &ValidateReport) {
 }
 
 fn run(cli: Cli) -> Result<Exit> {
-    let mut ui = Term { batch: cli.batch };
+    let mut ui = Term {
+        batch: cli.batch,
+        force: false,
+    };
     if cli.debug {
         libcryptsetup_debug();
     }
@@ -492,7 +517,9 @@ fn run(cli: Cli) -> Result<Exit> {
             label,
             pbkdf,
             key,
+            force,
         } => {
+            ui.force = force;
             let name = device.display().to_string();
             let secure_key = read_key_file(&volume_key_file)?;
             let opts = FormatOptions {
@@ -500,26 +527,40 @@ fn run(cli: Cli) -> Result<Exit> {
                 pbkdf: pbkdf.pbkdf()?,
                 label,
             };
-            if !ui.confirm(&format!(
-                "This will overwrite data on '{name}' irrevocably. Are you sure?"
-            ))? {
+            let hsm = hsm()?;
+            let target = match volume::check_format(&hsm, &device, &secure_key, &mut ui)
+                .with_context(|| format!("formatting '{name}' failed"))?
+            {
+                volume::FormatCheck::Already {
+                    verification_pattern,
+                } => {
+                    println!("Device '{name}' is formatted with this key already (verification pattern {verification_pattern}): nothing to do.");
+                    return Ok(Exit::Done);
+                }
+                volume::FormatCheck::Go(t) => t,
+            };
+            // Over a header, the operator has just confirmed exactly that.
+            if !target.overwrites
+                && !ui.confirm(&format!(
+                    "This will overwrite data on '{name}' irrevocably. Are you sure?"
+                ))?
+            {
                 anyhow::bail!("formatting '{name}' cancelled");
             }
             let pass = new_passphrase(&key, &name)?;
-            let f = volume::format(
-                &hsm()?,
-                &device,
-                &secure_key,
-                &opts,
-                pass.as_bytes(),
-                &mut ui,
-            )
-            .with_context(|| format!("formatting '{name}' failed"))?;
+            let f = volume::format_checked(target, &opts, pass.as_bytes())
+                .with_context(|| format!("formatting '{name}' failed"))?;
             if cli.verbose {
                 println!("Device '{name}' is formatted: {} ({} bits), keyslot {}, verification pattern {}.", f.cipher, f.key_size_bits, f.keyslot, f.verification_pattern);
             }
         }
-        Command::Open { device, name, key } => {
+        Command::Open {
+            device,
+            name,
+            key,
+            force,
+        } => {
+            ui.force = force;
             let file = volume::open(&hsm()?, &device, &name, &mut key.supplier(), &mut ui)?;
             if cli.verbose {
                 println!(

@@ -105,19 +105,49 @@ pub struct Formatted {
     pub key_size_bits: usize,
 }
 
-/// Formats `device` as a LUKS2 `paes` volume whose volume key is `secure_key` (a secure key
-/// file's bytes: one token, or an XTS pair), with one keyslot under `passphrase` and the VP
-/// token. The key must be usable by the adapters (under CURRENT; OLD is accepted with a
-/// warning, since it will stop working at the next master key change). This is the call
-/// `zkey cryptsetup --run` makes.
-pub fn format(
+/// What [`format`] did.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum FormatOutcome {
+    Formatted(Formatted),
+    /// The device is a LUKS2 volume of this very key already (its VP token has the key's
+    /// VP): nothing was done, so that running the same command again is harmless.
+    AlreadyFormatted {
+        verification_pattern: String,
+    },
+}
+
+/// A device checked for [`format_checked`] by [`check_format`]: blank, or its header's
+/// destruction confirmed. Only [`check_format`] makes one.
+pub struct FormatTarget {
+    device: std::path::PathBuf,
+    key: SecureKey,
+    vp: VerificationPattern,
+    /// Whether a header is there (and its destruction was confirmed).
+    pub overwrites: bool,
+}
+
+/// What [`check_format`] found.
+pub enum FormatCheck {
+    /// Format it: blank, or a header whose destruction the operator confirmed.
+    Go(FormatTarget),
+    /// Formatted with this very key already: nothing to do.
+    Already { verification_pattern: String },
+}
+
+/// Checks that formatting `device` with `secure_key` destroys nothing the operator did not
+/// mean to destroy: the key must be usable (under CURRENT; OLD is accepted with a warning,
+/// since it stops working at the next master key change), a device with the key's own LUKS2
+/// header is [`FormatCheck::Already`], and one with any other LUKS header (or one that cannot
+/// be read) is formatted only if [`Ui::confirm_risk`] says yes, else [`Error::HasHeader`]:
+/// one device under two names, or the wrong device, must never lose its volume silently.
+pub fn check_format(
     hsm: &Hsm,
     device: &Path,
     secure_key: &[u8],
-    opts: &FormatOptions,
-    passphrase: &[u8],
     ui: &mut dyn Ui,
-) -> Result<Formatted, Error> {
+) -> Result<FormatCheck, Error> {
+    use crate::status::HeaderStatus;
     let name = luks2::name(device);
     let key = parse_key(&name, "the volume key file", secure_key)?;
     let v = verify(hsm, &name, "the volume key", &key)?;
@@ -127,7 +157,69 @@ pub fn format(
         ));
     }
     let vp = vp_of(hsm, &name, "the volume key", &key)?;
-    let keyslot = luks2::format(device, secure_key, key.is_xts(), &vp, opts, passphrase)?;
+    let what = match crate::status::header_status(device) {
+        Ok(HeaderStatus::NotFormatted { .. }) => None,
+        Ok(HeaderStatus::Luks2(h)) if h.verification_pattern == Some(vp.to_string()) => {
+            return Ok(FormatCheck::Already {
+                verification_pattern: vp.to_string(),
+            })
+        }
+        Ok(HeaderStatus::Luks2(h)) => Some(match h.verification_pattern {
+            Some(other) => format!(
+                "a LUKS2 header of another key (verification pattern {other}, {})",
+                h.cipher
+            ),
+            None => format!("a LUKS2 header ({}, no VP token)", h.cipher),
+        }),
+        Ok(HeaderStatus::Luks1 { .. }) => Some("a LUKS1 header".to_string()),
+        Err(e) => Some(format!("a LUKS header that cannot be read ({e})")),
+    };
+    if let Some(what) = &what {
+        if !ui.confirm_risk(&format!(
+            "'{name}' already holds {what}. Formatting destroys that volume and all of its data. Format it anyway?"
+        ))? {
+            return Err(Error::HasHeader {
+                device: name,
+                what: what.clone(),
+            });
+        }
+    }
+    Ok(FormatCheck::Go(FormatTarget {
+        device: device.to_path_buf(),
+        key,
+        vp,
+        overwrites: what.is_some(),
+    }))
+}
+
+/// Formats a device [`check_format`] cleared: see [`format`].
+pub fn format_checked(
+    target: FormatTarget,
+    opts: &FormatOptions,
+    passphrase: &[u8],
+) -> Result<Formatted, Error> {
+    let FormatTarget {
+        device,
+        key,
+        vp,
+        overwrites,
+    } = target;
+    // A passphrase prompt lies between the check and this: a header that appeared meanwhile
+    // was not part of what the operator agreed to.
+    if !overwrites
+        && !matches!(
+            crate::status::header_status(&device),
+            Ok(crate::status::HeaderStatus::NotFormatted { .. })
+        )
+    {
+        return Err(Error::HasHeader {
+            device: luks2::name(&device),
+            what: "a LUKS header written since it was checked".into(),
+        });
+    }
+    let secure_key = Zeroizing::new(key.to_bytes());
+    let secure_key = secure_key.as_slice();
+    let keyslot = luks2::format(&device, secure_key, key.is_xts(), &vp, opts, passphrase)?;
     Ok(Formatted {
         keyslot,
         verification_pattern: vp.to_string(),
@@ -141,6 +233,29 @@ pub fn format(
         ),
         key_size_bits: secure_key.len() * 8,
     })
+}
+
+/// Formats `device` as a LUKS2 `paes` volume whose volume key is `secure_key` (a secure key
+/// file's bytes: one token, or an XTS pair), with one keyslot under `passphrase` and the VP
+/// token, after [`check_format`]: a device that is this key's volume already is left alone,
+/// one with another header only with the operator's yes. This is the call `zkey cryptsetup
+/// --run` makes.
+pub fn format(
+    hsm: &Hsm,
+    device: &Path,
+    secure_key: &[u8],
+    opts: &FormatOptions,
+    passphrase: &[u8],
+    ui: &mut dyn Ui,
+) -> Result<FormatOutcome, Error> {
+    match check_format(hsm, device, secure_key, ui)? {
+        FormatCheck::Already {
+            verification_pattern,
+        } => Ok(FormatOutcome::AlreadyFormatted {
+            verification_pattern,
+        }),
+        FormatCheck::Go(t) => format_checked(t, opts, passphrase).map(FormatOutcome::Formatted),
+    }
 }
 
 /// Where a secure key stands with the adapters, for reports.
@@ -410,7 +525,10 @@ pub(crate) fn is_unbound(vol: &mut Volume, slot: u32) -> bool {
 
 /// `zkey-cryptsetup open`: unlocks the secure volume key, turns it into the effective key inside
 /// the adapter, and serves the decrypted payload through FUSE as `RUN/NAME` (the analogue of
-/// `/dev/mapper/NAME`). A key under OLD still opens, with a warning.
+/// `/dev/mapper/NAME`). A key under OLD still opens, with a warning. A key whose VP is not the
+/// VP token's (what `validate` reports invalid) opens only if [`Ui::confirm_risk`] says yes,
+/// else [`Error::VpTokenMismatch`]: data written through the wrong key is lost. A device that
+/// is open already under another name is [`Error::AlreadyMapped`].
 pub fn open(
     hsm: &Hsm,
     device: &Path,
@@ -428,6 +546,21 @@ pub fn open(
             "The secure volume key of device '{dev}' is enciphered with the OLD master key: the next SET makes the volume unusable. Re-encipher it now with 'zkey-cryptsetup reencipher {dev}'."
         ));
     }
+    let vp = vp_of(hsm, &dev, what, &key)?;
+    if let Some(t) = vol.vp_token()? {
+        let expected = t.token.verification_pattern;
+        if expected != vp
+            && !ui.confirm_risk(&format!(
+                "The volume key of '{dev}' has verification pattern {vp}, but the volume's VP token says {expected}: it may not be the key the data was written with, and writing through a wrong key destroys the data. Open it anyway?"
+            ))?
+        {
+            return Err(Error::VpTokenMismatch {
+                device: dev,
+                found: vp.to_string(),
+                expected: expected.to_string(),
+            });
+        }
+    }
     let effective = hsm
         .effective_key(&key, None)
         .map_err(|source| Error::Adapter {
@@ -444,8 +577,14 @@ pub fn open(
     )
     .map_err(|e| Error::Invalid(format!("'{dev}': {e}")))?;
     drop(vol);
-    crate::fuse::open(mapping, name, &crate::fuse::run_dir())
-        .map_err(|e| Error::Invalid(format!("opening '{dev}' as '{name}' failed: {e}")))
+    crate::fuse::open(mapping, name, &crate::fuse::run_dir()).map_err(|e| match e {
+        crate::fuse::FuseError::DeviceMapped { name, file } => Error::AlreadyMapped {
+            device: dev,
+            name,
+            file: file.display().to_string(),
+        },
+        e => Error::Invalid(format!("opening '{dev}' as '{name}' failed: {e}")),
+    })
 }
 
 /// `zkey-cryptsetup close`: unmounts the mapping and waits for its server to exit.

@@ -117,7 +117,7 @@ pub fn show(
     sim: &Simulator,
     f: &Filter,
 ) -> Result<Vec<Entry>, AuditError> {
-    let mut out = Vec::new();
+    let mut all = Vec::new();
     for (src, log) in logs(r.repository(), sim) {
         let records = log.records()?;
         let actions: std::collections::HashMap<String, ActionReport> =
@@ -131,10 +131,7 @@ pub fn show(
             if record.phase == Some(Phase::Intent) && !unknown {
                 continue;
             }
-            if !f.matches(src, &record) {
-                continue;
-            }
-            out.push(Entry {
+            all.push(Entry {
                 source: src,
                 status: action.map(|a| a.status),
                 check: action.filter(|_| unknown).map(|a| what_to_check(src, a)),
@@ -142,6 +139,18 @@ pub fn show(
             });
         }
     }
+    // A -N that spells a recorded key's name exactly selects that key alone, as everywhere.
+    let f = Filter {
+        key: f
+            .key
+            .as_ref()
+            .map(|p| p.resolve(all.iter().flat_map(|e| e.record.event.keys.iter()))),
+        ..f.clone()
+    };
+    let mut out: Vec<Entry> = all
+        .into_iter()
+        .filter(|e| f.matches(e.source, &e.record))
+        .collect();
     out.sort_by(|a, b| a.record.time.cmp(&b.record.time));
     Ok(out)
 }
@@ -234,7 +243,7 @@ pub fn what_to_check(src: Source, a: &ActionReport) -> String {
             let names: Vec<String> = a
                 .keys
                 .iter()
-                .map(|k| format!("`zkey validate -N '{k}'`"))
+                .map(|k| format!("`zkey validate -N {}`", crate::keyname::quote_selecting(k)))
                 .collect();
             format!("whether the keys exist and work: {}", names.join(", "))
         }

@@ -184,9 +184,10 @@ pub fn plans(
     names: Option<&crate::Pattern>,
     volumes: &[crate::Pattern],
 ) -> Result<Vec<VolumePlan>, crate::ZkeyError> {
+    let resolved = crate::reencipher::resolve_names(names, r)?;
     let mut out = Vec::new();
     for e in r.entries()?.into_iter().flatten() {
-        if names.is_some_and(|p| !p.matches_name(&e.name)) {
+        if resolved.as_ref().is_some_and(|p| !p.matches_name(&e.name)) {
             continue;
         }
         let xts = ap_sim::token::SecureKey::parse(&e.secure_key)
@@ -223,6 +224,11 @@ pub type NewPassphrase<'a> =
 #[derive(Debug)]
 pub enum Ran {
     Formatted,
+    /// The volume is formatted with this key already (its VP token has the key's VP): nothing
+    /// was done.
+    AlreadyFormatted {
+        verification_pattern: String,
+    },
     /// The volume is served (decrypted) at this path.
     Opened(PathBuf),
     /// The real cryptsetup ran (a plain volume).
@@ -262,9 +268,17 @@ pub fn run(
                     .map_err(crate::ZkeyError::Invalid)?,
                 label: None,
             };
-            zkey_cryptsetup::volume::format(&ad.hsm, &device, &secure_key, &opts, &pass, ui)
-                .map_err(cs)?;
-            Ok(Ran::Formatted)
+            use zkey_cryptsetup::volume::FormatOutcome;
+            match zkey_cryptsetup::volume::format(&ad.hsm, &device, &secure_key, &opts, &pass, ui)
+                .map_err(cs)?
+            {
+                FormatOutcome::Formatted(_) => Ok(Ran::Formatted),
+                FormatOutcome::AlreadyFormatted {
+                    verification_pattern,
+                } => Ok(Ran::AlreadyFormatted {
+                    verification_pattern,
+                }),
+            }
         }
         Action::Open => {
             let source = match &plan.passphrase_file {

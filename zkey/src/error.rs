@@ -27,6 +27,9 @@ pub enum ZkeyError {
         staged: ap_sim::VerificationPattern,
         expected: ap_sim::VerificationPattern,
     },
+    /// A name refused for a new key.
+    #[error(transparent)]
+    Name(#[from] crate::keyname::KeyNameError),
     #[error("the APQN check failed:\n{0}(use --no-apqn-check to bind anyway)")]
     CrossCheck(String),
     #[error("{0}")]

@@ -24,6 +24,12 @@ use crate::volume::Volume;
 /// wildcard filters.
 pub const FORBIDDEN_CHARS: &[char] = &['/', '\\', ' ', '*', '?', '\'', '"'];
 
+/// Characters the reference allows in key names but that `-N` reads as wildcards (`b[1]`
+/// selects `b1`): refused in new names ([`KeyName::check_new`]); an existing key keeps its name
+/// and is selected by it, since a `-N` that names a key exactly selects that key alone
+/// ([`Pattern::resolve`]).
+pub const WILDCARD_CHARS: &[char] = &['[', ']'];
+
 /// Longest key name in bytes: `NAME_MAX` (255) minus the 5 bytes of the longest extension
 /// (`.skey`, `.info`, `.renc`, `.pass`), so that every file of the key can be created.
 pub const MAX_NAME_LEN: usize = 250;
@@ -64,6 +70,8 @@ pub enum KeyNameError {
     LeadingDot(String),
     #[error("key name is {len} bytes long: at most {MAX_NAME_LEN} bytes are allowed")]
     TooLong { len: usize },
+    #[error("key name '{name}' contains '{ch}', which a -N filter reads as a wildcard (-N 'b[1]' selects 'b1'): choose a name without [ or ]. Existing keys with such names keep working; rename one with `zkey rename -N {quoted} -w NEW-NAME`", quoted = quote(.name))]
+    Wildcard { name: String, ch: char },
 }
 
 impl KeyName {
@@ -94,6 +102,19 @@ impl KeyName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Checks a name for a key about to be made (generate, import, copy, rename): no wildcard
+    /// characters, so that every `-N` filter a user types or copies from advice selects it as
+    /// written. Names read from the repository are not checked: they stay usable.
+    pub fn check_new(&self) -> Result<(), KeyNameError> {
+        match self.0.chars().find(|c| WILDCARD_CHARS.contains(c)) {
+            Some(ch) => Err(KeyNameError::Wildcard {
+                name: self.0.clone(),
+                ch,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -128,8 +149,24 @@ impl Pattern {
         Pattern(Glob::new(pattern))
     }
 
+    /// The pattern that matches exactly `text`.
+    pub fn literal(text: &str) -> Self {
+        Pattern(Glob::literal(text))
+    }
+
     pub fn as_str(&self) -> &str {
         self.0.as_str()
+    }
+
+    /// The pattern as the user meant it among `names` (the keys there are): when one of them
+    /// is spelled exactly as the pattern, that name alone, so that `-N 'b[1]'` selects the key
+    /// `b[1]` and not `b1`; otherwise the pattern with its wildcards.
+    pub fn resolve<S: AsRef<str>>(&self, names: impl IntoIterator<Item = S>) -> Pattern {
+        if !self.is_literal() && names.into_iter().any(|n| n.as_ref() == self.as_str()) {
+            Pattern::literal(self.as_str())
+        } else {
+            self.clone()
+        }
     }
 
     /// Whether the pattern contains no wildcard, i.e. it matches exactly one string.
@@ -182,7 +219,6 @@ impl fmt::Display for Pattern {
     }
 }
 
-/// Parses a bracket expression starting after its `[`; `None` if it is not closed.
 /// `text` as one shell word, so that advice a user copies selects exactly what it names (a key
 /// name may hold characters the shell or `-N`'s wildcards treat specially).
 pub fn quote(text: &str) -> String {
@@ -195,6 +231,13 @@ pub fn quote(text: &str) -> String {
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
     }
+}
+
+/// The `-N` argument, as one shell word, that selects the key `name` alone in a command taking
+/// a pattern (reencipher, validate, list, kms refresh): its wildcard characters quoted for the
+/// pattern, then the whole for the shell.
+pub fn quote_selecting(name: &str) -> String {
+    quote(&infra::glob::escape(name))
 }
 
 #[cfg(test)]
@@ -286,6 +329,43 @@ mod tests {
         assert!(Pattern::new("8.2f").matches_apqn(&a));
         assert!(Pattern::new("08.2F").matches_apqn(&a));
         assert!(!Pattern::new("8.2e").matches_apqn(&a));
+    }
+
+    #[test]
+    fn new_names_have_no_wildcards_but_existing_ones_stay_usable() {
+        let legacy = KeyName::new("b[1]").expect("an existing name still parses");
+        let err = legacy.check_new().unwrap_err();
+        assert_eq!(
+            err,
+            KeyNameError::Wildcard {
+                name: "b[1]".into(),
+                ch: '['
+            }
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("zkey rename -N 'b[1]' -w"), "{msg}");
+        assert!(KeyName::new("b]").unwrap().check_new().is_err());
+        assert!(KeyName::new("b1").unwrap().check_new().is_ok());
+    }
+
+    #[test]
+    fn a_pattern_that_spells_an_existing_name_selects_that_name_alone() {
+        let p = Pattern::new("b[1]");
+        let both = ["b1", "b[1]"];
+        let r = p.resolve(both);
+        assert!(r.matches("b[1]") && !r.matches("b1"));
+        // Without a key of that spelling it is the wildcard pattern it always was.
+        let r = p.resolve(["b1", "b2"]);
+        assert!(r.matches("b1") && !r.matches("b[1]"));
+        assert!(Pattern::new("b*").resolve(both).matches("b1"));
+    }
+
+    #[test]
+    fn advice_selects_exactly_the_key() {
+        assert_eq!(quote_selecting("disk1"), "disk1");
+        assert_eq!(quote_selecting("b[1]"), "'b\\[1\\]'");
+        let p = Pattern::new(&infra::glob::escape("b[1]"));
+        assert!(p.matches("b[1]") && !p.matches("b1"));
     }
 
     #[test]

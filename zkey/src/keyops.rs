@@ -115,7 +115,9 @@ pub fn store_new(
     Ok(props)
 }
 
-/// A volume belongs to one key: refuse those another key of the repository has.
+/// A volume belongs to one key: refuse those another key of the repository has, under this
+/// name or another name of the same device (a second key for one device is how a `zkey
+/// cryptsetup --format` for it destroys the first key's data).
 pub fn check_volumes_free(
     w: &Writer<'_>,
     name: &KeyName,
@@ -130,15 +132,34 @@ pub fn check_volumes_free(
         if &e.name == name {
             continue;
         }
-        if let Some(v) = volumes.iter().find(|v| {
-            e.properties
+        for v in volumes {
+            let Some(o) = e
+                .properties
                 .volumes
                 .iter()
-                .any(|o| o.device() == v.device() || o.dm_name() == v.dm_name())
-        }) {
+                .find(|o| o.dm_name() == v.dm_name() || o.same_device(v))
+            else {
+                continue;
+            };
+            let undo = format!(
+                "remove it there first with 'zkey change -N {} --volumes -{o}'",
+                crate::keyname::quote(e.name.as_str())
+            );
+            if o.device() == v.device() || o.dm_name() == v.dm_name() {
+                return Err(ZkeyError::Invalid(format!(
+                    "volume {v} is already associated with key '{}': a volume has one key ({undo})",
+                    e.name
+                )));
+            }
+            let id = infra::device::DeviceId::of(&v.device_path())
+                .map(|id| id.to_string())
+                .unwrap_or_default();
             return Err(ZkeyError::Invalid(format!(
-                "volume {v} is already associated with key '{}': a volume has one key (remove it there first with 'zkey change -N {} --volumes -{v}')",
-                e.name, e.name
+                "volume {v} is on the device of volume {o} of key '{}': {} and {} are two names of one device ({id}). A device has one key, and formatting it for a second key destroys the data of the first: use key '{}' for it, or {undo}",
+                e.name,
+                v.device(),
+                o.device(),
+                e.name
             )));
         }
     }
@@ -175,6 +196,7 @@ impl Risk {
     }
 
     pub fn advice(&self, key_type: KeyType, name: &str) -> String {
+        let name = crate::keyname::quote_selecting(name);
         match self {
             Risk::Lost => "the key is unusable: its master key is gone (restore it from a KMS with 'zkey kms refresh', or from a backup)".into(),
             Risk::EncipheredWithOld => format!("enciphered with the OLD master key: the next SET destroys it; run 'zkey reencipher -N {name} --from-old' now"),

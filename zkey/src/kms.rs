@@ -50,7 +50,7 @@ pub enum KmsError {
         error: ClientError,
         notices: Notices,
     },
-    #[error("the KMS already holds an active key {what} (KMS ID {id}, label '{label}'): import it with 'zkey kms import -N {name}', remove it with 'zkey remove -N {name}' after importing it, or choose another name")]
+    #[error("the KMS already holds an active key {what} (KMS ID {id}, label '{label}'): import it with 'zkey kms import -N {}', remove it with 'zkey remove -N {}' after importing it, or choose another name", crate::keyname::quote_selecting(.name), crate::keyname::quote(.name))]
     Duplicate {
         name: String,
         what: String,
@@ -772,16 +772,19 @@ pub fn refresh(
 ) -> Result<(Vec<KeyOutcome>, Notices), ZkeyError> {
     let conf = require(w)?;
     let mut s = Session::open(&conf)?;
+    let names = crate::reencipher::resolve_names(names, w)?;
     let mut out = Vec::new();
     for e in w.entries()?.into_iter().flatten() {
-        if !e.properties.is_kms_bound() || names.is_some_and(|p| !p.matches_name(&e.name)) {
+        if !e.properties.is_kms_bound() || names.as_ref().is_some_and(|p| !p.matches_name(&e.name))
+        {
             continue;
         }
         let res = refresh_one(w, ad, &mut s, &e, reload_properties);
         let note = (res.is_ok() && e.staged.is_some()).then(|| {
             format!(
-                "its staged re-encipher {name}.renc is kept: complete it after the SET with 'zkey reencipher -N {name} --complete'",
-                name = e.name
+                "its staged re-encipher {name}.renc is kept: complete it after the SET with 'zkey reencipher -N {q} --complete'",
+                name = e.name,
+                q = crate::keyname::quote_selecting(e.name.as_str())
             )
         });
         out.push(KeyOutcome {
@@ -895,6 +898,8 @@ pub fn import(
     let conf = require(w)?;
     let mut client = Session::open(&conf)?;
     let keys = client.call(|c| c.list_keys(label, BTreeMap::new(), BTreeMap::new()))?;
+    // A -N that spells a key's name in the KMS exactly selects that key alone.
+    let names = names.map(|p| p.resolve(keys.iter().filter_map(|k| k.properties.get("zkey-name"))));
     let mut out = Vec::new();
     for k in keys
         .iter()
@@ -903,7 +908,7 @@ pub fn import(
         let Some(name) = k.properties.get("zkey-name") else {
             continue;
         };
-        if names.is_some_and(|p| !p.matches(name)) {
+        if names.as_ref().is_some_and(|p| !p.matches(name)) {
             continue;
         }
         let res = import_one(w, ad, &conf, &mut client, k, name, &volume_check);

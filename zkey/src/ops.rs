@@ -129,6 +129,7 @@ pub fn generate(
     local: bool,
     pass: Option<DummyPassphrase>,
 ) -> Result<Added, ZkeyError> {
+    name.check_new()?;
     let bound = crate::kms::KmsConf::load(w)?.is_some() && !local;
     let what = intent(
         event("generate", &[name], &spec.apqns),
@@ -170,6 +171,7 @@ pub fn import(
     spec: &NewKey,
     pass: Option<DummyPassphrase>,
 ) -> Result<Added, ZkeyError> {
+    name.check_new()?;
     let v = ad.hsm.verify(key, spec.apqn_slice())?;
     if spec.apqn_check && !spec.apqns.is_empty() {
         keyops::check_binding(ad, key.key_type(), &spec.apqns, Some(key.mkvp()))?;
@@ -261,6 +263,7 @@ pub fn rename(
     name: &KeyName,
     new_name: &KeyName,
 ) -> Result<(), ZkeyError> {
+    new_name.check_new()?;
     let ev = event("rename", &[name, new_name], &[]);
     let what = intent(ev.clone(), format!("renames '{name}' to '{new_name}'"));
     audited(
@@ -285,6 +288,7 @@ pub fn copy(
     new_name: &KeyName,
     volumes: Vec<Volume>,
 ) -> Result<(), ZkeyError> {
+    new_name.check_new()?;
     let e = w.entry(name)?;
     let mut props = e.properties.clone();
     props.volumes = volumes;

@@ -305,12 +305,13 @@ pub fn assess(
     if let Some((apqns, types)) = &scope.change {
         pending.retain(|p| types.contains(&p.mktype) && p.apqns.iter().any(|a| apqns.contains(a)));
     }
+    let selection = scope.keys.resolve(r)?;
     let mut objects = Vec::new();
     let mut keys = Vec::new();
     for e in r.entries()? {
         match e {
             Ok(e) => {
-                if !scope.keys.matches(&e.name, &e.properties.apqns) {
+                if !selection.matches(&e.name, &e.properties.apqns) {
                     continue;
                 }
                 let Some(t) = mktype_of(&e) else {
@@ -327,7 +328,7 @@ pub fn assess(
                 keys.push(st);
             }
             Err(d) => {
-                if scope.change.is_none() && scope.keys.matches_damaged(&d.name) {
+                if scope.change.is_none() && selection.matches_damaged(&d.name) {
                     objects.push(damaged(&d));
                     keys.push(keyops::damaged_status(&d));
                 }
@@ -468,7 +469,7 @@ fn key_object(ad: &Adapters, e: &KeyEntry, st: &KeyStatus, t: MkType) -> Object 
         reason = "its master key is held only by APQNs that are offline now: set them online (chzcrypt -e) to check it".into();
     }
     let name = e.name.as_str();
-    let q = crate::keyname::quote(name);
+    let q = crate::keyname::quote_selecting(name);
     let action = match (&st.risk, verdict) {
         (Some(Risk::EncipheredWithOld), _) => Some(format!("zkey reencipher -N {q} --from-old")),
         (Some(Risk::NotStaged), _) => Some(format!("zkey reencipher -N {q} --to-new --staged")),

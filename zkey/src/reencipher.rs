@@ -23,7 +23,7 @@ use crate::adapters::Adapters;
 use crate::error::ZkeyError;
 use crate::keyname::{KeyName, Pattern};
 use crate::properties::Timestamp;
-use crate::repository::{KeyEntry, Writer};
+use crate::repository::{KeyEntry, Reader, RepoError, Writer};
 use crate::volume::{Volume, VolumeType};
 
 pub use ap_sim::reencipher::{Mode, Request, Way};
@@ -54,6 +54,16 @@ impl Selection {
         parts.join(" ")
     }
 
+    /// The selection as the user meant it among the repository's keys: a `-N` that spells a
+    /// key's name exactly selects that key alone ([`Pattern::resolve`]). Every operation that
+    /// takes a selection applies it under its lock, before it matches anything.
+    pub fn resolve(&self, r: &Reader<'_>) -> Result<Selection, RepoError> {
+        Ok(Selection {
+            names: resolve_names(self.names.as_ref(), r)?,
+            apqns: self.apqns.clone(),
+        })
+    }
+
     /// A damaged key has no readable APQNs: it is selected by name alone, and only when no
     /// APQN filter is given.
     pub fn matches_damaged(&self, name: &KeyName) -> bool {
@@ -76,6 +86,18 @@ impl Selection {
                     .iter()
                     .any(|p| apqns.iter().any(|a| p.matches_apqn(a))))
     }
+}
+
+/// A `-N` pattern resolved among the repository's key names (see [`Selection::resolve`]), for
+/// the operations that take a name pattern alone (crypttab, cryptsetup, kms refresh/import).
+pub fn resolve_names(
+    names: Option<&Pattern>,
+    r: &Reader<'_>,
+) -> Result<Option<Pattern>, RepoError> {
+    Ok(match names {
+        Some(p) if !p.is_literal() => Some(p.resolve(r.list_names()?.iter().map(KeyName::as_str))),
+        other => other.cloned(),
+    })
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -161,6 +183,7 @@ pub fn reencipher_repository(
     opts: &Request,
     mut each: impl FnMut(&KeyResult),
 ) -> Result<Report, ZkeyError> {
+    let sel = &sel.resolve(repo)?;
     let mut report = Report::default();
     for entry in repo.entries()? {
         let (name, outcome, volumes, old_mkvp) = match entry {
@@ -377,6 +400,7 @@ fn complete(
 /// master key (per key type), so that a domain group with the NEW key on some APQNs only is
 /// refused before any key is touched, not halfway through.
 pub fn preflight_to_new(ad: &Adapters, w: &Writer<'_>, sel: &Selection) -> Result<(), ZkeyError> {
+    let sel = &sel.resolve(w)?;
     let mut groups: std::collections::BTreeMap<KeyType, Vec<Apqn>> = Default::default();
     for e in w.entries()?.into_iter().flatten() {
         if !sel.matches(&e.name, &e.properties.apqns) {

@@ -46,7 +46,7 @@ use rand::RngCore;
 use std::sync::Mutex;
 use zeroize::Zeroizing;
 
-use crate::keyname::KeyName;
+use crate::keyname::{quote, quote_selecting, KeyName};
 use crate::properties::{KeyProperties, PropertiesError, Timestamp};
 use crate::volume::VolumeType;
 
@@ -227,24 +227,24 @@ pub enum RepoError {
     Busy { lock: PathBuf, waited: Duration },
     #[error("key '{name}' does not exist in the repository: `zkey list` shows the keys")]
     KeyNotFound { name: KeyName },
-    #[error("key '{name}' already exists (possibly as a partial key, see `zkey list`): choose another name, or remove it first with `zkey remove -N {name}` (add --force for a damaged key)")]
+    #[error("key '{name}' already exists (possibly as a partial key, see `zkey list`): choose another name, or remove it first with `zkey remove -N {}` (add --force for a damaged key)", quote(.name.as_str()))]
     KeyExists { name: KeyName },
-    #[error("{0}; it is not used: restore its files from a backup, or remove it with `zkey remove -N {name} --force`", name = .0.name)]
+    #[error("{0}; it is not used: restore its files from a backup, or remove it with `zkey remove -N {name} --force`", name = quote(.0.name.as_str()))]
     Damaged(DamagedKey),
     #[error("refusing to store an empty {what} for key '{name}'")]
     Empty { name: KeyName, what: &'static str },
-    #[error("key '{name}' has no dummy passphrase: create one with `zkey change -N {name} --gen-dummy-passphrase`")]
+    #[error("key '{name}' has no dummy passphrase: create one with `zkey change -N {} --gen-dummy-passphrase`", quote(.name.as_str()))]
     NoPassphrase { name: KeyName },
     #[error("key '{name}' is not for LUKS2 volumes, and only LUKS2 volumes use a dummy passphrase: change the volume type to luks2 first")]
     PassphraseNeedsLuks2 { name: KeyName },
-    #[error("the staged re-enciphered key of '{name}' is not the one that was verified: run `zkey reencipher --complete -N {name}` again")]
+    #[error("the staged re-enciphered key of '{name}' is not the one that was verified: run `zkey reencipher --complete -N {}` again", quote_selecting(.name.as_str()))]
     StagedChanged { name: KeyName },
     #[error("the properties of key '{name}' cannot be stored: {source}")]
     Properties {
         name: KeyName,
         source: PropertiesError,
     },
-    #[error("key '{new}' is complete, but removing the files of '{old}' failed ({source}): remove them with `zkey remove -N {old} --force`")]
+    #[error("key '{new}' is complete, but removing the files of '{old}' failed ({source}): remove them with `zkey remove -N {} --force`", quote(.old.as_str()))]
     RenameIncomplete {
         old: KeyName,
         new: KeyName,

@@ -50,6 +50,19 @@ impl Volume {
     pub fn dm_name(&self) -> &str {
         &self.dm_name
     }
+
+    /// The device as a path a command opens: `UUID=...` is `/dev/disk/by-uuid/...`.
+    pub fn device_path(&self) -> std::path::PathBuf {
+        crate::crypttab::device_path(&self.device)
+    }
+
+    /// Whether both volumes are on one device: spelled the same, or two names of one device
+    /// that exists now (a symlink, a hard link to an image, two nodes of one block device), as
+    /// the device and inode, or device number, they resolve to say.
+    pub fn same_device(&self, other: &Volume) -> bool {
+        self.device == other.device
+            || infra::device::DeviceId::same(&self.device_path(), &other.device_path())
+    }
 }
 
 impl FromStr for Volume {
@@ -96,8 +109,6 @@ impl fmt::Display for Volume {
     }
 }
 
-/// Parses a comma-separated volume list as stored in `.info`; an empty string is no volumes.
-/// Duplicates are dropped, as `ap_sim::apqn::parse_list` does for APQNs.
 /// A volume must exist as a block device or an image file, unless it is named by UUID (the
 /// device may be attached later under that name).
 pub fn check_device(v: &Volume) -> Result<(), crate::ZkeyError> {
@@ -117,6 +128,8 @@ pub fn check_device(v: &Volume) -> Result<(), crate::ZkeyError> {
     Ok(())
 }
 
+/// Parses a comma-separated volume list as stored in `.info`; an empty string is no volumes.
+/// Duplicates are dropped, as `ap_sim::apqn::parse_list` does for APQNs.
 pub fn parse_volume_list(s: &str) -> Result<Vec<Volume>, VolumeError> {
     let mut out: Vec<Volume> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -107,6 +107,10 @@ pub(crate) enum Cmd {
         /// Only the format commands
         #[arg(long)]
         format: bool,
+        /// With --run: format even a device that holds a LUKS header already (destroys that
+        /// volume); without it, only a yes on a terminal does
+        #[arg(short = 'F', long)]
+        force: bool,
     },
 }
 
@@ -349,7 +353,7 @@ pub(crate) enum KmsCmd {
         /// Only KMS keys with these labels (wildcards allowed)
         #[arg(short = 'B', long)]
         label: Option<String>,
-        /// Only keys with these zkey names (wildcards allowed)
+        /// Only keys with these zkey names (wildcards allowed; a key's exact name selects that key alone)
         #[arg(short = 'N', long)]
         name: Option<Pattern>,
         /// Import keys whose volumes do not exist on this system
@@ -361,7 +365,7 @@ pub(crate) enum KmsCmd {
     },
     /// Re-import bound keys under the CURRENT master key (checked against their VP)
     Refresh {
-        /// Only keys with these names (wildcards allowed)
+        /// Only keys with these names (wildcards allowed; a key's exact name selects that key alone)
         #[arg(short = 'N', long)]
         name: Option<Pattern>,
         /// Also reload the description and volume associations from the KMS
@@ -479,7 +483,7 @@ pub(crate) enum AuditCmd {
         /// Event names, e.g. tke-set, generate, reencipher-* (wildcards allowed)
         #[arg(long)]
         event: Option<Pattern>,
-        /// Key names (wildcards allowed)
+        /// Key names (wildcards allowed; a key's exact name selects that key alone)
         #[arg(short = 'N', long = "name")]
         key: Option<Pattern>,
         /// APQNs (wildcards allowed)
@@ -505,7 +509,7 @@ pub(crate) enum AuditCmd {
 
 #[derive(Args)]
 pub(crate) struct VolumeFilter {
-    /// Key names (wildcards allowed)
+    /// Key names (wildcards allowed; a key's exact name selects that key alone)
     #[arg(short = 'N', long)]
     pub(crate) name: Option<Pattern>,
     /// Volumes (dev or dev:dm-name, wildcards allowed)
@@ -552,7 +556,7 @@ impl WayFlags {
 /// `-N` and `-a` of `validate`, `reencipher` and `list`: which repository keys.
 #[derive(Args, Clone, Debug)]
 pub(crate) struct KeyFilter {
-    /// Key names (wildcards allowed; a filter that matches no key is an error)
+    /// Key names (wildcards allowed; a key's exact name selects that key alone; a filter that matches no key is an error)
     #[arg(short = 'N', long)]
     pub(crate) name: Option<Pattern>,
     /// Keys bound to these APQNs, comma-separated (8.2f is 08.002f; wildcards allowed)

@@ -52,7 +52,7 @@ pub(crate) fn import(a: ImportArgs) -> Result<()> {
     let w = repo.write(lock_wait())?;
     let added = zkey::ops::import(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
     if added.under_old {
-        eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", zkey::keyname::quote(a.name.as_str()));
+        eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", zkey::keyname::quote_selecting(a.name.as_str()));
     }
     print_added(&added);
     println!("Secure key '{}' imported into the repository.", a.name);
@@ -61,7 +61,13 @@ pub(crate) fn import(a: ImportArgs) -> Result<()> {
 
 pub(crate) fn remove(name: &KeyName, force: bool) -> Result<()> {
     let (repo, ad) = (open_repo()?, adapters()?);
-    let notices = zkey::ops::remove(&repo.write(lock_wait())?, &ad, name, force, &mut TermUi)?;
+    let notices = zkey::ops::remove(
+        &repo.write(lock_wait())?,
+        &ad,
+        name,
+        force,
+        &mut TermUi::default(),
+    )?;
     show_notices(&notices, false);
     println!("Key '{name}' removed.");
     Ok(())
@@ -92,7 +98,13 @@ pub(crate) fn change(a: ChangeArgs) -> Result<()> {
         force: a.force,
     };
     let (repo, ad) = (open_repo()?, adapters()?);
-    zkey::ops::change(&repo.write(lock_wait())?, &ad, &a.name, c, &mut TermUi)?;
+    zkey::ops::change(
+        &repo.write(lock_wait())?,
+        &ad,
+        &a.name,
+        c,
+        &mut TermUi::default(),
+    )?;
     println!("Key '{}' changed.", a.name);
     Ok(())
 }

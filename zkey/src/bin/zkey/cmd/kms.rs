@@ -73,7 +73,7 @@ pub(crate) fn kms_cmd(cmd: KmsCmd) -> Result<ExitCode> {
             println!("The repository is bound to the KMS plug-in '{plugin}' ({}). Next: zkey kms configure --apqns ... and the plug-in's options.", c.config.display());
         }
         KmsCmd::Unbind { force } => {
-            let (kms, n, notices) = zkey::ops::kms_unbind(&w, &ad, force, &mut TermUi)?;
+            let (kms, n, notices) = zkey::ops::kms_unbind(&w, &ad, force, &mut TermUi::default())?;
             show_notices(&notices, false);
             println!("The repository is no longer bound to '{kms}'; {n} keys are local keys now.");
         }

@@ -148,7 +148,11 @@ pub(crate) fn new_passphrase(device: &Path) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 /// zkey-cryptsetup's questions and messages, on the terminal.
-pub(crate) struct TermUi;
+#[derive(Default)]
+pub(crate) struct TermUi {
+    /// `--force`: yes to the questions that guard against data loss ([`Ui::confirm_risk`]).
+    pub(crate) force: bool,
+}
 
 impl zkey_cryptsetup::Ui for TermUi {
     fn info(&mut self, msg: &str) {
@@ -159,6 +163,16 @@ impl zkey_cryptsetup::Ui for TermUi {
     }
     fn confirm(&mut self, question: &str) -> std::result::Result<bool, zkey_cryptsetup::Error> {
         confirm(question, false).map_err(|e| zkey_cryptsetup::Error::Declined(e.to_string()))
+    }
+    fn confirm_risk(
+        &mut self,
+        question: &str,
+    ) -> std::result::Result<bool, zkey_cryptsetup::Error> {
+        // Off a terminal nobody can say yes: the library then refuses and names --force.
+        if !self.force && !std::io::stdin().is_terminal() {
+            return Ok(false);
+        }
+        confirm(question, self.force).map_err(|e| zkey_cryptsetup::Error::Declined(e.to_string()))
     }
 }
 

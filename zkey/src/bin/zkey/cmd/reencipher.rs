@@ -23,7 +23,7 @@ pub(crate) fn reencipher_cmd(a: ReencipherArgs) -> Result<ExitCode> {
     let sel = a.keys.selection();
     let tty = std::io::stderr().is_terminal() && !a.json;
     let mut n = 0;
-    let done = zkey::ops::reencipher(&w, &ad, &sel, &req, a.force, &mut TermUi, |r| {
+    let done = zkey::ops::reencipher(&w, &ad, &sel, &req, a.force, &mut TermUi::default(), |r| {
         n += 1;
         if tty {
             eprint!("\r\x1b[2K[{n}] {}", r.name);

@@ -56,7 +56,7 @@ pub(crate) fn list(a: ListArgs) -> Result<ExitCode> {
     let ad = adapters()?;
     let repo = open_repo()?;
     let r = repo.read(lock_wait())?;
-    let sel = a.keys.selection();
+    let sel = a.keys.selection().resolve(&r)?;
     let vol_patterns: Vec<Pattern> = a
         .volumes
         .as_deref()

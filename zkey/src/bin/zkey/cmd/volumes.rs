@@ -18,6 +18,7 @@ pub(crate) fn cryptsetup(
     run: bool,
     format: bool,
     open: bool,
+    force: bool,
 ) -> Result<ExitCode> {
     let ad = if run { Some(adapters()?) } else { None };
     for plan in volume_plans(f)? {
@@ -32,7 +33,7 @@ pub(crate) fn cryptsetup(
                     &mut |d: &Path| {
                         new_passphrase(d).map_err(|e| zkey::ZkeyError::Invalid(format!("{e:#}")))
                     },
-                    &mut TermUi,
+                    &mut TermUi { force },
                 )
                 .with_context(|| {
                     format!(
@@ -40,8 +41,17 @@ pub(crate) fn cryptsetup(
                         shell_line(&cmd)
                     )
                 })?;
-                if let zkey::crypttab::Ran::Opened(file) = ran {
-                    println!("Volume {} is open as {}.", plan.volume, file.display());
+                match ran {
+                    zkey::crypttab::Ran::Opened(file) => {
+                        println!("Volume {} is open as {}.", plan.volume, file.display())
+                    }
+                    zkey::crypttab::Ran::AlreadyFormatted {
+                        verification_pattern,
+                    } => println!(
+                        "Volume {} is formatted with key '{}' already (verification pattern {verification_pattern}): nothing to do.",
+                        plan.volume, plan.key
+                    ),
+                    _ => {}
                 }
             }
         }
