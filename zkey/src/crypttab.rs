@@ -241,7 +241,7 @@ pub fn run(
     new_passphrase: &mut NewPassphrase<'_>,
     ui: &mut dyn zkey_cryptsetup::Ui,
 ) -> Result<Ran, crate::ZkeyError> {
-    use crate::ops::read_secret_file;
+    use crate::ops::read_passphrase_file;
     use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
     let cs = |e: zkey_cryptsetup::Error| crate::ZkeyError::Invalid(e.to_string());
     let device = device_path(plan.volume.device());
@@ -249,7 +249,7 @@ pub fn run(
         Action::Format => {
             let secure_key = crate::ops::read_key_file(&plan.skey)?;
             let pass = match &plan.passphrase_file {
-                Some(p) => read_secret_file(p)?,
+                Some(p) => read_passphrase_file(p)?,
                 None => new_passphrase(&device)?,
             };
             let opts = zkey_cryptsetup::luks2::FormatOptions {
@@ -268,7 +268,7 @@ pub fn run(
         }
         Action::Open => {
             let source = match &plan.passphrase_file {
-                Some(p) => Source::Given(Passphrase::new(read_secret_file(p)?.to_vec())),
+                Some(p) => Source::Given(Passphrase::new(read_passphrase_file(p)?.to_vec())),
                 None => Source::Prompt { tries: 3 },
             };
             let file = zkey_cryptsetup::volume::open(

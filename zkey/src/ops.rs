@@ -284,11 +284,7 @@ pub struct Change {
     pub force: bool,
 }
 
-/// What happens to the key's dummy passphrase.
-pub enum PassphraseChange {
-    Set(DummyPassphrase),
-    Remove,
-}
+pub use crate::repository::PassphraseChange;
 
 /// Changes a key's properties: every check and question comes first, so a refused change
 /// changes nothing.
@@ -350,14 +346,7 @@ pub fn change(
     if removing && !ask(ui, &format!("Remove the dummy passphrase of '{name}'? Volumes that open only with it can no longer be opened"), c.force)? {
         return Err(ZkeyError::Invalid("the dummy passphrase was not removed; nothing was changed".into()));
     }
-    w.write_info(name, &p)?;
-    match c.passphrase {
-        Some(PassphraseChange::Set(d)) => w.write_pass(name, d)?,
-        Some(PassphraseChange::Remove) => {
-            w.remove_pass(name)?;
-        }
-        None => {}
-    }
+    w.change_key(name, &p, c.passphrase)?;
     record(
         w,
         ad,
@@ -439,34 +428,23 @@ pub fn reencipher_file(
     durable::write_atomic(out, &new.to_bytes(), 0o600).map_err(io("writing", out))
 }
 
-/// The largest secure key file zkey reads: two EP11 tokens and then some. Bounding the read
-/// keeps `zkey import /dev/zero` from reading forever.
-const MAX_KEY_FILE: u64 = 4096;
+/// A clear AES key file (`generate -c`): at most an XTS pair of AES-256 keys.
+pub const CLEAR_KEY_FILE: infra::input::Bound = infra::input::Bound::new("clear AES key", 64);
 
-/// Reads a secure key file, bounded by the format's size.
+/// Reads a secure key file, bounded by the largest secure key.
 pub fn read_key_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
-    read_bounded(file, MAX_KEY_FILE)
+    Ok(infra::input::read_bounded(file, SecureKey::FILE)?)
 }
 
-/// Reads a small secret file (a clear key, a dummy passphrase) into zeroized memory.
-pub fn read_secret_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
-    read_bounded(file, 64 * 1024)
+/// Reads a clear key file (`generate -c`), bounded by the largest clear key.
+pub fn read_clear_key_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
+    Ok(infra::input::read_bounded(file, CLEAR_KEY_FILE)?)
 }
 
-fn read_bounded(file: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
-    use std::io::Read;
-    let f = std::fs::File::open(file).map_err(io("reading", file))?;
-    let mut buf = Zeroizing::new(Vec::new());
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(io("reading", file))?;
-    if buf.len() as u64 > max {
-        return Err(ZkeyError::Invalid(format!(
-            "{} is larger than {max} bytes: it is not a file zkey reads here",
-            file.display()
-        )));
-    }
-    Ok(buf)
+/// Reads a passphrase file (a dummy passphrase, a volume's passphrase), bounded as cryptsetup
+/// bounds key files.
+pub fn read_passphrase_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
+    Ok(infra::input::read_bounded(file, infra::input::PASSPHRASE)?)
 }
 
 /// `zkey kms bind`: binds the repository to a plug-in, and records it.

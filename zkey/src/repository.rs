@@ -191,6 +191,12 @@ impl DummyPassphrase {
     }
 }
 
+/// What happens to a key's dummy passphrase in [`Writer::change_key`].
+pub enum PassphraseChange {
+    Set(DummyPassphrase),
+    Remove,
+}
+
 /// What [`Writer::promote_staged`] did.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Promotion {
@@ -769,14 +775,52 @@ impl<'r> Writer<'r> {
     }
 
     /// Replaces the properties of a healthy key, setting `update-time` and a fresh hash. A key
-    /// that is no longer for LUKS2 volumes loses its dummy passphrase, as in the reference;
-    /// `.pass` is removed after `.info` is written, so a crash leaves at worst an unused `.pass`.
+    /// that is no longer for LUKS2 volumes loses its dummy passphrase, as in the reference.
     pub fn write_info(&self, name: &KeyName, props: &KeyProperties) -> Result<(), RepoError> {
+        self.change_key(name, props, None)
+    }
+
+    /// Replaces a healthy key's properties and, with them, its dummy passphrase, as one change
+    /// (`zkey change`): every check is made and every file rendered before the first write, so
+    /// a refused change leaves the key as it was. The writes are ordered so that a crash between
+    /// them leaves a healthy key: a new `.pass` first (a crash leaves the old properties with
+    /// the new passphrase), then `.info`, then a `.pass` that goes away (a crash leaves an unused
+    /// one). A key that is no longer for LUKS2 volumes loses its dummy passphrase.
+    pub fn change_key(
+        &self,
+        name: &KeyName,
+        props: &KeyProperties,
+        pass: Option<PassphraseChange>,
+    ) -> Result<(), RepoError> {
         let entry = self.entry(name)?;
+        let (new_pass, remove) = match pass {
+            Some(PassphraseChange::Set(d)) => {
+                if props.volume_type != VolumeType::Luks2 {
+                    return Err(RepoError::PassphraseNeedsLuks2 { name: name.clone() });
+                }
+                let bytes = d.bytes();
+                if bytes.is_empty() {
+                    return Err(RepoError::Empty {
+                        name: name.clone(),
+                        what: "dummy passphrase",
+                    });
+                }
+                (Some(bytes), false)
+            }
+            Some(PassphraseChange::Remove) => (None, true),
+            None => (None, false),
+        };
+        let remove = entry.has_pass && (remove || props.volume_type != VolumeType::Luks2);
         let mut props = props.clone();
         props.update_time = Some(Timestamp::now());
-        self.put_info(name, &props)?;
-        if entry.has_pass && props.volume_type != VolumeType::Luks2 {
+        let info = Self::render(name, &props)?;
+        if let Some(pass) = &new_pass {
+            self.repo
+                .write_file(&self.repo.key_file(name, KeyFile::Pass), pass)?;
+        }
+        self.repo
+            .write_file(&self.repo.key_file(name, KeyFile::Info), info.as_bytes())?;
+        if remove {
             self.repo
                 .remove_file(&self.repo.key_file(name, KeyFile::Pass))?;
         }

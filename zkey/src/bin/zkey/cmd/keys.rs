@@ -5,7 +5,11 @@ use crate::prelude::*;
 pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
     let ad = adapters()?;
     let spec = new_key_spec(&a.meta, a.key_type, a.keybits, a.xts)?;
-    let clear = a.clearkey.as_deref().map(read_secret_file).transpose()?;
+    let clear = a
+        .clearkey
+        .as_deref()
+        .map(zkey::ops::read_clear_key_file)
+        .transpose()?;
     let source = clear
         .as_deref()
         .map_or(zkey::ops::Source::Random, |c| zkey::ops::Source::Clear(c));
@@ -73,7 +77,7 @@ pub(crate) fn change(a: ChangeArgs) -> Result<()> {
         Some(PassphraseChange::Set(DummyPassphrase::Generate))
     } else if let Some(f) = &a.set_dummy_passphrase {
         Some(PassphraseChange::Set(DummyPassphrase::Given(
-            read_secret_file(f)?,
+            zkey::ops::read_passphrase_file(f)?,
         )))
     } else if a.remove_dummy_passphrase {
         Some(PassphraseChange::Remove)

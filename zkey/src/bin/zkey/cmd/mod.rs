@@ -59,12 +59,6 @@ pub(crate) fn parse_volumes(s: &str, check: bool) -> Result<Vec<Volume>> {
     Ok(v)
 }
 
-pub(crate) fn read_secret_file(p: &Path) -> Result<Zeroizing<Vec<u8>>> {
-    Ok(Zeroizing::new(
-        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-    ))
-}
-
 pub(crate) fn new_key_spec(meta: &Meta, key_type: KeyType, bits: u32, xts: bool) -> Result<NewKey> {
     let volumes = match &meta.volumes {
         Some(v) => parse_volumes(v, !meta.no_volume_check)?,
@@ -97,7 +91,7 @@ pub(crate) fn dummy_pass(meta: &Meta) -> Result<Option<DummyPassphrase>> {
     Ok(if meta.gen_dummy_passphrase {
         Some(DummyPassphrase::Generate)
     } else if let Some(f) = &meta.set_dummy_passphrase {
-        Some(DummyPassphrase::Given(read_secret_file(f)?))
+        Some(DummyPassphrase::Given(zkey::ops::read_passphrase_file(f)?))
     } else {
         None
     })

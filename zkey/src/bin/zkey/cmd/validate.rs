@@ -5,7 +5,7 @@ use crate::prelude::*;
 pub(crate) fn validate(a: ValidateArgs) -> Result<ExitCode> {
     let ad = adapters()?;
     if let Some(f) = &a.file {
-        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let bytes = zkey::ops::read_key_file(f)?;
         let st = keyops::status(&ad, &f.display().to_string(), &bytes, None, None, false);
         let (verdict, _) = zkey::readiness::key_verdict(&st);
         if a.json {
