@@ -56,6 +56,10 @@ pub struct VolumePlan {
     pub key_bits: u32,
     pub xts: bool,
     pub sector_size: u32,
+    /// The key's verification pattern and APQNs from its authenticated properties: the `.skey`
+    /// read when the plan runs must hold that key ([`crate::keyops::check_key_file`]).
+    pub verification_pattern: Option<ap_sim::VerificationPattern>,
+    pub apqns: Vec<ap_sim::apqn::Apqn>,
 }
 
 impl VolumePlan {
@@ -73,8 +77,25 @@ impl VolumePlan {
                 key_bits: e.secure_key.len() as u32 * 8,
                 xts,
                 sector_size: e.properties.sector_size.bytes(),
+                verification_pattern: e.properties.verification_pattern,
+                apqns: e.properties.apqns.clone(),
             })
             .collect()
+    }
+
+    /// Refuses a `.skey` that holds another key than the plan's properties name.
+    fn check_key(
+        &self,
+        ad: &crate::adapters::Adapters,
+        secure_key: &[u8],
+    ) -> Result<(), crate::ZkeyError> {
+        crate::keyops::check_key_file(
+            ad,
+            &self.key,
+            secure_key,
+            self.verification_pattern,
+            &self.apqns,
+        )
     }
 
     /// The `/etc/crypttab` line.
@@ -185,7 +206,21 @@ pub fn plans(
     volumes: &[crate::Pattern],
 ) -> Result<Vec<VolumePlan>, crate::ZkeyError> {
     let mut out = Vec::new();
-    for e in r.entries()?.into_iter().flatten() {
+    for e in r.entries()? {
+        let e = match e {
+            Ok(e) => e,
+            // A key whose properties fail their MAC is not skipped in silence: its volumes
+            // would be missing from the crypttab, or formatted with a swapped key.
+            Err(d)
+                if names.is_none_or(|p| p.matches_name(&d.name))
+                    && d.damage.iter().any(|x| {
+                        matches!(x, crate::Damage::BadMac | crate::Damage::MacMissing)
+                    }) =>
+            {
+                return Err(crate::RepoError::Damaged(d).into())
+            }
+            Err(_) => continue,
+        };
         if names.is_some_and(|p| !p.matches_name(&e.name)) {
             continue;
         }
@@ -248,6 +283,7 @@ pub fn run(
     match action {
         Action::Format => {
             let secure_key = crate::ops::read_key_file(&plan.skey)?;
+            plan.check_key(ad, &secure_key)?;
             let pass = match &plan.passphrase_file {
                 Some(p) => read_passphrase_file(p)?,
                 None => new_passphrase(&device)?,
@@ -282,6 +318,7 @@ pub fn run(
             Ok(Ran::Opened(file))
         }
         Action::PlainOpen => {
+            plan.check_key(ad, &crate::ops::read_key_file(&plan.skey)?)?;
             let status = std::process::Command::new(&cmd[0])
                 .args(&cmd[1..])
                 .status()

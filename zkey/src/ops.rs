@@ -177,11 +177,17 @@ pub fn import(
 /// `force`, and then by rename: a link planted there is replaced, never written through.
 pub fn export(
     r: &crate::repository::Reader<'_>,
+    ad: Option<&Adapters>,
     name: &KeyName,
     file: &Path,
     force: bool,
 ) -> Result<(), ZkeyError> {
     let e = r.entry(name)?;
+    // Without adapters (a backup on a machine without them) the key cannot be compared with
+    // its properties; with them, a swapped .skey is refused.
+    if let Some(ad) = ad {
+        keyops::check_same_key(ad, &e)?;
+    }
     if !force && std::fs::symlink_metadata(file).is_ok() {
         return Err(ZkeyError::Invalid(format!(
             "{} exists: zkey does not overwrite it; remove it, choose another file, or add --force",

@@ -44,8 +44,9 @@ use ap_sim::durable::{self, Lock, LockKind};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
+use crate::integrity::{InfoAuth, Integrity, Refusal};
 use crate::keyname::KeyName;
-use crate::properties::{KeyProperties, PropertiesError, Timestamp};
+use crate::properties::{KeyProperties, Properties, PropertiesError, Timestamp};
 use crate::volume::VolumeType;
 
 /// The environment variable naming the repository directory.
@@ -118,6 +119,11 @@ pub enum Damage {
     HashMismatch,
     /// `.info` cannot be read as properties.
     UnparsableInfo(PropertiesError),
+    /// `.info`'s MAC does not match its properties and the key's name: edited, swapped or
+    /// copied from another key outside zkey ([`crate::integrity`]).
+    BadMac,
+    /// `.info` has no MAC, in a repository whose properties are authenticated.
+    MacMissing,
     /// A staged `.renc` without the key it belongs to.
     OrphanRenc,
     /// A `.pass` without the key it belongs to.
@@ -136,6 +142,8 @@ impl fmt::Display for Damage {
                 f.write_str("the .info file fails its integrity check (changed outside zkey)")
             }
             Damage::UnparsableInfo(e) => write!(f, "the .info file is invalid: {e}"),
+            Damage::BadMac => f.write_str("the .info file fails its MAC: its properties were changed, or it belongs to another key, outside zkey (a swapped or edited key file)"),
+            Damage::MacMissing => f.write_str("the .info file has no MAC, but this repository's properties are authenticated: it was replaced outside zkey"),
             Damage::OrphanRenc => f.write_str("a staged .renc file exists without the key"),
             Damage::OrphanPass => f.write_str("a .pass file exists without the key"),
             Damage::Unreadable { file, reason } => write!(f, "the {file} file: {reason}"),
@@ -168,6 +176,8 @@ pub struct KeyEntry {
     pub staged: Option<Vec<u8>>,
     /// Whether a dummy passphrase (`.pass`) exists; read it with [`Reader::read_pass`].
     pub has_pass: bool,
+    /// Whether the adapter authenticated the properties ([`crate::integrity`]).
+    pub integrity: Integrity,
 }
 
 /// Where a dummy LUKS2 passphrase comes from.
@@ -243,6 +253,10 @@ pub enum RepoError {
     PassphraseNeedsLuks2 { name: KeyName },
     #[error("the staged re-enciphered key of '{name}' is not the one that was verified: run `zkey reencipher --complete -N {name}` again")]
     StagedChanged { name: KeyName },
+    #[error("the properties of key '{name}' cannot be authenticated, so they were not written: {why}; make sure the crypto adapters are reachable ($AP_SIM_DIR) and retry")]
+    Unauthenticated { name: KeyName, why: String },
+    #[error("the crypto adapter could not record that this repository's properties are authenticated ({why}); nothing else was changed: retry")]
+    UpgradeFailed { why: String },
     #[error("the properties of key '{name}' cannot be stored: {source}")]
     Properties {
         name: KeyName,
@@ -254,6 +268,8 @@ pub enum RepoError {
         new: KeyName,
         source: io::Error,
     },
+    #[error(transparent)]
+    Input(#[from] infra::input::InputError),
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -281,6 +297,8 @@ pub struct Repository {
     file_mode: u32,
     /// Group for every file: the directory's group.
     gid: u32,
+    /// The adapter that authenticates the properties, when one is attached.
+    auth: Option<InfoAuth>,
 }
 
 impl Repository {
@@ -318,6 +336,7 @@ impl Repository {
             dir: path.to_path_buf(),
             file_mode: mode & 0o664,
             gid: meta.gid(),
+            auth: None,
         };
         repo.ensure_lock_file()?;
         Ok(repo)
@@ -367,6 +386,18 @@ impl Repository {
         Repository::open(path)
     }
 
+    /// This repository with its properties authenticated by `auth` (the adapters'
+    /// [`ap_sim::sim::Simulator`]): readers check every `.info`'s MAC, writers add one, and the
+    /// first writer upgrades an old repository ([`crate::integrity`]). Without it, properties
+    /// are read "not verified" and written in the old format.
+    pub fn authenticated_by(
+        mut self,
+        auth: std::sync::Arc<dyn ap_sim::audit::Authenticator>,
+    ) -> Self {
+        self.auth = Some(InfoAuth::new(&self.dir, auth));
+        self
+    }
+
     /// The repository directory.
     pub fn path(&self) -> &Path {
         &self.dir
@@ -389,18 +420,37 @@ impl Repository {
 
     /// Takes the shared lock (waiting up to `wait`) for reading.
     pub fn read(&self, wait: Duration) -> Result<Reader<'_>, RepoError> {
+        let lock = self.lock(LockKind::Shared, wait)?;
         Ok(Reader {
             repo: self,
-            _lock: self.lock(LockKind::Shared, wait)?,
+            _lock: lock,
+            auth: self.auth_state(),
         })
     }
 
-    /// Takes the exclusive lock (waiting up to `wait`) for reading and changing.
+    /// Takes the exclusive lock (waiting up to `wait`) for reading and changing. The first
+    /// writer with an adapter gives every old-format `.info` its MAC ([`crate::integrity`]).
     pub fn write(&self, wait: Duration) -> Result<Writer<'_>, RepoError> {
-        Ok(Writer(Reader {
+        let lock = self.lock(LockKind::Exclusive, wait)?;
+        let w = Writer(Reader {
             repo: self,
-            _lock: self.lock(LockKind::Exclusive, wait)?,
-        }))
+            _lock: lock,
+            auth: self.auth_state(),
+        });
+        w.upgrade()
+    }
+
+    fn auth_state(&self) -> AuthState {
+        match &self.auth {
+            None => AuthState::None("no crypto adapter was available to check its MAC".into()),
+            Some(a) => match a.required() {
+                Ok(required) => AuthState::Adapter {
+                    auth: a.clone(),
+                    required,
+                },
+                Err(e) => AuthState::Failed(format!("the crypto adapter failed: {e}")),
+            },
+        }
     }
 
     /// Takes the repository lock, polling until `wait` has passed; then [`RepoError::Busy`].
@@ -529,6 +579,28 @@ impl Present {
 pub struct Reader<'r> {
     repo: &'r Repository,
     _lock: Lock,
+    auth: AuthState,
+}
+
+/// Whether and how a reader authenticates properties.
+#[derive(Clone, Debug)]
+enum AuthState {
+    /// No adapter attached (why): properties are "not verified", and written without a MAC.
+    None(String),
+    /// The attached adapter failed (why): properties are "not verified", and not written.
+    Failed(String),
+    /// `required`: the repository is upgraded, so a `.info` without a MAC is damage.
+    Adapter { auth: InfoAuth, required: bool },
+}
+
+/// One key's files as read, before its properties are authenticated.
+struct Raw {
+    name: KeyName,
+    present: Present,
+    damage: Vec<Damage>,
+    secure_key: Option<Vec<u8>>,
+    properties: Option<Properties>,
+    staged: Option<Vec<u8>>,
 }
 
 impl<'r> Reader<'r> {
@@ -581,9 +653,9 @@ impl<'r> Reader<'r> {
         Ok(names.into_iter().collect())
     }
 
-    /// Reads one key, whatever its state. `Err` only for a key that does not exist or an I/O
-    /// failure on the directory itself; unreadable files are reported as damage.
-    fn load(&self, name: &KeyName) -> Result<Result<KeyEntry, DamagedKey>, RepoError> {
+    /// Reads one key's files, whatever their state. `Err` only for a key that does not exist or
+    /// an I/O failure on the directory itself; unreadable files are reported as damage.
+    fn read_raw(&self, name: &KeyName) -> Result<Raw, RepoError> {
         let p = self.present(name)?;
         if !p.any() {
             return Err(RepoError::KeyNotFound { name: name.clone() });
@@ -593,7 +665,16 @@ impl<'r> Reader<'r> {
             if !p.get(file) {
                 return None;
             }
-            fs::read(self.repo.key_file(name, file))
+            // Bounded: a device or FIFO planted as a key file is damage, not an endless read.
+            let bound = match file {
+                KeyFile::Skey | KeyFile::Renc => ap_sim::token::SecureKey::FILE,
+                KeyFile::Pass => infra::input::PASSPHRASE,
+                KeyFile::Info => {
+                    infra::input::Bound::new("properties file", infra::input::TEXT_FILE_MAX)
+                }
+            };
+            infra::input::read_bounded(&self.repo.key_file(name, file), bound)
+                .map(|b| b.to_vec())
                 .map_err(|e| {
                     damage.push(Damage::Unreadable {
                         file,
@@ -620,7 +701,7 @@ impl<'r> Reader<'r> {
             damage.push(Damage::EmptySkey);
         }
         let properties = read(KeyFile::Info, &mut damage).and_then(|data| {
-            KeyProperties::parse(&data)
+            Properties::parse(&data)
                 .map_err(|e| {
                     damage.push(match e {
                         PropertiesError::HashMismatch { .. } | PropertiesError::MissingHash => {
@@ -632,19 +713,85 @@ impl<'r> Reader<'r> {
                 .ok()
         });
         let staged = read(KeyFile::Renc, &mut damage);
-        match (secure_key, properties) {
-            (Some(secure_key), Some(properties)) if damage.is_empty() => Ok(Ok(KeyEntry {
-                name: name.clone(),
-                secure_key,
-                properties,
-                staged,
-                has_pass: p.pass,
-            })),
-            _ => Ok(Err(DamagedKey {
-                name: name.clone(),
-                damage,
-            })),
-        }
+        Ok(Raw {
+            name: name.clone(),
+            present: p,
+            damage,
+            secure_key,
+            properties,
+            staged,
+        })
+    }
+
+    /// Authenticates the properties of `raws` (one adapter call for all of them) and makes
+    /// each a healthy or a damaged key.
+    fn finish(&self, raws: Vec<Raw>) -> Vec<Result<KeyEntry, DamagedKey>> {
+        let verdicts: Vec<Option<Result<Integrity, Refusal>>> = match &self.auth {
+            AuthState::None(why) | AuthState::Failed(why) => raws
+                .iter()
+                .map(|r| {
+                    r.properties
+                        .as_ref()
+                        .map(|_| Ok(Integrity::NotVerified(why.clone())))
+                })
+                .collect(),
+            AuthState::Adapter { auth, required } => {
+                let props: Vec<(&str, &Properties)> = raws
+                    .iter()
+                    .filter_map(|r| r.properties.as_ref().map(|p| (r.name.as_str(), p)))
+                    .collect();
+                let mut checked = auth.check_all(&props, *required).into_iter();
+                raws.iter()
+                    .map(|r| r.properties.as_ref().and_then(|_| checked.next()))
+                    .collect()
+            }
+        };
+        raws.into_iter()
+            .zip(verdicts)
+            .map(|(mut r, verdict)| {
+                let integrity = match verdict {
+                    Some(Ok(i)) => Some(i),
+                    Some(Err(Refusal::BadMac)) => {
+                        r.damage.push(Damage::BadMac);
+                        None
+                    }
+                    Some(Err(Refusal::MacMissing)) => {
+                        r.damage.push(Damage::MacMissing);
+                        None
+                    }
+                    None => None,
+                };
+                let properties = r.properties.as_ref().and_then(|p| {
+                    KeyProperties::from_properties(p)
+                        .map_err(|e| r.damage.push(Damage::UnparsableInfo(e)))
+                        .ok()
+                });
+                match (r.secure_key, properties, integrity) {
+                    (Some(secure_key), Some(properties), Some(integrity))
+                        if r.damage.is_empty() =>
+                    {
+                        Ok(KeyEntry {
+                            name: r.name,
+                            secure_key,
+                            properties,
+                            staged: r.staged,
+                            has_pass: r.present.pass,
+                            integrity,
+                        })
+                    }
+                    _ => Err(DamagedKey {
+                        name: r.name,
+                        damage: r.damage,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Reads one key, whatever its state (see [`Self::read_raw`]).
+    fn load(&self, name: &KeyName) -> Result<Result<KeyEntry, DamagedKey>, RepoError> {
+        let raw = self.read_raw(name)?;
+        Ok(self.finish(vec![raw]).pop().expect("one key in, one out"))
     }
 
     /// One healthy key; a damaged key is [`RepoError::Damaged`].
@@ -655,17 +802,17 @@ impl<'r> Reader<'r> {
     /// Every key, healthy ones as `Ok`, damaged ones as `Err` with what is wrong, sorted by
     /// name, so that `list` and `validate` can report damage next to the healthy keys.
     pub fn entries(&self) -> Result<Vec<Result<KeyEntry, DamagedKey>>, RepoError> {
-        let mut out = Vec::new();
+        let mut raws = Vec::new();
         for name in self.list_names()? {
-            match self.load(&name) {
-                Ok(state) => out.push(state),
+            match self.read_raw(&name) {
+                Ok(raw) => raws.push(raw),
                 // Vanished between listing and reading: impossible under the lock unless
                 // someone bypasses zkey; it is then simply not there.
                 Err(RepoError::KeyNotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(self.finish(raws))
     }
 
     /// The dummy passphrase of a healthy key.
@@ -675,9 +822,7 @@ impl<'r> Reader<'r> {
             return Err(RepoError::NoPassphrase { name: name.clone() });
         }
         let path = self.repo.key_file(name, KeyFile::Pass);
-        fs::read(&path)
-            .map(Zeroizing::new)
-            .map_err(io_err("read", &path))
+        Ok(infra::input::read_bounded(&path, infra::input::PASSPHRASE)?)
     }
 }
 
@@ -693,11 +838,71 @@ impl<'r> Deref for Writer<'r> {
 }
 
 impl<'r> Writer<'r> {
-    fn render(name: &KeyName, props: &KeyProperties) -> Result<String, RepoError> {
-        props.render().map_err(|source| RepoError::Properties {
-            name: name.clone(),
-            source,
-        })
+    /// The `.info` content of `props`, with its MAC when an adapter is attached.
+    fn render(&self, name: &KeyName, props: &KeyProperties) -> Result<String, RepoError> {
+        let p = props
+            .to_properties()
+            .map_err(|source| RepoError::Properties {
+                name: name.clone(),
+                source,
+            })?;
+        self.seal(name, p)
+    }
+
+    fn seal(&self, name: &KeyName, mut p: Properties) -> Result<String, RepoError> {
+        match &self.auth {
+            AuthState::Adapter { auth, .. } => {
+                let mac = auth
+                    .mac(name.as_str(), &p)
+                    .map_err(|e| RepoError::Unauthenticated {
+                        name: name.clone(),
+                        why: e.to_string(),
+                    })?;
+                p.set_mac(Some(mac));
+            }
+            // The old format, for library callers without adapters.
+            AuthState::None(_) => p.set_mac(None),
+            AuthState::Failed(why) => {
+                return Err(RepoError::Unauthenticated {
+                    name: name.clone(),
+                    why: why.clone(),
+                })
+            }
+        }
+        Ok(p.render())
+    }
+
+    /// Under the exclusive lock, once per repository: gives every old-format `.info` (its hash
+    /// intact) a MAC, then records in the adapter that MACs are required from now on.
+    fn upgrade(mut self) -> Result<Self, RepoError> {
+        let AuthState::Adapter {
+            auth,
+            required: false,
+        } = &self.auth
+        else {
+            return Ok(self);
+        };
+        let auth = auth.clone();
+        for name in self.list_names()? {
+            let raw = match self.read_raw(&name) {
+                Ok(raw) => raw,
+                Err(RepoError::KeyNotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(p) = raw.properties.filter(|p| p.mac().is_none()) else {
+                continue;
+            };
+            let info = self.seal(&name, p)?;
+            self.repo
+                .write_file(&self.repo.key_file(&name, KeyFile::Info), info.as_bytes())?;
+        }
+        auth.mark_required()
+            .map_err(|e| RepoError::UpgradeFailed { why: e.to_string() })?;
+        self.0.auth = AuthState::Adapter {
+            auth,
+            required: true,
+        };
+        Ok(self)
     }
 
     fn require_absent(&self, name: &KeyName) -> Result<(), RepoError> {
@@ -738,7 +943,7 @@ impl<'r> Writer<'r> {
         let mut props = props.clone();
         props.creation_time = Some(Timestamp::now());
         // Render before touching the disk, so invalid properties leave nothing behind.
-        let info = Self::render(name, &props)?;
+        let info = self.render(name, &props)?;
 
         let mut written = Vec::new();
         let result = (|| {
@@ -813,7 +1018,7 @@ impl<'r> Writer<'r> {
         let remove = entry.has_pass && (remove || props.volume_type != VolumeType::Luks2);
         let mut props = props.clone();
         props.update_time = Some(Timestamp::now());
-        let info = Self::render(name, &props)?;
+        let info = self.render(name, &props)?;
         if let Some(pass) = &new_pass {
             self.repo
                 .write_file(&self.repo.key_file(name, KeyFile::Pass), pass)?;
@@ -828,7 +1033,7 @@ impl<'r> Writer<'r> {
     }
 
     fn put_info(&self, name: &KeyName, props: &KeyProperties) -> Result<(), RepoError> {
-        let info = Self::render(name, props)?;
+        let info = self.render(name, props)?;
         self.repo
             .write_file(&self.repo.key_file(name, KeyFile::Info), info.as_bytes())
     }
@@ -898,7 +1103,7 @@ impl<'r> Writer<'r> {
     }
 
     /// Renames a healthy key. Every file is first hard-linked to its new name (which fails
-    /// rather than overwrite anything); if one link fails, the new links are removed and the
+    /// rather than overwrite anything), but `.info`, written anew with a MAC for the new name; if one link fails, the new links are removed and the
     /// key is unchanged. Only then are the old names removed, `.info` last. A crash in the
     /// first phase leaves the old key intact plus a partial new one; in the second a complete
     /// new key plus a partial old one: both are reported and cleared with `remove --force`.
@@ -927,15 +1132,22 @@ impl<'r> Writer<'r> {
                 _ => true,
             })
             .collect();
+        // The MAC binds `.info` to the key's name: the new name gets its own, sealed for it.
+        let info = self.render(new, &entry.properties)?;
         let mut linked: Vec<PathBuf> = Vec::new();
         for &file in &files {
             let (from, to) = (self.repo.key_file(old, file), self.repo.key_file(new, file));
-            if let Err(e) = link(&from, &to) {
+            let done = if file == KeyFile::Info {
+                self.repo.write_file(&to, info.as_bytes())
+            } else {
+                link(&from, &to).map_err(io_err("link", &to))
+            };
+            if let Err(e) = done {
                 for path in linked.iter().rev() {
                     let _ = fs::remove_file(path);
                 }
                 let _ = durable::sync_dir(&self.repo.dir);
-                return Err(io_err("link", &to)(e));
+                return Err(e);
             }
             linked.push(to);
         }

@@ -31,10 +31,10 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
             );
         }
         (None, Some(name)) => {
+            let pass = dummy_pass(&a.meta)?;
             let repo = open_or_create_repo()?;
             let w = repo.write(lock_wait())?;
-            let added =
-                zkey::ops::generate(&w, &ad, name, &spec, source, a.local, dummy_pass(&a.meta)?)?;
+            let added = zkey::ops::generate(&w, &ad, name, &spec, source, a.local, pass)?;
             print_added(&added);
             println!(
                 "Secure key '{name}' generated in the repository ({}, {} bytes).",
@@ -52,9 +52,10 @@ pub(crate) fn import(a: ImportArgs) -> Result<()> {
     let bytes = zkey::ops::read_key_file(&a.file)?;
     let key = SecureKey::parse(&bytes).map_err(|e| anyhow!("{}: {e}", a.file.display()))?;
     let spec = new_key_spec(&a.meta, key.key_type(), key.key_bits(), key.is_xts())?;
+    let pass = dummy_pass(&a.meta)?;
     let repo = open_or_create_repo()?;
     let w = repo.write(lock_wait())?;
-    let added = zkey::ops::import(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
+    let added = zkey::ops::import(&w, &ad, &a.name, &key, &spec, pass)?;
     if added.under_old {
         eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", zkey::keyname::quote(a.name.as_str()));
     }

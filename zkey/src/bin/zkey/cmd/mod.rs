@@ -33,7 +33,9 @@ pub(crate) fn repo_path() -> PathBuf {
 }
 
 pub(crate) fn open_repo() -> Result<Repository> {
-    Ok(Repository::open(repo_path())?)
+    Ok(zkey::adapters::authenticated(
+        Repository::open(repo_path())?,
+    ))
 }
 
 /// Commands that add keys create a missing repository (mode 2770, group zkeyadm if it exists).
@@ -44,7 +46,7 @@ pub(crate) fn open_or_create_repo() -> Result<Repository> {
     }
     let r = Repository::create(&p)?;
     eprintln!("zkey: created the repository {}", p.display());
-    Ok(r)
+    Ok(zkey::adapters::authenticated(r))
 }
 
 pub(crate) fn adapters() -> Result<Adapters> {
