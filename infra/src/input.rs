@@ -10,7 +10,7 @@
 //! What is read is kept in zeroizing memory, since these files often hold secrets.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -90,6 +90,34 @@ pub fn read_bounded_from(
     Ok(buf)
 }
 
+/// One line (without its newline) from `reader`, e.g. a passphrase piped to stdin, reading at
+/// most `bound.max + 1` bytes: endless input without a newline is refused, not read forever.
+pub fn read_line_bounded(
+    reader: impl io::BufRead,
+    path: &Path,
+    bound: Bound,
+) -> Result<Zeroizing<Vec<u8>>, InputError> {
+    let mut line = Zeroizing::new(Vec::new());
+    reader
+        .take(bound.max.saturating_add(1))
+        .read_until(b'\n', &mut line)
+        .map_err(|source| InputError::Io {
+            path: path.to_path_buf(),
+            what: bound.what,
+            source,
+        })?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() as u64 > bound.max {
+        return Err(InputError::TooLarge {
+            path: path.to_path_buf(),
+            what: bound.what,
+            max: bound.max,
+        });
+    }
+    Ok(line)
+}
+
 /// [`read_bounded`] of a text file (UTF-8), e.g. a certificate or a configuration file.
 pub fn read_text_bounded(path: &Path, what: &'static str) -> Result<String, InputError> {
     let bytes = read_bounded(path, Bound::new(what, TEXT_FILE_MAX))?;
@@ -135,5 +163,28 @@ mod tests {
             "{e}"
         );
         assert!(read_text_bounded(Path::new("/dev/zero"), "certificate").is_err());
+    }
+
+    #[test]
+    fn a_line_without_end_is_refused_and_a_line_is_read_without_its_newline() {
+        let zero = std::io::BufReader::new(File::open("/dev/zero").unwrap());
+        assert!(matches!(
+            read_line_bounded(zero, Path::new("stdin"), KEY),
+            Err(InputError::TooLarge { max: 64, .. })
+        ));
+        let two = &b"secret\nnext\n"[..];
+        assert_eq!(
+            read_line_bounded(two, Path::new("stdin"), KEY)
+                .unwrap()
+                .as_slice(),
+            b"secret"
+        );
+        let exact = [b'x'; 64];
+        assert_eq!(
+            read_line_bounded(&exact[..], Path::new("stdin"), KEY)
+                .unwrap()
+                .len(),
+            64
+        );
     }
 }

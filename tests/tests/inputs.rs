@@ -135,3 +135,35 @@ fn a_change_that_fails_in_part_changes_nothing() {
     assert!(info.contains("\ndescription=X\n"), "{info}");
     assert!(w.repo.join("lk.pass").exists());
 }
+
+/// A passphrase piped to stdin is one line, bounded like a passphrase file: endless input
+/// without a newline is refused at once, and the volume is not formatted.
+#[test]
+fn an_endless_passphrase_on_stdin_is_refused_at_once() {
+    let w = World::new();
+    let img = w.root.join("img");
+    std::fs::write(&img, vec![0u8; 16 << 20]).unwrap();
+    let vol = format!("{}:enc_img", img.display());
+    w.ok(
+        "zkey",
+        &["generate", "-N", "lk", "-t", "luks2", "--volumes", &vol],
+    );
+    let t = Instant::now();
+    let o = w
+        .cmd("zkey")
+        .args(["cryptsetup", "-N", "lk", "--format", "--run"])
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(
+        err.contains("stdin is larger than any passphrase (8388608 bytes max)"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&img).unwrap().iter().all(|b| *b == 0),
+        "the volume was written"
+    );
+}

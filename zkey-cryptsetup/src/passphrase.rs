@@ -11,7 +11,7 @@
 //! and no error carries it.
 
 use std::fs::File;
-use std::io::{self, BufRead, IsTerminal, Read, Seek, SeekFrom};
+use std::io::{self, IsTerminal, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use zeroize::Zeroizing;
@@ -167,14 +167,12 @@ impl Supplier {
                 non_empty(s.as_bytes().to_vec(), "the terminal").map(Some)
             }
             Source::Prompt { .. } => {
-                let mut line = Zeroizing::new(Vec::new());
-                io::stdin()
-                    .lock()
-                    .read_until(b'\n', &mut line)
-                    .map_err(Error::Terminal)?;
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                }
+                let line = infra::input::read_line_bounded(
+                    io::stdin().lock(),
+                    std::path::Path::new("stdin"),
+                    infra::input::Bound::new("passphrase", KEYFILE_MAX),
+                )
+                .map_err(|e| Error::Terminal(io::Error::other(e.to_string())))?;
                 non_empty(line.to_vec(), "stdin").map(Some)
             }
             Source::KeyFile { path, offset, size } => read_key_file(path, *offset, *size).map(Some),

@@ -124,13 +124,18 @@ pub(crate) fn confirm(question: &str, force: bool) -> Result<bool> {
 /// A new passphrase for a volume: asked twice on a terminal, one line of stdin otherwise.
 pub(crate) fn new_passphrase(device: &Path) -> Result<Zeroizing<Vec<u8>>> {
     if !std::io::stdin().is_terminal() {
-        let mut s = Zeroizing::new(String::new());
-        std::io::stdin().lock().read_line(&mut s)?;
-        let t = s.trim_end_matches(['\n', '\r']);
-        if t.is_empty() {
+        let mut line = infra::input::read_line_bounded(
+            std::io::stdin().lock(),
+            Path::new("stdin"),
+            infra::input::Bound::new("passphrase", infra::input::PASSPHRASE.max),
+        )?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
             bail!("no passphrase on stdin for {}: give the key a dummy passphrase (zkey change --gen-dummy-passphrase) or type one", device.display());
         }
-        return Ok(Zeroizing::new(t.as_bytes().to_vec()));
+        return Ok(line);
     }
     let a = Zeroizing::new(rpassword::prompt_password(format!(
         "Enter a passphrase for {}: ",
