@@ -3,7 +3,7 @@
 //! | file          | content                                                        |
 //! |---------------|----------------------------------------------------------------|
 //! | `<name>.skey` | the secure key blob, opaque here                               |
-//! | `<name>.info` | its properties ([`crate::properties`]), with integrity hash   |
+//! | `<name>.info` | its properties ([`crate::properties`]), with hash and MAC       |
 //! | `<name>.renc` | optional: a staged re-enciphered key, waiting for `--complete` |
 //! | `<name>.pass` | optional: the dummy LUKS2 passphrase (16 random bytes or a copied file) |
 //!
