@@ -636,7 +636,7 @@ fn an_authenticated_repository_upgrades_old_files_once_and_refuses_swapped_ones(
     p.set_mac(None);
     fs::write(plain.key_file(&a, KeyFile::Info), p.render()).unwrap();
     let r = repo.read(WAIT).unwrap();
-    assert!(matches!(r.entry(&b), Ok(_)));
+    assert!(r.entry(&b).is_ok());
     match r.entry(&a) {
         Err(RepoError::Damaged(d)) => assert_eq!(d.damage, vec![Damage::MacMissing]),
         other => panic!("{other:?}"),
