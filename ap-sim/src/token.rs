@@ -375,6 +375,13 @@ pub struct SecureKey {
 }
 
 impl SecureKey {
+    /// The largest secure key file of any type: an XTS pair of EP11 tokens with their headers.
+    /// Readers of key files stop there (`infra::input`), so `/dev/zero` is refused at once.
+    pub const MAX_LEN: usize = 2 * ep11::LEN_WITH_HEADER;
+    /// What a secure key file is, for bounded reads.
+    pub const FILE: infra::input::Bound =
+        infra::input::Bound::new("secure key", Self::MAX_LEN as u64);
+
     /// Parses a key file's contents: one token, or two concatenated tokens of the same type and
     /// size. The first token's header says how long one token is.
     pub fn parse(bytes: &[u8]) -> Result<SecureKey, TokenError> {

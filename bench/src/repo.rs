@@ -69,7 +69,9 @@ pub fn child_main(args: Vec<String>) -> Result<()> {
     };
     let n: usize = n.parse()?;
     let ad = adapters(Path::new(sim_dir))?;
-    let repo = Repository::open(repo_dir)?;
+    // Authenticated as the CLI's: every .info MAC is part of the cost.
+    let repo = Repository::open(repo_dir)?
+        .authenticated_by(std::sync::Arc::new(ad.hsm.simulator().clone()));
     let ((ok, detail), seconds) = time(|| run_phase(phase, &ad, &repo, n));
     let ok = ok?;
     let out = json!({"seconds": seconds, "ok": ok, "detail": detail, "vm_hwm_kib": vm_hwm_kib()});

@@ -3,6 +3,7 @@
 //!
 //! - [`device`]: which device a path stands for (one device under two names is one).
 //! - [`durable`]: atomic file replacement, directory fsync, advisory locks, crash points.
+//! - [`input`]: reading files a user names, bounded by their format's size.
 //! - [`glob`]: the one wildcard matcher (fnmatch-style, linear).
 //! - [`table`]: aligned text tables for human output.
 //! - [`exit`]: the exit codes every binary of the suite uses.
@@ -16,6 +17,7 @@ pub mod docs;
 pub mod durable;
 pub mod exit;
 pub mod glob;
+pub mod input;
 pub mod sys;
 pub mod table;
 pub mod time;

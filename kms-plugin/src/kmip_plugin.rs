@@ -106,6 +106,20 @@ fn io_err(path: &Path, e: std::io::Error) -> WireError {
     err(ErrorCode::Io, format!("{}: {e}", path.display()))
 }
 
+/// A certificate, a CA bundle or one of the plug-in's own files, read bounded so that a device
+/// or FIFO named (or planted) in its place cannot make the plug-in read forever.
+fn read_small(path: &Path, what: &'static str) -> Result<Vec<u8>, WireError> {
+    let b = infra::input::read_bounded(
+        path,
+        infra::input::Bound::new(what, infra::input::TEXT_FILE_MAX),
+    )
+    .map_err(|e| match e {
+        infra::input::InputError::Io { source, .. } => io_err(path, source),
+        too_large => err(ErrorCode::InvalidRequest, too_large.to_string()),
+    })?;
+    Ok(b.to_vec())
+}
+
 fn hsm_err(what: &str, e: HsmError) -> WireError {
     err(ErrorCode::Hsm, format!("{what}: {e}"))
 }
@@ -167,7 +181,7 @@ impl KmipPlugin {
 
     fn load_conf(&self) -> Result<KmipConf, WireError> {
         let p = self.path(CONF)?;
-        match fs::read(&p) {
+        match read_small(&p, "plug-in configuration") {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
                 err(
                     ErrorCode::Io,
@@ -177,8 +191,8 @@ impl KmipPlugin {
                     ),
                 )
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KmipConf::default()),
-            Err(e) => Err(io_err(&p, e)),
+            Err(_) if !p.exists() => Ok(KmipConf::default()),
+            Err(e) => Err(e),
         }
     }
 
@@ -192,11 +206,10 @@ impl KmipPlugin {
 
     fn read_opt(&self, name: &str) -> Result<Option<Vec<u8>>, WireError> {
         let p = self.path(name)?;
-        match fs::read(&p) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&p, e)),
+        if !p.exists() {
+            return Ok(None);
         }
+        read_small(&p, "plug-in file").map(Some)
     }
 
     fn write_key_file(&self, name: &str, data: &[u8]) -> Result<(), WireError> {
@@ -571,7 +584,7 @@ impl KmipPlugin {
         }
         if let Some(f) = options.get("server-ca") {
             let p = PathBuf::from(f);
-            let b = fs::read(&p).map_err(|e| io_err(&p, e))?;
+            let b = read_small(&p, "CA certificate file")?;
             let n = rustls::pki_types::pem::PemObject::pem_slice_iter(&b)
                 .filter(|c: &Result<rustls::pki_types::CertificateDer<'static>, _>| c.is_ok())
                 .count();
@@ -585,7 +598,7 @@ impl KmipPlugin {
         }
         if let Some(f) = options.get("client-cert") {
             let p = PathBuf::from(f);
-            let b = fs::read(&p).map_err(|e| io_err(&p, e))?;
+            let b = read_small(&p, "certificate file")?;
             let first: Option<rustls::pki_types::CertificateDer<'static>> =
                 rustls::pki_types::pem::PemObject::pem_slice_iter(&b)
                     .next()

@@ -651,9 +651,11 @@ pub fn plugins_conf_path() -> PathBuf {
 /// The executable registered for `name` in `kms-plugins.conf` (`$ZKEY_KMS_PLUGINS`).
 pub fn lookup_plugin(name: &str) -> Result<PathBuf, ClientError> {
     let path = plugins_conf_path();
-    let text = std::fs::read_to_string(&path).map_err(|e| ClientError::Conf {
-        path: path.clone(),
-        why: e.to_string(),
+    let text = infra::input::read_text_bounded(&path, "KMS plug-in list").map_err(|e| {
+        ClientError::Conf {
+            path: path.clone(),
+            why: e.to_string(),
+        }
     })?;
     parse_plugins_conf(&text)
         .into_iter()

@@ -318,9 +318,10 @@ fn hsm() -> Result<Hsm> {
 }
 
 fn read_key_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    std::fs::read(path)
-        .map(zeroize::Zeroizing::new)
-        .with_context(|| format!("cannot read the secure key file '{}'", path.display()))
+    Ok(infra::input::read_bounded(
+        path,
+        ap_sim::token::SecureKey::FILE,
+    )?)
 }
 
 /// A new passphrase for format: twice on the terminal, else once from the key file or stdin.

@@ -11,13 +11,13 @@
 //! and no error carries it.
 
 use std::fs::File;
-use std::io::{self, BufRead, IsTerminal, Read, Seek, SeekFrom};
+use std::io::{self, IsTerminal, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
 /// cryptsetup's default limit on a key file read without `--keyfile-size`: 8 MiB.
-pub const KEYFILE_MAX: u64 = 8 * 1024 * 1024;
+pub const KEYFILE_MAX: u64 = infra::input::PASSPHRASE.max;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,7 +30,7 @@ pub enum Error {
         wanted: u64,
         found: u64,
     },
-    #[error("the key file '{path}' is larger than {KEYFILE_MAX} bytes: use --keyfile-size")]
+    #[error("the key file '{path}' is larger than any passphrase file ({KEYFILE_MAX} bytes max): use --keyfile-size")]
     LargeKeyFile { path: String },
     #[error("the passphrase read from {from} is empty")]
     Empty { from: String },
@@ -167,14 +167,12 @@ impl Supplier {
                 non_empty(s.as_bytes().to_vec(), "the terminal").map(Some)
             }
             Source::Prompt { .. } => {
-                let mut line = Zeroizing::new(Vec::new());
-                io::stdin()
-                    .lock()
-                    .read_until(b'\n', &mut line)
-                    .map_err(Error::Terminal)?;
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                }
+                let line = infra::input::read_line_bounded(
+                    io::stdin().lock(),
+                    std::path::Path::new("stdin"),
+                    infra::input::Bound::new("passphrase", KEYFILE_MAX),
+                )
+                .map_err(|e| Error::Terminal(io::Error::other(e.to_string())))?;
                 non_empty(line.to_vec(), "stdin").map(Some)
             }
             Source::KeyFile { path, offset, size } => read_key_file(path, *offset, *size).map(Some),
@@ -213,21 +211,22 @@ pub fn read_key_file(
         f.seek(SeekFrom::Start(offset)).map_err(err)?;
         Box::new(f)
     };
-    let limit = size.unwrap_or(KEYFILE_MAX);
-    let mut buf = Zeroizing::new(Vec::new());
-    reader.take(limit + 1).read_to_end(&mut buf).map_err(err)?;
-    match size {
-        Some(wanted) if (buf.len() as u64) < wanted => {
-            return Err(Error::ShortKeyFile {
-                path: shown,
-                offset,
-                wanted,
-                found: buf.len() as u64,
-            })
-        }
-        Some(wanted) => buf.truncate(wanted as usize),
-        None if buf.len() as u64 > KEYFILE_MAX => return Err(Error::LargeKeyFile { path: shown }),
-        None => {}
+    // With --keyfile-size the rest of the file is ignored, as by cryptsetup.
+    let bound = infra::input::Bound::new("passphrase file", size.unwrap_or(KEYFILE_MAX));
+    let buf = infra::input::read_bounded_from(reader.take(size.unwrap_or(u64::MAX)), path, bound)
+        .map_err(|e| match e {
+        infra::input::InputError::TooLarge { .. } => Error::LargeKeyFile {
+            path: shown.clone(),
+        },
+        infra::input::InputError::Io { source, .. } => err(source),
+    })?;
+    if let Some(wanted) = size.filter(|w| (buf.len() as u64) < *w) {
+        return Err(Error::ShortKeyFile {
+            path: shown,
+            offset,
+            wanted,
+            found: buf.len() as u64,
+        });
     }
     non_empty(buf.to_vec(), &format!("the key file '{}'", path.display()))
 }

@@ -56,6 +56,10 @@ pub struct VolumePlan {
     pub key_bits: u32,
     pub xts: bool,
     pub sector_size: u32,
+    /// The key's verification pattern and APQNs from its authenticated properties: the `.skey`
+    /// read when the plan runs must hold that key ([`crate::keyops::check_key_file`]).
+    pub verification_pattern: Option<ap_sim::VerificationPattern>,
+    pub apqns: Vec<ap_sim::apqn::Apqn>,
 }
 
 impl VolumePlan {
@@ -73,8 +77,25 @@ impl VolumePlan {
                 key_bits: e.secure_key.len() as u32 * 8,
                 xts,
                 sector_size: e.properties.sector_size.bytes(),
+                verification_pattern: e.properties.verification_pattern,
+                apqns: e.properties.apqns.clone(),
             })
             .collect()
+    }
+
+    /// Refuses a `.skey` that holds another key than the plan's properties name.
+    fn check_key(
+        &self,
+        ad: &crate::adapters::Adapters,
+        secure_key: &[u8],
+    ) -> Result<(), crate::ZkeyError> {
+        crate::keyops::check_key_file(
+            ad,
+            &self.key,
+            secure_key,
+            self.verification_pattern,
+            &self.apqns,
+        )
     }
 
     /// The `/etc/crypttab` line.
@@ -186,7 +207,21 @@ pub fn plans(
 ) -> Result<Vec<VolumePlan>, crate::ZkeyError> {
     let resolved = crate::reencipher::resolve_names(names, r)?;
     let mut out = Vec::new();
-    for e in r.entries()?.into_iter().flatten() {
+    for e in r.entries()? {
+        let e = match e {
+            Ok(e) => e,
+            // A key whose properties fail their MAC is not skipped in silence: its volumes
+            // would be missing from the crypttab, or formatted with a swapped key.
+            Err(d)
+                if resolved.as_ref().is_none_or(|p| p.matches_name(&d.name))
+                    && d.damage.iter().any(|x| {
+                        matches!(x, crate::Damage::BadMac | crate::Damage::MacMissing)
+                    }) =>
+            {
+                return Err(crate::RepoError::Damaged(d).into())
+            }
+            Err(_) => continue,
+        };
         if resolved.as_ref().is_some_and(|p| !p.matches_name(&e.name)) {
             continue;
         }
@@ -247,15 +282,16 @@ pub fn run(
     new_passphrase: &mut NewPassphrase<'_>,
     ui: &mut dyn zkey_cryptsetup::Ui,
 ) -> Result<Ran, crate::ZkeyError> {
-    use crate::ops::read_secret_file;
+    use crate::ops::read_passphrase_file;
     use zkey_cryptsetup::passphrase::{Passphrase, Source, Supplier};
     let cs = |e: zkey_cryptsetup::Error| crate::ZkeyError::Invalid(e.to_string());
     let device = device_path(plan.volume.device());
     match action {
         Action::Format => {
             let secure_key = crate::ops::read_key_file(&plan.skey)?;
+            plan.check_key(ad, &secure_key)?;
             let pass = match &plan.passphrase_file {
-                Some(p) => read_secret_file(p)?,
+                Some(p) => read_passphrase_file(p)?,
                 None => new_passphrase(&device)?,
             };
             let opts = zkey_cryptsetup::luks2::FormatOptions {
@@ -282,7 +318,7 @@ pub fn run(
         }
         Action::Open => {
             let source = match &plan.passphrase_file {
-                Some(p) => Source::Given(Passphrase::new(read_secret_file(p)?.to_vec())),
+                Some(p) => Source::Given(Passphrase::new(read_passphrase_file(p)?.to_vec())),
                 None => Source::Prompt { tries: 3 },
             };
             let file = zkey_cryptsetup::volume::open(
@@ -296,6 +332,7 @@ pub fn run(
             Ok(Ran::Opened(file))
         }
         Action::PlainOpen => {
+            plan.check_key(ad, &crate::ops::read_key_file(&plan.skey)?)?;
             let status = std::process::Command::new(&cmd[0])
                 .args(&cmd[1..])
                 .status()

@@ -46,6 +46,9 @@ pub enum ZkeyError {
     /// A KMS plug-in's error with its notices, or a KMS key zkey refused or rolled back.
     #[error(transparent)]
     Kms(#[from] crate::kms::KmsError),
+    /// A file the user named is too large for its format, or cannot be read.
+    #[error(transparent)]
+    Input(#[from] infra::input::InputError),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,

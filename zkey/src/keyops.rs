@@ -233,6 +233,9 @@ pub struct KeyStatus {
     pub verification_pattern: Option<VerificationPattern>,
     /// The stored VP differs from the key's: the key file was swapped.
     pub vp_mismatch: bool,
+    /// Whether the adapter authenticated the key's properties (repository keys only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<crate::integrity::Integrity>,
     /// No APQN the key may use is online: the key cannot be checked now (not a loss).
     #[serde(default)]
     pub unreachable: bool,
@@ -260,6 +263,7 @@ impl KeyStatus {
             mkvp: None,
             verification_pattern: None,
             vp_mismatch: false,
+            integrity: None,
             unreachable: false,
             staged: None,
             risk: None,
@@ -387,14 +391,71 @@ pub fn new_loaded(ad: &Adapters, key: &SecureKey, within: Option<&[Apqn]>) -> bo
 
 /// The status of a repository key.
 pub fn entry_status(ad: &Adapters, e: &KeyEntry, apqn_check: bool) -> KeyStatus {
-    status(
+    KeyStatus {
+        integrity: Some(e.integrity.clone()),
+        ..status(
+            ad,
+            e.name.as_str(),
+            &e.secure_key,
+            e.staged.as_deref(),
+            Some(&e.properties),
+            apqn_check,
+        )
+    }
+}
+
+/// Refuses a repository key whose `.skey` holds another key than its properties name: the
+/// verification pattern stored when the key was made (authenticated with the properties, see
+/// [`crate::integrity`]) must be the one of the key in `.skey`. Every operation that uses a
+/// key's `.skey` (re-encipher, format and open of its volumes, export) checks this first.
+pub fn check_same_key(ad: &Adapters, e: &KeyEntry) -> Result<(), ZkeyError> {
+    check_key_file(
         ad,
         e.name.as_str(),
         &e.secure_key,
-        e.staged.as_deref(),
-        Some(&e.properties),
-        apqn_check,
+        e.properties.verification_pattern,
+        &e.properties.apqns,
     )
+}
+
+/// [`check_same_key`] of a key's `.skey` content read separately (e.g. by a volume plan).
+pub fn check_key_file(
+    ad: &Adapters,
+    name: &str,
+    secure_key: &[u8],
+    stored: Option<VerificationPattern>,
+    apqns: &[Apqn],
+) -> Result<(), ZkeyError> {
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    let key = SecureKey::parse(secure_key)?;
+    let within = (!apqns.is_empty()).then_some(apqns);
+    let vp = match ad.hsm.verification_pattern(&key, within) {
+        Ok(vp) => vp,
+        // A key no adapter can use cannot be compared; the operation reports that itself.
+        Err(_) => return Ok(()),
+    };
+    if vp != stored {
+        return Err(ZkeyError::Invalid(format!(
+            "key '{name}': its .skey file holds another key (verification pattern {vp}; the key's properties say {stored}): the file was replaced or swapped outside zkey, so it is not used. Restore the key's files from a backup, or remove it with 'zkey remove -N {} --force'",
+            crate::keyname::quote(name)
+        )));
+    }
+    Ok(())
+}
+
+/// The status of a repository key when no adapter can be reached: nothing about the key itself
+/// is known, and its properties are "not verified" (`why`).
+pub fn unverified_status(e: &KeyEntry, why: &str) -> KeyStatus {
+    KeyStatus {
+        error: Some(format!("not verified: {why}")),
+        integrity: Some(e.integrity.clone()),
+        unreachable: true,
+        secure_key_size: e.secure_key.len(),
+        apqns: e.properties.apqns.clone(),
+        ..KeyStatus::unknown(e.name.as_str())
+    }
 }
 
 /// The status of a key whose files are inconsistent.

@@ -135,17 +135,10 @@ impl KmsConf {
     /// The repository's binding, if it is bound.
     pub fn load(r: &Reader<'_>) -> Result<Option<KmsConf>, ZkeyError> {
         let p = r.repository().path().join(CONF);
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(ZkeyError::Io {
-                    action: "reading",
-                    path: p,
-                    source,
-                })
-            }
-        };
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text = infra::input::read_text_bounded(&p, "KMS binding file")?;
         let mut c = KmsConf::default();
         for line in text
             .lines()
@@ -1125,16 +1118,10 @@ fn require_new_if_loaded(
 /// The plug-ins named in kms-plugins.conf.
 pub fn plugins() -> Result<(PathBuf, Vec<(String, PathBuf)>), ZkeyError> {
     let path = zkey_kms_protocol::plugins_conf_path();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(source) => {
-            return Err(ZkeyError::Io {
-                action: "reading",
-                path,
-                source,
-            })
-        }
+    let text = if path.exists() {
+        infra::input::read_text_bounded(&path, "KMS plug-in list")?
+    } else {
+        String::new()
     };
     Ok((path.clone(), zkey_kms_protocol::parse_plugins_conf(&text)))
 }

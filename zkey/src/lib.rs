@@ -7,6 +7,7 @@
 //! - [`volume`]: volume associations (`device:dm-name`), volume types, sector sizes, and the
 //!   `+`/`-`/replace edits of association lists.
 //! - [`properties`]: the per-key `.info` file, its integrity hash and its typed view.
+//! - [`integrity`]: the `.info` MAC, made and checked inside the adapter.
 //! - [`repository`]: the repository directory, its lock, and the files of each key.
 //! - [`adapters`]: where the crypto adapters and their sysfs view are found.
 //! - [`crosscheck`] (from `ap-sim`): whether a set of APQNs agrees on its master keys.
@@ -26,6 +27,7 @@ pub mod adapters;
 pub mod audit;
 pub mod crypttab;
 pub mod error;
+pub mod integrity;
 pub mod keyname;
 pub mod keyops;
 pub mod kms;

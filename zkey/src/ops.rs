@@ -200,11 +200,17 @@ pub fn import(
 /// `force`, and then by rename: a link planted there is replaced, never written through.
 pub fn export(
     r: &crate::repository::Reader<'_>,
+    ad: Option<&Adapters>,
     name: &KeyName,
     file: &Path,
     force: bool,
 ) -> Result<(), ZkeyError> {
     let e = r.entry(name)?;
+    // Without adapters (a backup on a machine without them) the key cannot be compared with
+    // its properties; with them, a swapped .skey is refused.
+    if let Some(ad) = ad {
+        keyops::check_same_key(ad, &e)?;
+    }
     if !force && std::fs::symlink_metadata(file).is_ok() {
         return Err(ZkeyError::Invalid(format!(
             "{} exists: zkey does not overwrite it; remove it, choose another file, or add --force",
@@ -324,11 +330,7 @@ pub struct Change {
     pub force: bool,
 }
 
-/// What happens to the key's dummy passphrase.
-pub enum PassphraseChange {
-    Set(DummyPassphrase),
-    Remove,
-}
+pub use crate::repository::PassphraseChange;
 
 /// Changes a key's properties: every check and question comes first, so a refused change
 /// changes nothing.
@@ -392,18 +394,7 @@ pub fn change(
     }
     let ev = event("change", &[name], &p.apqns);
     let what = intent(ev.clone(), format!("changes the properties of '{name}'"));
-    let act = || {
-        w.write_info(name, &p)?;
-        match c.passphrase {
-            Some(PassphraseChange::Set(d)) => w.write_pass(name, d)?,
-            Some(PassphraseChange::Remove) => {
-                w.remove_pass(name)?;
-            }
-            None => {}
-        }
-        Ok(())
-    };
-    audited(w, ad, what, act, |_| {
+    audited(w, ad, what, || Ok(w.change_key(name, &p, c.passphrase)?), |_| {
         vec![Event {
             details: Some("properties changed".into()),
             ..ev
@@ -509,34 +500,23 @@ pub fn reencipher_file(
     durable::write_atomic(out, &new.to_bytes(), 0o600).map_err(io("writing", out))
 }
 
-/// The largest secure key file zkey reads: two EP11 tokens and then some. Bounding the read
-/// keeps `zkey import /dev/zero` from reading forever.
-const MAX_KEY_FILE: u64 = 4096;
+/// A clear AES key file (`generate -c`): at most an XTS pair of AES-256 keys.
+pub const CLEAR_KEY_FILE: infra::input::Bound = infra::input::Bound::new("clear AES key", 64);
 
-/// Reads a secure key file, bounded by the format's size.
+/// Reads a secure key file, bounded by the largest secure key.
 pub fn read_key_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
-    read_bounded(file, MAX_KEY_FILE)
+    Ok(infra::input::read_bounded(file, SecureKey::FILE)?)
 }
 
-/// Reads a small secret file (a clear key, a dummy passphrase) into zeroized memory.
-pub fn read_secret_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
-    read_bounded(file, 64 * 1024)
+/// Reads a clear key file (`generate -c`), bounded by the largest clear key.
+pub fn read_clear_key_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
+    Ok(infra::input::read_bounded(file, CLEAR_KEY_FILE)?)
 }
 
-fn read_bounded(file: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
-    use std::io::Read;
-    let f = std::fs::File::open(file).map_err(io("reading", file))?;
-    let mut buf = Zeroizing::new(Vec::new());
-    f.take(max + 1)
-        .read_to_end(&mut buf)
-        .map_err(io("reading", file))?;
-    if buf.len() as u64 > max {
-        return Err(ZkeyError::Invalid(format!(
-            "{} is larger than {max} bytes: it is not a file zkey reads here",
-            file.display()
-        )));
-    }
-    Ok(buf)
+/// Reads a passphrase file (a dummy passphrase, a volume's passphrase), bounded as cryptsetup
+/// bounds key files.
+pub fn read_passphrase_file(file: &Path) -> Result<Zeroizing<Vec<u8>>, ZkeyError> {
+    Ok(infra::input::read_bounded(file, infra::input::PASSPHRASE)?)
 }
 
 /// `zkey kms bind`: binds the repository to a plug-in, and records it.

@@ -17,6 +17,14 @@
 //!   casual edits, it is not a MAC, and no one without write access to the repository can
 //!   change a file anyway.)
 //!
+//! # The MAC line
+//! zkey adds `__mac__=<64 lowercase hex>` as the last property before `__hash__`: an HMAC
+//! computed inside the adapter (see [`crate::integrity`]) over the key's name and every other
+//! property, in an unambiguous encoding. The `__hash__` covers it like any other property, so
+//! the reference still reads the file; unlike the hash, nobody without the adapter can make a
+//! matching MAC for edited properties or for another key's name. Files of the old format have
+//! no MAC line.
+//!
 //! Stricter than the reference, because a file it would accept in these cases was not written
 //! by any zkey: a property after `__hash__`, a second `__hash__`, a duplicated property name, a
 //! missing hash, a non-UTF-8 line and a carriage return are errors, not silently tolerated.
@@ -39,6 +47,8 @@ use crate::volume::{self, SectorSize, Volume, VolumeType};
 
 /// The name of the integrity line.
 pub const HASH_PROPERTY: &str = "__hash__";
+/// The name of the authentication line (see the module documentation).
+pub const MAC_PROPERTY: &str = "__mac__";
 
 /// Property names, as the reference spells them.
 pub mod names {
@@ -118,10 +128,12 @@ pub enum PropertiesError {
     ReservedName(String),
 }
 
-/// An ordered list of `name=value` properties, as stored in a `.info` file.
+/// An ordered list of `name=value` properties, as stored in a `.info` file, and the MAC line
+/// that authenticates them, if there is one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Properties {
     entries: Vec<(String, String)>,
+    mac: Option<String>,
 }
 
 fn check_name(name: &str) -> Result<(), PropertiesError> {
@@ -174,6 +186,22 @@ impl Properties {
                 stored_hash = Some(value.to_string());
                 continue;
             }
+            if name == MAC_PROPERTY {
+                if props.mac.is_some() {
+                    return Err(PropertiesError::Duplicate {
+                        line: line_no,
+                        name: name.to_string(),
+                    });
+                }
+                props.mac = Some(value.to_string());
+                continue;
+            }
+            if props.mac.is_some() {
+                return Err(PropertiesError::Malformed {
+                    line: line_no,
+                    reason: "a property follows the __mac__ line, which must be the last before __hash__",
+                });
+            }
             check_name(name).map_err(|_| PropertiesError::Malformed {
                 line: line_no,
                 reason: "the name must be printable characters without spaces",
@@ -199,20 +227,53 @@ impl Properties {
         Ok(props)
     }
 
-    /// The integrity hash of the current properties (lowercase hex SHA-256).
+    /// The integrity hash of the current properties and MAC line (lowercase hex SHA-256).
     pub fn digest(&self) -> String {
         let mut h = Sha256::new();
-        for (name, value) in &self.entries {
+        for (name, value) in self.lines() {
             h.update(name.as_bytes());
             h.update(value.as_bytes());
         }
         hex::encode(h.finalize())
     }
 
+    /// Every line before `__hash__`: the properties, then the MAC line.
+    fn lines(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter()
+            .chain(self.mac.as_deref().map(|m| (MAC_PROPERTY, m)))
+    }
+
+    /// The stored MAC line's value, if the file has one (files of the old format have none).
+    pub fn mac(&self) -> Option<&str> {
+        self.mac.as_deref()
+    }
+
+    /// Sets (or with `None` drops) the MAC line.
+    pub fn set_mac(&mut self, mac: Option<String>) {
+        self.mac = mac;
+    }
+
+    /// What the MAC covers: a domain label, the key's name and every property (not the MAC
+    /// line), each length-prefixed, so that no two different (name, properties) give the
+    /// same bytes (the reference's hash input cannot tell `a=bc` from `ab=c`).
+    pub fn mac_input(&self, key_name: &str) -> Vec<u8> {
+        let mut out = b"zkey .info v1\0".to_vec();
+        let mut field = |b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+            out.extend_from_slice(b);
+        };
+        field(key_name.as_bytes());
+        for (name, value) in &self.entries {
+            field(name.as_bytes());
+            field(value.as_bytes());
+        }
+        out
+    }
+
     /// The file content, ending with the `__hash__` line.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for (name, value) in &self.entries {
+        for (name, value) in self.lines() {
             out.push_str(name);
             out.push('=');
             out.push_str(value);
@@ -235,7 +296,7 @@ impl Properties {
     /// Sets a property, replacing its value in place or appending it.
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), PropertiesError> {
         check_name(name)?;
-        if name == HASH_PROPERTY {
+        if name == HASH_PROPERTY || name == MAC_PROPERTY {
             return Err(PropertiesError::ReservedName(name.to_string()));
         }
         check_value(name, value)?;
@@ -361,7 +422,7 @@ impl OtherProperties {
 
     pub fn set(&mut self, name: &str, value: &str) -> Result<(), PropertiesError> {
         check_name(name)?;
-        if name == HASH_PROPERTY || names::KNOWN.contains(&name) {
+        if name == HASH_PROPERTY || name == MAC_PROPERTY || names::KNOWN.contains(&name) {
             return Err(PropertiesError::ReservedName(name.to_string()));
         }
         check_value(name, value)?;
@@ -629,6 +690,60 @@ mod tests {
             Properties::parse(good.replace('\n', "\r\n").as_bytes()),
             Err(PropertiesError::Malformed { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn the_mac_line_is_last_before_the_hash_and_covered_by_it() {
+        let mut p = Properties::new();
+        p.set("description", "payroll").unwrap();
+        p.set_mac(Some("ab".repeat(32)));
+        let text = p.render();
+        // The reference hashes the MAC line like any property, so it still reads the file.
+        let expected = sha_hex(&format!("descriptionpayroll__mac__{}", "ab".repeat(32)));
+        assert_eq!(
+            text,
+            format!(
+                "description=payroll\n__mac__={}\n__hash__={expected}\n",
+                "ab".repeat(32)
+            )
+        );
+        let again = Properties::parse(text.as_bytes()).unwrap();
+        assert_eq!(again, p);
+        assert_eq!(again.mac(), Some("ab".repeat(32).as_str()));
+        assert_eq!(again.iter().count(), 1, "the MAC line is not a property");
+        assert!(matches!(
+            p.set(MAC_PROPERTY, "x"),
+            Err(PropertiesError::ReservedName(_))
+        ));
+        let after = format!(
+            "__mac__=00\ndescription=x\n__hash__={}\n",
+            sha_hex("__mac__00descriptionx")
+        );
+        assert!(matches!(
+            Properties::parse(after.as_bytes()),
+            Err(PropertiesError::Malformed { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn the_mac_input_tells_names_values_and_key_names_apart() {
+        let one = |pairs: &[(&str, &str)], key: &str| {
+            let mut p = Properties::new();
+            for (n, v) in pairs {
+                p.set(n, v).unwrap();
+            }
+            p.mac_input(key)
+        };
+        // Alike for the reference's hash, different for the MAC.
+        assert_ne!(one(&[("a", "bc")], "k"), one(&[("ab", "c")], "k"));
+        assert_ne!(one(&[("a", "b")], "k1"), one(&[("a", "b")], "k2"));
+        assert_ne!(one(&[("a", "b")], "ka"), one(&[("a", "b")], "k"));
+        // The MAC line itself is not covered: it cannot cover itself.
+        let mut p = Properties::new();
+        p.set("a", "b").unwrap();
+        let before = p.mac_input("k");
+        p.set_mac(Some("00".into()));
+        assert_eq!(p.mac_input("k"), before);
     }
 
     #[test]

@@ -256,6 +256,7 @@ pub fn reencipher_key(
     // The verify, the choice of direction and the re-encipher of one key see one state.
     let ad = &*ad.pinned();
     let key = SecureKey::parse(&e.secure_key)?;
+    crate::keyops::check_same_key(ad, e)?;
     if opts.mode == Some(Mode::Complete) {
         return complete(repo, ad, e, &key);
     }

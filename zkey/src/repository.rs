@@ -3,7 +3,7 @@
 //! | file          | content                                                        |
 //! |---------------|----------------------------------------------------------------|
 //! | `<name>.skey` | the secure key blob, opaque here                               |
-//! | `<name>.info` | its properties ([`crate::properties`]), with integrity hash   |
+//! | `<name>.info` | its properties ([`crate::properties`]), with hash and MAC       |
 //! | `<name>.renc` | optional: a staged re-enciphered key, waiting for `--complete` |
 //! | `<name>.pass` | optional: the dummy LUKS2 passphrase (16 random bytes or a copied file) |
 //!
@@ -46,8 +46,9 @@ use rand::RngCore;
 use std::sync::Mutex;
 use zeroize::Zeroizing;
 
+use crate::integrity::{InfoAuth, Integrity, Refusal};
 use crate::keyname::{quote, quote_selecting, KeyName};
-use crate::properties::{KeyProperties, PropertiesError, Timestamp};
+use crate::properties::{KeyProperties, Properties, PropertiesError, Timestamp};
 use crate::volume::VolumeType;
 
 /// The environment variable naming the repository directory.
@@ -120,6 +121,11 @@ pub enum Damage {
     HashMismatch,
     /// `.info` cannot be read as properties.
     UnparsableInfo(PropertiesError),
+    /// `.info`'s MAC does not match its properties and the key's name: edited, swapped or
+    /// copied from another key outside zkey ([`crate::integrity`]).
+    BadMac,
+    /// `.info` has no MAC, in a repository whose properties are authenticated.
+    MacMissing,
     /// A staged `.renc` without the key it belongs to.
     OrphanRenc,
     /// A `.pass` without the key it belongs to.
@@ -138,6 +144,8 @@ impl fmt::Display for Damage {
                 f.write_str("the .info file fails its integrity check (changed outside zkey)")
             }
             Damage::UnparsableInfo(e) => write!(f, "the .info file is invalid: {e}"),
+            Damage::BadMac => f.write_str("the .info file fails its MAC: its properties were changed, or it belongs to another key, outside zkey (a swapped or edited key file)"),
+            Damage::MacMissing => f.write_str("the .info file has no MAC, but this repository's properties are authenticated: it was replaced outside zkey"),
             Damage::OrphanRenc => f.write_str("a staged .renc file exists without the key"),
             Damage::OrphanPass => f.write_str("a .pass file exists without the key"),
             Damage::Unreadable { file, reason } => write!(f, "the {file} file: {reason}"),
@@ -170,6 +178,8 @@ pub struct KeyEntry {
     pub staged: Option<Vec<u8>>,
     /// Whether a dummy passphrase (`.pass`) exists; read it with [`Reader::read_pass`].
     pub has_pass: bool,
+    /// Whether the adapter authenticated the properties ([`crate::integrity`]).
+    pub integrity: Integrity,
 }
 
 /// Where a dummy LUKS2 passphrase comes from.
@@ -191,6 +201,12 @@ impl DummyPassphrase {
             DummyPassphrase::Given(v) => v,
         }
     }
+}
+
+/// What happens to a key's dummy passphrase in [`Writer::change_key`].
+pub enum PassphraseChange {
+    Set(DummyPassphrase),
+    Remove,
 }
 
 /// What [`Writer::promote_staged`] did.
@@ -239,6 +255,10 @@ pub enum RepoError {
     PassphraseNeedsLuks2 { name: KeyName },
     #[error("the staged re-enciphered key of '{name}' is not the one that was verified: run `zkey reencipher --complete -N {}` again", quote_selecting(.name.as_str()))]
     StagedChanged { name: KeyName },
+    #[error("the properties of key '{name}' cannot be authenticated, so they were not written: {why}; make sure the crypto adapters are reachable ($AP_SIM_DIR) and retry")]
+    Unauthenticated { name: KeyName, why: String },
+    #[error("the crypto adapter could not record that this repository's properties are authenticated ({why}); nothing else was changed: retry")]
+    UpgradeFailed { why: String },
     #[error("the properties of key '{name}' cannot be stored: {source}")]
     Properties {
         name: KeyName,
@@ -250,6 +270,8 @@ pub enum RepoError {
         new: KeyName,
         source: io::Error,
     },
+    #[error(transparent)]
+    Input(#[from] infra::input::InputError),
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -280,6 +302,8 @@ pub struct Repository {
     file_mode: u32,
     /// Group for every file: the directory's group.
     gid: u32,
+    /// The adapter that authenticates the properties, when one is attached.
+    auth: Option<InfoAuth>,
 }
 
 impl Repository {
@@ -317,6 +341,7 @@ impl Repository {
             dir: path.to_path_buf(),
             file_mode: mode & 0o664,
             gid: meta.gid(),
+            auth: None,
         };
         repo.ensure_lock_file()?;
         Ok(repo)
@@ -366,6 +391,18 @@ impl Repository {
         Repository::open(path)
     }
 
+    /// This repository with its properties authenticated by `auth` (the adapters'
+    /// [`ap_sim::sim::Simulator`]): readers check every `.info`'s MAC, writers add one, and the
+    /// first writer upgrades an old repository ([`crate::integrity`]). Without it, properties
+    /// are read "not verified" and written in the old format.
+    pub fn authenticated_by(
+        mut self,
+        auth: std::sync::Arc<dyn ap_sim::audit::Authenticator>,
+    ) -> Self {
+        self.auth = Some(InfoAuth::new(&self.dir, auth));
+        self
+    }
+
     /// The repository directory.
     pub fn path(&self) -> &Path {
         &self.dir
@@ -388,21 +425,40 @@ impl Repository {
 
     /// Takes the shared lock (waiting up to `wait`) for reading.
     pub fn read(&self, wait: Duration) -> Result<Reader<'_>, RepoError> {
+        let lock = self.lock(LockKind::Shared, wait)?;
         Ok(Reader {
             repo: self,
-            _lock: self.lock(LockKind::Shared, wait)?,
+            _lock: lock,
+            auth: self.auth_state(),
         })
     }
 
-    /// Takes the exclusive lock (waiting up to `wait`) for reading and changing.
+    /// Takes the exclusive lock (waiting up to `wait`) for reading and changing. The first
+    /// writer with an adapter gives every old-format `.info` its MAC ([`crate::integrity`]).
     pub fn write(&self, wait: Duration) -> Result<Writer<'_>, RepoError> {
-        Ok(Writer {
+        let lock = self.lock(LockKind::Exclusive, wait)?;
+        let w = Writer {
             reader: Reader {
                 repo: self,
-                _lock: self.lock(LockKind::Exclusive, wait)?,
+                _lock: lock,
+                auth: self.auth_state(),
             },
             action: Mutex::new(Action::None),
-        })
+        };
+        w.upgrade()
+    }
+
+    fn auth_state(&self) -> AuthState {
+        match &self.auth {
+            None => AuthState::None("no crypto adapter was available to check its MAC".into()),
+            Some(a) => match a.required() {
+                Ok(required) => AuthState::Adapter {
+                    auth: a.clone(),
+                    required,
+                },
+                Err(e) => AuthState::Failed(format!("the crypto adapter failed: {e}")),
+            },
+        }
     }
 
     /// Takes the repository lock, polling until `wait` has passed; then [`RepoError::Busy`].
@@ -531,6 +587,28 @@ impl Present {
 pub struct Reader<'r> {
     repo: &'r Repository,
     _lock: Lock,
+    auth: AuthState,
+}
+
+/// Whether and how a reader authenticates properties.
+#[derive(Clone, Debug)]
+enum AuthState {
+    /// No adapter attached (why): properties are "not verified", and written without a MAC.
+    None(String),
+    /// The attached adapter failed (why): properties are "not verified", and not written.
+    Failed(String),
+    /// `required`: the repository is upgraded, so a `.info` without a MAC is damage.
+    Adapter { auth: InfoAuth, required: bool },
+}
+
+/// One key's files as read, before its properties are authenticated.
+struct Raw {
+    name: KeyName,
+    present: Present,
+    damage: Vec<Damage>,
+    secure_key: Option<Vec<u8>>,
+    properties: Option<Properties>,
+    staged: Option<Vec<u8>>,
 }
 
 impl<'r> Reader<'r> {
@@ -583,9 +661,9 @@ impl<'r> Reader<'r> {
         Ok(names.into_iter().collect())
     }
 
-    /// Reads one key, whatever its state. `Err` only for a key that does not exist or an I/O
-    /// failure on the directory itself; unreadable files are reported as damage.
-    fn load(&self, name: &KeyName) -> Result<Result<KeyEntry, DamagedKey>, RepoError> {
+    /// Reads one key's files, whatever their state. `Err` only for a key that does not exist or
+    /// an I/O failure on the directory itself; unreadable files are reported as damage.
+    fn read_raw(&self, name: &KeyName) -> Result<Raw, RepoError> {
         let p = self.present(name)?;
         if !p.any() {
             return Err(RepoError::KeyNotFound { name: name.clone() });
@@ -595,7 +673,16 @@ impl<'r> Reader<'r> {
             if !p.get(file) {
                 return None;
             }
-            fs::read(self.repo.key_file(name, file))
+            // Bounded: a device or FIFO planted as a key file is damage, not an endless read.
+            let bound = match file {
+                KeyFile::Skey | KeyFile::Renc => ap_sim::token::SecureKey::FILE,
+                KeyFile::Pass => infra::input::PASSPHRASE,
+                KeyFile::Info => {
+                    infra::input::Bound::new("properties file", infra::input::TEXT_FILE_MAX)
+                }
+            };
+            infra::input::read_bounded(&self.repo.key_file(name, file), bound)
+                .map(|b| b.to_vec())
                 .map_err(|e| {
                     damage.push(Damage::Unreadable {
                         file,
@@ -622,7 +709,7 @@ impl<'r> Reader<'r> {
             damage.push(Damage::EmptySkey);
         }
         let properties = read(KeyFile::Info, &mut damage).and_then(|data| {
-            KeyProperties::parse(&data)
+            Properties::parse(&data)
                 .map_err(|e| {
                     damage.push(match e {
                         PropertiesError::HashMismatch { .. } | PropertiesError::MissingHash => {
@@ -634,19 +721,85 @@ impl<'r> Reader<'r> {
                 .ok()
         });
         let staged = read(KeyFile::Renc, &mut damage);
-        match (secure_key, properties) {
-            (Some(secure_key), Some(properties)) if damage.is_empty() => Ok(Ok(KeyEntry {
-                name: name.clone(),
-                secure_key,
-                properties,
-                staged,
-                has_pass: p.pass,
-            })),
-            _ => Ok(Err(DamagedKey {
-                name: name.clone(),
-                damage,
-            })),
-        }
+        Ok(Raw {
+            name: name.clone(),
+            present: p,
+            damage,
+            secure_key,
+            properties,
+            staged,
+        })
+    }
+
+    /// Authenticates the properties of `raws` (one adapter call for all of them) and makes
+    /// each a healthy or a damaged key.
+    fn finish(&self, raws: Vec<Raw>) -> Vec<Result<KeyEntry, DamagedKey>> {
+        let verdicts: Vec<Option<Result<Integrity, Refusal>>> = match &self.auth {
+            AuthState::None(why) | AuthState::Failed(why) => raws
+                .iter()
+                .map(|r| {
+                    r.properties
+                        .as_ref()
+                        .map(|_| Ok(Integrity::NotVerified(why.clone())))
+                })
+                .collect(),
+            AuthState::Adapter { auth, required } => {
+                let props: Vec<(&str, &Properties)> = raws
+                    .iter()
+                    .filter_map(|r| r.properties.as_ref().map(|p| (r.name.as_str(), p)))
+                    .collect();
+                let mut checked = auth.check_all(&props, *required).into_iter();
+                raws.iter()
+                    .map(|r| r.properties.as_ref().and_then(|_| checked.next()))
+                    .collect()
+            }
+        };
+        raws.into_iter()
+            .zip(verdicts)
+            .map(|(mut r, verdict)| {
+                let integrity = match verdict {
+                    Some(Ok(i)) => Some(i),
+                    Some(Err(Refusal::BadMac)) => {
+                        r.damage.push(Damage::BadMac);
+                        None
+                    }
+                    Some(Err(Refusal::MacMissing)) => {
+                        r.damage.push(Damage::MacMissing);
+                        None
+                    }
+                    None => None,
+                };
+                let properties = r.properties.as_ref().and_then(|p| {
+                    KeyProperties::from_properties(p)
+                        .map_err(|e| r.damage.push(Damage::UnparsableInfo(e)))
+                        .ok()
+                });
+                match (r.secure_key, properties, integrity) {
+                    (Some(secure_key), Some(properties), Some(integrity))
+                        if r.damage.is_empty() =>
+                    {
+                        Ok(KeyEntry {
+                            name: r.name,
+                            secure_key,
+                            properties,
+                            staged: r.staged,
+                            has_pass: r.present.pass,
+                            integrity,
+                        })
+                    }
+                    _ => Err(DamagedKey {
+                        name: r.name,
+                        damage: r.damage,
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Reads one key, whatever its state (see [`Self::read_raw`]).
+    fn load(&self, name: &KeyName) -> Result<Result<KeyEntry, DamagedKey>, RepoError> {
+        let raw = self.read_raw(name)?;
+        Ok(self.finish(vec![raw]).pop().expect("one key in, one out"))
     }
 
     /// One healthy key; a damaged key is [`RepoError::Damaged`].
@@ -657,17 +810,17 @@ impl<'r> Reader<'r> {
     /// Every key, healthy ones as `Ok`, damaged ones as `Err` with what is wrong, sorted by
     /// name, so that `list` and `validate` can report damage next to the healthy keys.
     pub fn entries(&self) -> Result<Vec<Result<KeyEntry, DamagedKey>>, RepoError> {
-        let mut out = Vec::new();
+        let mut raws = Vec::new();
         for name in self.list_names()? {
-            match self.load(&name) {
-                Ok(state) => out.push(state),
+            match self.read_raw(&name) {
+                Ok(raw) => raws.push(raw),
                 // Vanished between listing and reading: impossible under the lock unless
                 // someone bypasses zkey; it is then simply not there.
                 Err(RepoError::KeyNotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok(self.finish(raws))
     }
 
     /// The dummy passphrase of a healthy key.
@@ -677,9 +830,7 @@ impl<'r> Reader<'r> {
             return Err(RepoError::NoPassphrase { name: name.clone() });
         }
         let path = self.repo.key_file(name, KeyFile::Pass);
-        fs::read(&path)
-            .map(Zeroizing::new)
-            .map_err(io_err("read", &path))
+        Ok(infra::input::read_bounded(&path, infra::input::PASSPHRASE)?)
     }
 }
 
@@ -752,11 +903,70 @@ impl<'r> Writer<'r> {
         self.repo.remove_file(path)
     }
 
-    fn render(name: &KeyName, props: &KeyProperties) -> Result<String, RepoError> {
-        props.render().map_err(|source| RepoError::Properties {
-            name: name.clone(),
-            source,
-        })
+    /// The `.info` content of `props`, with its MAC when an adapter is attached.
+    fn render(&self, name: &KeyName, props: &KeyProperties) -> Result<String, RepoError> {
+        let p = props
+            .to_properties()
+            .map_err(|source| RepoError::Properties {
+                name: name.clone(),
+                source,
+            })?;
+        self.seal(name, p)
+    }
+
+    fn seal(&self, name: &KeyName, mut p: Properties) -> Result<String, RepoError> {
+        match &self.auth {
+            AuthState::Adapter { auth, .. } => {
+                let mac = auth
+                    .mac(name.as_str(), &p)
+                    .map_err(|e| RepoError::Unauthenticated {
+                        name: name.clone(),
+                        why: e.to_string(),
+                    })?;
+                p.set_mac(Some(mac));
+            }
+            // The old format, for library callers without adapters.
+            AuthState::None(_) => p.set_mac(None),
+            AuthState::Failed(why) => {
+                return Err(RepoError::Unauthenticated {
+                    name: name.clone(),
+                    why: why.clone(),
+                })
+            }
+        }
+        Ok(p.render())
+    }
+
+    /// Under the exclusive lock, once per repository: gives every old-format `.info` (its hash
+    /// intact) a MAC, then records in the adapter that MACs are required from now on.
+    fn upgrade(mut self) -> Result<Self, RepoError> {
+        let AuthState::Adapter {
+            auth,
+            required: false,
+        } = &self.auth
+        else {
+            return Ok(self);
+        };
+        let auth = auth.clone();
+        for name in self.list_names()? {
+            let raw = match self.read_raw(&name) {
+                Ok(raw) => raw,
+                Err(RepoError::KeyNotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(p) = raw.properties.filter(|p| p.mac().is_none()) else {
+                continue;
+            };
+            let info = self.seal(&name, p)?;
+            self.write_file(&self.repo.key_file(&name, KeyFile::Info), info.as_bytes())?;
+        }
+        auth.mark_required()
+            .map_err(|e| RepoError::UpgradeFailed { why: e.to_string() })?;
+        self.reader.auth = AuthState::Adapter {
+            auth,
+            required: true,
+        };
+        Ok(self)
     }
 
     fn require_absent(&self, name: &KeyName) -> Result<(), RepoError> {
@@ -797,7 +1007,7 @@ impl<'r> Writer<'r> {
         let mut props = props.clone();
         props.creation_time = Some(Timestamp::now());
         // Render before touching the disk, so invalid properties leave nothing behind.
-        let info = Self::render(name, &props)?;
+        let info = self.render(name, &props)?;
 
         let mut written = Vec::new();
         let result = (|| {
@@ -833,21 +1043,57 @@ impl<'r> Writer<'r> {
     }
 
     /// Replaces the properties of a healthy key, setting `update-time` and a fresh hash. A key
-    /// that is no longer for LUKS2 volumes loses its dummy passphrase, as in the reference;
-    /// `.pass` is removed after `.info` is written, so a crash leaves at worst an unused `.pass`.
+    /// that is no longer for LUKS2 volumes loses its dummy passphrase, as in the reference.
     pub fn write_info(&self, name: &KeyName, props: &KeyProperties) -> Result<(), RepoError> {
+        self.change_key(name, props, None)
+    }
+
+    /// Replaces a healthy key's properties and, with them, its dummy passphrase, as one change
+    /// (`zkey change`): every check is made and every file rendered before the first write, so
+    /// a refused change leaves the key as it was. The writes are ordered so that a crash between
+    /// them leaves a healthy key: a new `.pass` first (a crash leaves the old properties with
+    /// the new passphrase), then `.info`, then a `.pass` that goes away (a crash leaves an unused
+    /// one). A key that is no longer for LUKS2 volumes loses its dummy passphrase.
+    pub fn change_key(
+        &self,
+        name: &KeyName,
+        props: &KeyProperties,
+        pass: Option<PassphraseChange>,
+    ) -> Result<(), RepoError> {
         let entry = self.entry(name)?;
+        let (new_pass, remove) = match pass {
+            Some(PassphraseChange::Set(d)) => {
+                if props.volume_type != VolumeType::Luks2 {
+                    return Err(RepoError::PassphraseNeedsLuks2 { name: name.clone() });
+                }
+                let bytes = d.bytes();
+                if bytes.is_empty() {
+                    return Err(RepoError::Empty {
+                        name: name.clone(),
+                        what: "dummy passphrase",
+                    });
+                }
+                (Some(bytes), false)
+            }
+            Some(PassphraseChange::Remove) => (None, true),
+            None => (None, false),
+        };
+        let remove = entry.has_pass && (remove || props.volume_type != VolumeType::Luks2);
         let mut props = props.clone();
         props.update_time = Some(Timestamp::now());
-        self.put_info(name, &props)?;
-        if entry.has_pass && props.volume_type != VolumeType::Luks2 {
+        let info = self.render(name, &props)?;
+        if let Some(pass) = &new_pass {
+            self.write_file(&self.repo.key_file(name, KeyFile::Pass), pass)?;
+        }
+        self.write_file(&self.repo.key_file(name, KeyFile::Info), info.as_bytes())?;
+        if remove {
             self.remove_file(&self.repo.key_file(name, KeyFile::Pass))?;
         }
         Ok(())
     }
 
     fn put_info(&self, name: &KeyName, props: &KeyProperties) -> Result<(), RepoError> {
-        let info = Self::render(name, props)?;
+        let info = self.render(name, props)?;
         self.write_file(&self.repo.key_file(name, KeyFile::Info), info.as_bytes())
     }
 
@@ -912,7 +1158,7 @@ impl<'r> Writer<'r> {
     }
 
     /// Renames a healthy key. Every file is first hard-linked to its new name (which fails
-    /// rather than overwrite anything); if one link fails, the new links are removed and the
+    /// rather than overwrite anything), but `.info`, written anew with a MAC for the new name; if one link fails, the new links are removed and the
     /// key is unchanged. Only then are the old names removed, `.info` last. A crash in the
     /// first phase leaves the old key intact plus a partial new one; in the second a complete
     /// new key plus a partial old one: both are reported and cleared with `remove --force`.
@@ -942,15 +1188,22 @@ impl<'r> Writer<'r> {
                 _ => true,
             })
             .collect();
+        // The MAC binds `.info` to the key's name: the new name gets its own, sealed for it.
+        let info = self.render(new, &entry.properties)?;
         let mut linked: Vec<PathBuf> = Vec::new();
         for &file in &files {
             let (from, to) = (self.repo.key_file(old, file), self.repo.key_file(new, file));
-            if let Err(e) = link(&from, &to) {
+            let done = if file == KeyFile::Info {
+                self.repo.write_file(&to, info.as_bytes())
+            } else {
+                link(&from, &to).map_err(io_err("link", &to))
+            };
+            if let Err(e) = done {
                 for path in linked.iter().rev() {
                     let _ = fs::remove_file(path);
                 }
                 let _ = durable::sync_dir(&self.repo.dir);
-                return Err(io_err("link", &to)(e));
+                return Err(e);
             }
             linked.push(to);
         }

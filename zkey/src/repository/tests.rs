@@ -586,3 +586,59 @@ fn group_lookup_and_lock_file_permissions() {
     assert_eq!(m.mode() & 0o7777, repo.file_mode());
     assert_eq!(m.gid(), fs::metadata(repo.path()).unwrap().gid());
 }
+
+#[test]
+fn an_authenticated_repository_upgrades_old_files_once_and_refuses_swapped_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let sim =
+        ap_sim::sim::Simulator::init(d.path().join("sim"), &ap_sim::sim::Layout::default(), false)
+            .unwrap();
+    // Written without an adapter: the old format.
+    let plain = Repository::create(d.path().join("repo")).unwrap();
+    let (a, b) = (name("a"), name("b"));
+    {
+        let w = plain.write(WAIT).unwrap();
+        w.create_key(&a, b"key a", &props("a"), None).unwrap();
+        w.create_key(&b, b"key b", &props("b"), None).unwrap();
+    }
+    let info = |k: &KeyName| fs::read_to_string(plain.key_file(k, KeyFile::Info)).unwrap();
+    assert!(!info(&a).contains("__mac__"));
+    let repo = plain.clone().authenticated_by(Arc::new(sim));
+    assert_eq!(
+        repo.read(WAIT).unwrap().entry(&a).unwrap().integrity,
+        Integrity::OldFormat
+    );
+    // The first writer gives every file its MAC.
+    drop(repo.write(WAIT).unwrap());
+    assert!(info(&a).contains("\n__mac__=") && info(&b).contains("\n__mac__="));
+    let r = repo.read(WAIT).unwrap();
+    assert_eq!(r.entry(&a).unwrap().integrity, Integrity::Verified);
+    drop(r);
+    // Without the adapter it is only "not verified", never damaged.
+    let e = plain.read(WAIT).unwrap().entry(&a).unwrap();
+    assert!(matches!(e.integrity, Integrity::NotVerified(_)));
+    // A's properties under b's name: the MAC covers the name.
+    let (ia, ib) = (info(&a), info(&b));
+    fs::write(plain.key_file(&a, KeyFile::Info), &ib).unwrap();
+    fs::write(plain.key_file(&b, KeyFile::Info), &ia).unwrap();
+    let r = repo.read(WAIT).unwrap();
+    for k in [&a, &b] {
+        match r.entry(k) {
+            Err(RepoError::Damaged(d)) => assert_eq!(d.damage, vec![Damage::BadMac]),
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(r);
+    // Back in place, and then the old format again: a downgrade, refused.
+    fs::write(plain.key_file(&a, KeyFile::Info), &ia).unwrap();
+    fs::write(plain.key_file(&b, KeyFile::Info), &ib).unwrap();
+    let mut p = Properties::parse(ia.as_bytes()).unwrap();
+    p.set_mac(None);
+    fs::write(plain.key_file(&a, KeyFile::Info), p.render()).unwrap();
+    let r = repo.read(WAIT).unwrap();
+    assert!(r.entry(&b).is_ok());
+    match r.entry(&a) {
+        Err(RepoError::Damaged(d)) => assert_eq!(d.damage, vec![Damage::MacMissing]),
+        other => panic!("{other:?}"),
+    }
+}

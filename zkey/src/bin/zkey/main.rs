@@ -51,7 +51,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Import(a) => import(a).map(|_| ExitCode::SUCCESS),
         Cmd::Export { file, name, force } => {
             let repo = open_repo()?;
-            zkey::ops::export(&repo.read(lock_wait())?, &name, &file, force)?;
+            let ad = adapters().ok();
+            zkey::ops::export(&repo.read(lock_wait())?, ad.as_ref(), &name, &file, force)?;
             println!("Key '{name}' exported to {}.", file.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -66,6 +66,9 @@ pub(crate) fn print_status(s: &KeyStatus, verdict: zkey::readiness::Verdict) {
     if let Some(vp) = &s.verification_pattern {
         println!("  Verification pattern:  {vp}");
     }
+    if let Some(i) = &s.integrity {
+        println!("  Properties:            {i}");
+    }
     if !s.apqns.is_empty() {
         println!(
             "  Associated APQNs:      {}",
@@ -132,6 +135,7 @@ pub(crate) fn or_dash(s: String) -> String {
 pub(crate) fn state_word(s: &KeyStatus, verdict: zkey::readiness::Verdict) -> String {
     use zkey::readiness::Verdict;
     let base = match (s.valid, s.register) {
+        (false, None) if s.unreachable && s.key_type.is_none() => "not verified",
         (true, Some(Register::Current)) => "valid (CURRENT)",
         (true, Some(Register::Old)) => "valid (OLD)",
         (false, Some(Register::New)) => "waiting for SET",

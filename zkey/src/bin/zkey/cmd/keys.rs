@@ -5,7 +5,11 @@ use crate::prelude::*;
 pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
     let ad = adapters()?;
     let spec = new_key_spec(&a.meta, a.key_type, a.keybits, a.xts)?;
-    let clear = a.clearkey.as_deref().map(read_secret_file).transpose()?;
+    let clear = a
+        .clearkey
+        .as_deref()
+        .map(zkey::ops::read_clear_key_file)
+        .transpose()?;
     let source = clear
         .as_deref()
         .map_or(zkey::ops::Source::Random, |c| zkey::ops::Source::Clear(c));
@@ -27,10 +31,10 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
             );
         }
         (None, Some(name)) => {
+            let pass = dummy_pass(&a.meta)?;
             let repo = open_or_create_repo()?;
             let w = repo.write(lock_wait())?;
-            let added =
-                zkey::ops::generate(&w, &ad, name, &spec, source, a.local, dummy_pass(&a.meta)?)?;
+            let added = zkey::ops::generate(&w, &ad, name, &spec, source, a.local, pass)?;
             print_added(&added);
             println!(
                 "Secure key '{name}' generated in the repository ({}, {} bytes).",
@@ -48,9 +52,10 @@ pub(crate) fn import(a: ImportArgs) -> Result<()> {
     let bytes = zkey::ops::read_key_file(&a.file)?;
     let key = SecureKey::parse(&bytes).map_err(|e| anyhow!("{}: {e}", a.file.display()))?;
     let spec = new_key_spec(&a.meta, key.key_type(), key.key_bits(), key.is_xts())?;
+    let pass = dummy_pass(&a.meta)?;
     let repo = open_or_create_repo()?;
     let w = repo.write(lock_wait())?;
-    let added = zkey::ops::import(&w, &ad, &a.name, &key, &spec, dummy_pass(&a.meta)?)?;
+    let added = zkey::ops::import(&w, &ad, &a.name, &key, &spec, pass)?;
     if added.under_old {
         eprintln!("zkey: WARNING: the key is enciphered with the OLD master key: re-encipher it with 'zkey reencipher -N {} --from-old' before the next SET", zkey::keyname::quote_selecting(a.name.as_str()));
     }
@@ -79,7 +84,7 @@ pub(crate) fn change(a: ChangeArgs) -> Result<()> {
         Some(PassphraseChange::Set(DummyPassphrase::Generate))
     } else if let Some(f) = &a.set_dummy_passphrase {
         Some(PassphraseChange::Set(DummyPassphrase::Given(
-            read_secret_file(f)?,
+            zkey::ops::read_passphrase_file(f)?,
         )))
     } else if a.remove_dummy_passphrase {
         Some(PassphraseChange::Remove)

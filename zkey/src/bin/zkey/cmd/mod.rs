@@ -33,7 +33,9 @@ pub(crate) fn repo_path() -> PathBuf {
 }
 
 pub(crate) fn open_repo() -> Result<Repository> {
-    Ok(Repository::open(repo_path())?)
+    Ok(zkey::adapters::authenticated(
+        Repository::open(repo_path())?,
+    ))
 }
 
 /// Commands that add keys create a missing repository (mode 2770, group zkeyadm if it exists).
@@ -44,7 +46,7 @@ pub(crate) fn open_or_create_repo() -> Result<Repository> {
     }
     let r = Repository::create(&p)?;
     eprintln!("zkey: created the repository {}", p.display());
-    Ok(r)
+    Ok(zkey::adapters::authenticated(r))
 }
 
 pub(crate) fn adapters() -> Result<Adapters> {
@@ -57,12 +59,6 @@ pub(crate) fn parse_volumes(s: &str, check: bool) -> Result<Vec<Volume>> {
         v.iter().try_for_each(zkey::volume::check_device)?;
     }
     Ok(v)
-}
-
-pub(crate) fn read_secret_file(p: &Path) -> Result<Zeroizing<Vec<u8>>> {
-    Ok(Zeroizing::new(
-        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-    ))
 }
 
 pub(crate) fn new_key_spec(meta: &Meta, key_type: KeyType, bits: u32, xts: bool) -> Result<NewKey> {
@@ -97,7 +93,7 @@ pub(crate) fn dummy_pass(meta: &Meta) -> Result<Option<DummyPassphrase>> {
     Ok(if meta.gen_dummy_passphrase {
         Some(DummyPassphrase::Generate)
     } else if let Some(f) = &meta.set_dummy_passphrase {
-        Some(DummyPassphrase::Given(read_secret_file(f)?))
+        Some(DummyPassphrase::Given(zkey::ops::read_passphrase_file(f)?))
     } else {
         None
     })
@@ -128,13 +124,18 @@ pub(crate) fn confirm(question: &str, force: bool) -> Result<bool> {
 /// A new passphrase for a volume: asked twice on a terminal, one line of stdin otherwise.
 pub(crate) fn new_passphrase(device: &Path) -> Result<Zeroizing<Vec<u8>>> {
     if !std::io::stdin().is_terminal() {
-        let mut s = Zeroizing::new(String::new());
-        std::io::stdin().lock().read_line(&mut s)?;
-        let t = s.trim_end_matches(['\n', '\r']);
-        if t.is_empty() {
+        let mut line = infra::input::read_line_bounded(
+            std::io::stdin().lock(),
+            Path::new("stdin"),
+            infra::input::Bound::new("passphrase", infra::input::PASSPHRASE.max),
+        )?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
             bail!("no passphrase on stdin for {}: give the key a dummy passphrase (zkey change --gen-dummy-passphrase) or type one", device.display());
         }
-        return Ok(Zeroizing::new(t.as_bytes().to_vec()));
+        return Ok(line);
     }
     let a = Zeroizing::new(rpassword::prompt_password(format!(
         "Enter a passphrase for {}: ",

@@ -5,7 +5,7 @@ use crate::prelude::*;
 pub(crate) fn validate(a: ValidateArgs) -> Result<ExitCode> {
     let ad = adapters()?;
     if let Some(f) = &a.file {
-        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let bytes = zkey::ops::read_key_file(f)?;
         let st = keyops::status(&ad, &f.display().to_string(), &bytes, None, None, false);
         let (verdict, _) = zkey::readiness::key_verdict(&st);
         if a.json {
@@ -53,7 +53,11 @@ pub(crate) fn validate(a: ValidateArgs) -> Result<ExitCode> {
 
 pub(crate) fn list(a: ListArgs) -> Result<ExitCode> {
     use zkey::readiness::{Kind, Verdict};
-    let ad = adapters()?;
+    // Listing needs only the files: without adapters the keys are listed "not verified".
+    let ad = adapters();
+    if let Err(e) = &ad {
+        eprintln!("zkey: WARNING: the crypto adapters cannot be reached ({e}): the keys and their properties are not verified");
+    }
     let repo = open_repo()?;
     let r = repo.read(lock_wait())?;
     let sel = a.keys.selection().resolve(&r)?;
@@ -63,16 +67,19 @@ pub(crate) fn list(a: ListArgs) -> Result<ExitCode> {
         .map(|s| s.split(',').map(Pattern::new).collect())
         .unwrap_or_default();
     let plugin = zkey::readiness::plugin_facts(&r)?;
-    let rd = zkey::readiness::assess(
-        &r,
-        &ad,
-        &zkey::readiness::Scope {
-            keys: sel.clone(),
-            without_plugin_keys: sel.is_filtered(),
-            ..Default::default()
-        },
-        &plugin,
-    )?;
+    let rd = match &ad {
+        Ok(ad) => Some(zkey::readiness::assess(
+            &r,
+            ad,
+            &zkey::readiness::Scope {
+                keys: sel.clone(),
+                without_plugin_keys: sel.is_filtered(),
+                ..Default::default()
+            },
+            &plugin,
+        )?),
+        Err(_) => None,
+    };
     let mut rows = Vec::new();
     let mut damaged = Vec::new();
     for e in r.entries()? {
@@ -91,6 +98,14 @@ pub(crate) fn list(a: ListArgs) -> Result<ExitCode> {
                 {
                     continue;
                 }
+                let Some(rd) = &rd else {
+                    let st = zkey::keyops::unverified_status(
+                        &e,
+                        "the crypto adapters cannot be reached",
+                    );
+                    rows.push((e.properties.clone(), st, Verdict::Unknown));
+                    continue;
+                };
                 let Some(st) = rd.keys.iter().find(|k| k.name == e.name.as_str()) else {
                     continue;
                 };
@@ -123,8 +138,8 @@ pub(crate) fn list(a: ListArgs) -> Result<ExitCode> {
     // Volumes and plug-in keys of the listed keys that are not ready are listed below the table.
     let listed: Vec<&str> = rows.iter().map(|(_, s, _)| s.name.as_str()).collect();
     let below: Vec<&zkey::readiness::Object> = rd
-        .not_ready()
-        .into_iter()
+        .iter()
+        .flat_map(|rd| rd.not_ready())
         .filter(|o| match o.kind {
             Kind::Key => listed.contains(&o.name.as_str()),
             Kind::Volume => o.key.as_deref().is_some_and(|k| listed.contains(&k)),
@@ -202,6 +217,15 @@ pub(crate) fn list(a: ListArgs) -> Result<ExitCode> {
                 .map(|a| format!("; run '{a}'"))
                 .unwrap_or_default()
         );
+    }
+    for (_, s, _) in &rows {
+        if let Some(i) = s
+            .integrity
+            .as_ref()
+            .filter(|i| **i != zkey::integrity::Integrity::Verified)
+        {
+            println!("*** properties of key '{}': {i}", s.name);
+        }
     }
     for d in &damaged {
         println!("*** DAMAGED: {d}");
