@@ -196,7 +196,7 @@ fn an_interrupted_action_is_unknown_and_says_what_to_check() {
         u["check"]
             .as_str()
             .unwrap()
-            .contains("zkey validate -N 'k1'"),
+            .contains("zkey validate -N k1"),
         "{u}"
     );
     let out = w.ok("zkey", &["audit", "verify"]);
