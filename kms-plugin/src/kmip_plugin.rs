@@ -103,7 +103,10 @@ fn err(code: ErrorCode, m: impl Into<String>) -> WireError {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> WireError {
-    err(ErrorCode::Io, format!("{}: {e}", path.display()))
+    match durable::Untrusted::of(&e) {
+        Some(u) => err(ErrorCode::Io, u.to_string()),
+        None => err(ErrorCode::Io, format!("{}: {e}", path.display())),
+    }
 }
 
 fn hsm_err(what: &str, e: HsmError) -> WireError {
@@ -167,7 +170,7 @@ impl KmipPlugin {
 
     fn load_conf(&self) -> Result<KmipConf, WireError> {
         let p = self.path(CONF)?;
-        match fs::read(&p) {
+        match durable::read_nofollow(&p) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
                 err(
                     ErrorCode::Io,
@@ -192,7 +195,7 @@ impl KmipPlugin {
 
     fn read_opt(&self, name: &str) -> Result<Option<Vec<u8>>, WireError> {
         let p = self.path(name)?;
-        match fs::read(&p) {
+        match durable::read_nofollow(&p) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&p, e)),

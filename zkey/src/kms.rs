@@ -135,16 +135,10 @@ impl KmsConf {
     /// The repository's binding, if it is bound.
     pub fn load(r: &Reader<'_>) -> Result<Option<KmsConf>, ZkeyError> {
         let p = r.repository().path().join(CONF);
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
+        let text = match ap_sim::durable::read_nofollow(&p) {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(ZkeyError::Io {
-                    action: "reading",
-                    path: p,
-                    source,
-                })
-            }
+            Err(source) => return Err(ZkeyError::io("reading", p, source)),
         };
         let mut c = KmsConf::default();
         for line in text

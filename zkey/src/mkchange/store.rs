@@ -13,11 +13,7 @@ pub(super) fn op_path(w: &Writer<'_>, id: &str) -> PathBuf {
 }
 
 pub(super) fn io(action: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> ZkeyError {
-    move |source| ZkeyError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| ZkeyError::io(action, path, source)
 }
 
 /// Every operation of the repository, oldest first.
@@ -32,7 +28,7 @@ pub fn list(w: &crate::repository::Reader<'_>) -> Result<Vec<Operation>, ZkeyErr
     for e in rd.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "json") {
-            let text = std::fs::read(&p).map_err(io("reading", p.clone()))?;
+            let text = durable::read_nofollow(&p).map_err(io("reading", p.clone()))?;
             let op: Operation = serde_json::from_slice(&text).map_err(|e| {
                 ZkeyError::Invalid(format!(
                     "{} is damaged: {e}; restore it from a backup",
