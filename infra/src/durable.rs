@@ -82,10 +82,7 @@ fn write_atomic_with(
         crash_point();
         match replace {
             Replace::Yes => fs::rename(&tmp, path)?,
-            Replace::No => {
-                fs::hard_link(&tmp, path)?;
-                fs::remove_file(&tmp)?;
-            }
+            Replace::No => put_new(&tmp, path)?,
         }
         if sync {
             sync_dir(&dir)?;
@@ -181,6 +178,28 @@ pub fn read_nofollow(path: &Path) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Refuses a symbolic link at `path` (a missing path is fine): for a directory of the suite's
+/// own, through which a planted link would redirect every write and rename to another directory.
+pub fn refuse_link_at(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Untrusted::Symlink {
+            path: path.to_path_buf(),
+        }
+        .into_io()),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Opens a directory (to fchmod or fsync it) without following a link at `path`.
+pub fn open_dir_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| nofollow_error(path, e))
+}
+
 /// Refuses `meta` (of `path`) unless the caller or root owns it and neither its group nor
 /// others can write it: the conditions under which nobody else can change what it says.
 pub fn check_trusted(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
@@ -210,6 +229,19 @@ pub fn open_trusted(path: &Path) -> io::Result<File> {
     let f = open_nofollow(path)?;
     check_trusted(path, &f.metadata()?)?;
     Ok(f)
+}
+
+/// Puts the finished `tmp` at `path` unless something is there: link(2), or on a file system
+/// without hard links rename(2) with RENAME_NOREPLACE; neither follows a link at `path`.
+fn put_new(tmp: &Path, path: &Path) -> io::Result<()> {
+    match fs::hard_link(tmp, path) {
+        Ok(()) => fs::remove_file(tmp),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+            use nix::fcntl::{renameat2, RenameFlags};
+            renameat2(None, tmp, None, path, RenameFlags::RENAME_NOREPLACE).map_err(io::Error::from)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 const TEMP_MARK: &str = ".tmp.";

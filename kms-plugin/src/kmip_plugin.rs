@@ -151,7 +151,10 @@ impl KmipPlugin {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, WireError> {
-        Ok(self.dir()?.join(name))
+        let dir = self.dir()?;
+        // A group member could swap the directory for a link: root's writes would land there.
+        durable::refuse_link_at(dir).map_err(|e| io_err(dir, e))?;
+        Ok(dir.join(name))
     }
 
     fn hsm(&mut self) -> Result<Hsm, WireError> {
@@ -1164,10 +1167,13 @@ impl PluginV1 for KmipPlugin {
     }
 
     fn bind(&mut self, config_dir: &Path, _notices: &mut Notices) -> Result<(), WireError> {
-        fs::create_dir_all(config_dir).map_err(|e| io_err(config_dir, e))?;
+        durable::refuse_link_at(config_dir).map_err(|e| io_err(config_dir, e))?;
+        durable::create_dir_all_mode(config_dir, 0o770).map_err(|e| io_err(config_dir, e))?;
         {
+            // On the descriptor: a link swapped in meanwhile would have root chmod its target.
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(config_dir, fs::Permissions::from_mode(0o770))
+            durable::open_dir_nofollow(config_dir)
+                .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o770)))
                 .map_err(|e| io_err(config_dir, e))?;
         }
         self.dir = Some(config_dir.to_path_buf());

@@ -525,3 +525,44 @@ fn a_user_who_may_only_read_the_repository_can_list_and_validate_it() {
     assert_eq!(w.repo_snapshot(), before, "nothing changed");
     assert_eq!(fs::read(w.repo.join(".lock")).unwrap(), lock_before);
 }
+
+#[test]
+fn a_linked_directory_in_the_repository_does_not_redirect_roots_writes() {
+    if !root_only() {
+        return;
+    }
+    let atk = user(ATTACKER);
+    let mut w = world();
+    gen(&w, "k1");
+    share_repository(&w, atk.1);
+    // Root's directory, which the plug-in's bind would chmod 0770 and fill with its files.
+    let victim_dir = w.root.join("etc");
+    fs::create_dir(&victim_dir).unwrap();
+    fs::set_permissions(&victim_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = w.root.join("kms-plugins.conf");
+    let plugin = w.cmd("zkey-kms-kmip").get_program().to_owned();
+    fs::write(&conf, format!("KMIP={}\n", plugin.to_str().unwrap())).unwrap();
+    w.set_env("ZKEY_KMS_PLUGINS", &conf);
+    for name in ["KMIP", "mkchange"] {
+        sh_ok_as(
+            atk,
+            &format!(
+                "ln -s '{}' '{}'",
+                victim_dir.display(),
+                w.repo.join(name).display()
+            ),
+        );
+    }
+    let out = w.fails("zkey", &["kms", "bind", "KMIP"]);
+    assert!(out.contains("KMIP is a symbolic link"), "{out}");
+    let out = w.fails("zkey", &["mkchange", "status"]);
+    assert!(out.contains("mkchange is a symbolic link"), "{out}");
+    let m = fs::metadata(&victim_dir).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid()), (0o755, 0));
+    assert_eq!(
+        fs::read_dir(&victim_dir).unwrap().count(),
+        0,
+        "nothing was written there"
+    );
+    assert!(!w.repo.join("kms.conf").exists(), "not bound");
+}

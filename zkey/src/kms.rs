@@ -236,11 +236,9 @@ pub fn bind(w: &Writer<'_>, name: &str) -> Result<(KmsConf, Notices), ZkeyError>
         )));
     }
     let dir = w.repository().path().join(name);
-    std::fs::create_dir_all(&dir).map_err(|source| ZkeyError::Io {
-        action: "creating",
-        path: dir.clone(),
-        source,
-    })?;
+    ap_sim::durable::refuse_link_at(&dir)
+        .and_then(|()| std::fs::create_dir_all(&dir))
+        .map_err(|source| ZkeyError::io("creating", dir.clone(), source))?;
     let mut s = Session(PluginClient::open(name, None).map_err(plugin_err)?);
     s.call(|c| c.bind(&dir))?;
     let notices = s.close()?;

@@ -20,6 +20,8 @@ pub(super) fn io(action: &'static str, path: PathBuf) -> impl FnOnce(std::io::Er
 pub fn list(w: &crate::repository::Reader<'_>) -> Result<Vec<Operation>, ZkeyError> {
     let d = w.repository().path().join("mkchange");
     let mut out = Vec::new();
+    // A link there (a group member's) would have root read, and write, another directory.
+    durable::refuse_link_at(&d).map_err(io("reading", d.clone()))?;
     let rd = match std::fs::read_dir(&d) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -53,6 +55,7 @@ pub fn load(r: &crate::repository::Reader<'_>, id: &str) -> Result<Operation, Zk
 pub(super) fn save(w: &Writer<'_>, op: &mut Operation) -> Result<(), ZkeyError> {
     op.updated = ap_sim::audit::utc_now();
     let d = dir(w);
+    durable::refuse_link_at(&d).map_err(io("writing", d.clone()))?;
     if !d.exists() {
         std::fs::create_dir_all(&d).map_err(io("creating", d.clone()))?;
         durable::sync_dir(w.repository().path()).map_err(io("syncing", d.clone()))?;
