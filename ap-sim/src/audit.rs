@@ -105,6 +105,9 @@ impl Record {
 pub enum AuditError {
     #[error("audit log {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// The log is a symbolic link (someone may have planted it to make root append elsewhere).
+    #[error(transparent)]
+    Untrusted(crate::durable::Untrusted),
     /// The file does not end where the adapter says it does: appending would chain new records
     /// past a gap, and the next verification would no longer see it.
     #[error("audit log {path}: {why}. Nothing was appended to it. Run `zkey audit verify` to see where it breaks, and keep the file as evidence")]
@@ -270,9 +273,12 @@ impl std::fmt::Debug for AuditLog {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
-    move |source| AuditError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| match crate::durable::Untrusted::of(&source) {
+        Some(u) => AuditError::Untrusted(u.clone()),
+        None => AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
@@ -332,8 +338,10 @@ impl AuditLog {
             .append(true)
             .create(true)
             .mode(0o640)
+            // A link planted at the log's name is refused: root would append to its target.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(p)
-            .map_err(io_err(p))?;
+            .map_err(|e| io_err(p)(crate::durable::nofollow_error(p, e)))?;
         f.lock().map_err(io_err(p))?;
         let last = cut_torn_tail_and_read_last(&mut f).map_err(io_err(p))?;
         self.check_ends_at_head(last.as_ref())?;
@@ -397,7 +405,7 @@ impl AuditLog {
     /// half done: a writer holds the exclusive lock across both steps.
     fn lines(&self) -> Result<(Vec<String>, bool), AuditError> {
         let p = &self.path;
-        let mut f = match File::open(p) {
+        let mut f = match crate::durable::open_nofollow(p) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
             Err(e) => return Err(io_err(p)(e)),

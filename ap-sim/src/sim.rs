@@ -74,15 +74,39 @@ pub enum SimError {
     },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A file or directory of the simulator that someone else could have swapped: a symbolic
+    /// link, another user's, or writable by others.
+    #[error(transparent)]
+    Untrusted(durable::Untrusted),
     #[error("{path} is damaged ({why}): restore it from a backup or re-create the simulator with 'ap-sim init --force'")]
     Corrupt { path: PathBuf, why: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SimError + '_ {
-    move |source| SimError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| match durable::Untrusted::of(&source) {
+        Some(u) => SimError::Untrusted(u.clone()),
+        None => SimError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     }
+}
+
+/// The state directory holds the master keys: it is refused when another user owns it or
+/// others can write it, since they could swap `state.json` for one holding their keys.
+fn check_dir(dir: &Path) -> Result<(), SimError> {
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    durable::check_trusted(dir, &meta).map_err(io_err(dir))
+}
+
+/// Reads the state file, refused unless it is a regular file (not a link) that only its owner,
+/// the caller or root, can write.
+fn read_state(p: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, SimError> {
+    use std::io::Read;
+    let mut f = durable::open_trusted(p).map_err(io_err(p))?;
+    let mut text = zeroize::Zeroizing::new(Vec::new());
+    f.read_to_end(&mut text).map_err(io_err(p))?;
+    Ok(text)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -252,9 +276,13 @@ impl Simulator {
     /// Opens an existing simulator.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Simulator, SimError> {
         let dir = dir.into();
-        if !dir.join(STATE_FILE).is_file() {
-            return Err(SimError::NotInitialised(dir));
+        match fs::symlink_metadata(dir.join(STATE_FILE)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SimError::NotInitialised(dir))
+            }
+            _ => {}
         }
+        check_dir(&dir)?;
         Ok(Simulator::handle(dir))
     }
 
@@ -272,10 +300,14 @@ impl Simulator {
     ) -> Result<Simulator, SimError> {
         let dir = dir.into();
         validate_layout(layout)?;
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            durable::create_dir_all_mode(parent, 0o755).map_err(io_err(parent))?;
+        }
+        durable::create_dir_all_mode(&dir, 0o700).map_err(io_err(&dir))?;
+        check_dir(&dir)?;
         let sim = Simulator::handle(dir);
         let _lock = sim.lock(LockKind::Exclusive)?;
-        if sim.state_path().exists() && !force {
+        if fs::symlink_metadata(sim.state_path()).is_ok() && !force {
             return Err(SimError::AlreadyInitialised(sim.dir));
         }
         let bus = build_bus(layout);
@@ -283,6 +315,8 @@ impl Simulator {
         // written so far stay verifiable.
         let (generation, audit) = match sim.load() {
             Ok(old) => (old.generation + 1, old.audit),
+            // A state file someone could have swapped is not silently replaced either.
+            Err(e @ SimError::Untrusted(_)) => return Err(e),
             Err(_) => (1, AuditState::default()),
         };
         let sys = sim.sys_root();
@@ -325,7 +359,7 @@ impl Simulator {
 
     fn load(&self) -> Result<StateFile, SimError> {
         let p = self.state_path();
-        let text = zeroize::Zeroizing::new(fs::read(&p).map_err(io_err(&p))?);
+        let text = read_state(&p)?;
         Self::parse(&p, &text)
     }
 
@@ -359,12 +393,14 @@ impl Simulator {
         durable::replace_atomic(&g, st.generation.to_string().as_bytes(), 0o644).map_err(io_err(&g))
     }
 
-    fn rendered_generation(&self) -> Option<u64> {
-        fs::read_to_string(self.dir.join(GENERATION_FILE))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+    /// `None` when the tree must be rendered (no generation file, or one that does not parse).
+    fn rendered_generation(&self) -> Result<Option<u64>, SimError> {
+        let g = self.dir.join(GENERATION_FILE);
+        match durable::read_nofollow(&g) {
+            Ok(b) => Ok(String::from_utf8_lossy(&b).trim().parse().ok()),
+            Err(e) if durable::Untrusted::of(&e).is_some() => Err(io_err(&g)(e)),
+            Err(_) => Ok(None),
+        }
     }
 
     /// A consistent snapshot of the bus, master keys included: for the HSM operations.
@@ -377,14 +413,14 @@ impl Simulator {
         let p = self.state_path();
         let text = {
             let _l = self.lock(LockKind::Shared)?;
-            zeroize::Zeroizing::new(fs::read(&p).map_err(io_err(&p))?)
+            read_state(&p)?
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.as_ref().filter(|c| c.text == text) {
             return Ok(c.bus.clone());
         }
         let st = Self::parse(&p, &text)?;
-        if self.rendered_generation() != Some(st.generation) {
+        if self.rendered_generation()? != Some(st.generation) {
             let _l = self.lock(LockKind::Exclusive)?;
             let st = self.load()?;
             self.render(&st)?;

@@ -65,6 +65,17 @@ pub fn read_bounded(path: &Path, bound: Bound) -> Result<Zeroizing<Vec<u8>>, Inp
     read_bounded_from(f, path, bound)
 }
 
+/// [`read_bounded`] of one of the suite's own files (a configuration, a key file): a symbolic
+/// link at `path` is refused, not followed ([`crate::durable::open_nofollow`]).
+pub fn read_own(path: &Path, bound: Bound) -> Result<Zeroizing<Vec<u8>>, InputError> {
+    let f = crate::durable::open_nofollow(path).map_err(|source| InputError::Io {
+        path: path.to_path_buf(),
+        what: bound.what,
+        source,
+    })?;
+    read_bounded_from(f, path, bound)
+}
+
 /// [`read_bounded`] of an open reader (stdin, a file after a seek); `path` names it in errors.
 pub fn read_bounded_from(
     reader: impl Read,
@@ -120,7 +131,15 @@ pub fn read_line_bounded(
 
 /// [`read_bounded`] of a text file (UTF-8), e.g. a certificate or a configuration file.
 pub fn read_text_bounded(path: &Path, what: &'static str) -> Result<String, InputError> {
-    let bytes = read_bounded(path, Bound::new(what, TEXT_FILE_MAX))?;
+    text(path, what, read_bounded(path, Bound::new(what, TEXT_FILE_MAX))?)
+}
+
+/// [`read_own`] of a text file of the suite's own (a configuration).
+pub fn read_own_text(path: &Path, what: &'static str) -> Result<String, InputError> {
+    text(path, what, read_own(path, Bound::new(what, TEXT_FILE_MAX))?)
+}
+
+fn text(path: &Path, what: &'static str, bytes: Zeroizing<Vec<u8>>) -> Result<String, InputError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| InputError::Io {
         path: path.to_path_buf(),
         what,

@@ -103,7 +103,10 @@ fn err(code: ErrorCode, m: impl Into<String>) -> WireError {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> WireError {
-    err(ErrorCode::Io, format!("{}: {e}", path.display()))
+    match durable::Untrusted::of(&e) {
+        Some(u) => err(ErrorCode::Io, u.to_string()),
+        None => err(ErrorCode::Io, format!("{}: {e}", path.display())),
+    }
 }
 
 /// A certificate, a CA bundle or one of the plug-in's own files, read bounded so that a device
@@ -118,6 +121,21 @@ fn read_small(path: &Path, what: &'static str) -> Result<Vec<u8>, WireError> {
         too_large => err(ErrorCode::InvalidRequest, too_large.to_string()),
     })?;
     Ok(b.to_vec())
+}
+
+/// One of the plug-in's own files, read bounded and never through a symbolic link; `Err(None)`
+/// when it does not exist.
+fn read_own_small(path: &Path, what: &'static str) -> Result<Vec<u8>, Option<WireError>> {
+    match infra::input::read_own(path, infra::input::Bound::new(what, infra::input::TEXT_FILE_MAX)) {
+        Ok(b) => Ok(b.to_vec()),
+        Err(infra::input::InputError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Err(None)
+        }
+        Err(infra::input::InputError::Io { source, .. }) => Err(Some(io_err(path, source))),
+        Err(too_large) => Err(Some(err(ErrorCode::InvalidRequest, too_large.to_string()))),
+    }
 }
 
 fn hsm_err(what: &str, e: HsmError) -> WireError {
@@ -162,7 +180,10 @@ impl KmipPlugin {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, WireError> {
-        Ok(self.dir()?.join(name))
+        let dir = self.dir()?;
+        // A group member could swap the directory for a link: root's writes would land there.
+        durable::refuse_link_at(dir).map_err(|e| io_err(dir, e))?;
+        Ok(dir.join(name))
     }
 
     fn hsm(&mut self) -> Result<Hsm, WireError> {
@@ -181,7 +202,7 @@ impl KmipPlugin {
 
     fn load_conf(&self) -> Result<KmipConf, WireError> {
         let p = self.path(CONF)?;
-        match read_small(&p, "plug-in configuration") {
+        match read_own_small(&p, "plug-in configuration") {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
                 err(
                     ErrorCode::Io,
@@ -191,8 +212,8 @@ impl KmipPlugin {
                     ),
                 )
             }),
-            Err(_) if !p.exists() => Ok(KmipConf::default()),
-            Err(e) => Err(e),
+            Err(None) => Ok(KmipConf::default()),
+            Err(Some(e)) => Err(e),
         }
     }
 
@@ -206,10 +227,11 @@ impl KmipPlugin {
 
     fn read_opt(&self, name: &str) -> Result<Option<Vec<u8>>, WireError> {
         let p = self.path(name)?;
-        if !p.exists() {
-            return Ok(None);
+        match read_own_small(&p, "plug-in file") {
+            Ok(b) => Ok(Some(b)),
+            Err(None) => Ok(None),
+            Err(Some(e)) => Err(e),
         }
-        read_small(&p, "plug-in file").map(Some)
     }
 
     fn write_key_file(&self, name: &str, data: &[u8]) -> Result<(), WireError> {
@@ -1174,10 +1196,13 @@ impl PluginV1 for KmipPlugin {
     }
 
     fn bind(&mut self, config_dir: &Path, _notices: &mut Notices) -> Result<(), WireError> {
-        fs::create_dir_all(config_dir).map_err(|e| io_err(config_dir, e))?;
+        durable::refuse_link_at(config_dir).map_err(|e| io_err(config_dir, e))?;
+        durable::create_dir_all_mode(config_dir, 0o770).map_err(|e| io_err(config_dir, e))?;
         {
+            // On the descriptor: a link swapped in meanwhile would have root chmod its target.
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(config_dir, fs::Permissions::from_mode(0o770))
+            durable::open_dir_nofollow(config_dir)
+                .and_then(|d| d.set_permissions(fs::Permissions::from_mode(0o770)))
                 .map_err(|e| io_err(config_dir, e))?;
         }
         self.dir = Some(config_dir.to_path_buf());

@@ -49,10 +49,27 @@ pub enum ZkeyError {
     /// A file the user named is too large for its format, or cannot be read.
     #[error(transparent)]
     Input(#[from] infra::input::InputError),
+    /// A file of the repository that is a symbolic link, which is refused.
+    #[error(transparent)]
+    Untrusted(ap_sim::durable::Untrusted),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+}
+
+impl ZkeyError {
+    /// The error of `action` on `path`: a refused link as itself, anything else as [`ZkeyError::Io`].
+    pub fn io(action: &'static str, path: std::path::PathBuf, source: std::io::Error) -> ZkeyError {
+        match ap_sim::durable::Untrusted::of(&source) {
+            Some(u) => ZkeyError::Untrusted(u.clone()),
+            None => ZkeyError::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
 }

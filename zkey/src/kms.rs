@@ -135,10 +135,15 @@ impl KmsConf {
     /// The repository's binding, if it is bound.
     pub fn load(r: &Reader<'_>) -> Result<Option<KmsConf>, ZkeyError> {
         let p = r.repository().path().join(CONF);
-        if !p.exists() {
-            return Ok(None);
-        }
-        let text = infra::input::read_text_bounded(&p, "KMS binding file")?;
+        let text = match infra::input::read_own_text(&p, "KMS binding file") {
+            Ok(t) => t,
+            Err(infra::input::InputError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut c = KmsConf::default();
         for line in text
             .lines()
@@ -237,11 +242,9 @@ pub fn bind(w: &Writer<'_>, name: &str) -> Result<(KmsConf, Notices), ZkeyError>
     }
     let dir = w.repository().path().join(name);
     w.changing()?;
-    std::fs::create_dir_all(&dir).map_err(|source| ZkeyError::Io {
-        action: "creating",
-        path: dir.clone(),
-        source,
-    })?;
+    ap_sim::durable::refuse_link_at(&dir)
+        .and_then(|()| std::fs::create_dir_all(&dir))
+        .map_err(|source| ZkeyError::io("creating", dir.clone(), source))?;
     let mut s = Session(PluginClient::open(name, None).map_err(plugin_err)?);
     s.call(|c| c.bind(&dir))?;
     let notices = s.close()?;

@@ -29,11 +29,7 @@ use crate::KeyName;
 pub use zkey_cryptsetup::Ui;
 
 fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> ZkeyError + 'p {
-    move |source| ZkeyError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| ZkeyError::io(action, path.to_path_buf(), source)
 }
 
 fn ask(ui: &mut dyn Ui, question: &str, force: bool) -> Result<bool, ZkeyError> {
@@ -100,14 +96,12 @@ pub fn generate_file(
     spec: &NewKey,
     source: Source<'_>,
 ) -> Result<SecureKey, ZkeyError> {
+    const HINT: &str = "remove it or choose another name";
     if std::fs::symlink_metadata(file).is_ok() {
-        return Err(ZkeyError::Invalid(format!(
-            "{} exists: zkey does not overwrite a key file; remove it or choose another name",
-            file.display()
-        )));
+        return Err(exists(file, HINT));
     }
     let key = keyops::make_key(ad, spec, clear(source))?;
-    durable::write_atomic(file, &key.to_bytes(), 0o600).map_err(io("writing", file))?;
+    write_key_out(file, &key.to_bytes(), false, HINT)?;
     Ok(key)
 }
 
@@ -211,13 +205,35 @@ pub fn export(
     if let Some(ad) = ad {
         keyops::check_same_key(ad, &e)?;
     }
-    if !force && std::fs::symlink_metadata(file).is_ok() {
-        return Err(ZkeyError::Invalid(format!(
-            "{} exists: zkey does not overwrite it; remove it, choose another file, or add --force",
-            file.display()
-        )));
+    write_key_out(
+        file,
+        &e.secure_key,
+        force,
+        "remove it, choose another file, or add --force to replace it",
+    )
+}
+
+/// Writes a key file outside the repository (mode 0600). Without `force` an existing file, or
+/// one planted while the key was written, is refused; with it, it is replaced by rename. Neither
+/// ever writes through a link: in a world-writable directory another user may have put one there.
+fn write_key_out(file: &Path, data: &[u8], force: bool, hint: &str) -> Result<(), ZkeyError> {
+    if force {
+        return durable::write_atomic(file, data, 0o600).map_err(io("writing", file));
     }
-    durable::write_atomic(file, &e.secure_key, 0o600).map_err(io("writing", file))
+    if std::fs::symlink_metadata(file).is_ok() {
+        return Err(exists(file, hint));
+    }
+    durable::write_new_atomic(file, data, 0o600).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => exists(file, hint),
+        _ => io("writing", file)(e),
+    })
+}
+
+fn exists(file: &Path, hint: &str) -> ZkeyError {
+    ZkeyError::Invalid(format!(
+        "{} exists: zkey does not overwrite it, nor write through a link there; {hint}",
+        file.display()
+    ))
 }
 
 /// Removes a key after asking (a KMS-bound key is deactivated in the KMS first; if that fails

@@ -14,7 +14,9 @@
 //!
 //! # Location and permissions
 //! `$ZKEY_REPOSITORY`, default `/etc/zkey/repository` ([`default_path`]). The directory must
-//! be readable and writable by the caller and not writable by others. Every file gets mode
+//! be readable by the caller (and writable to change it) and not writable by others. Its files
+//! are read with `O_NOFOLLOW`: a link a group member planted is refused, not followed. Every
+//! file gets mode
 //! `directory mode & 0664` and the directory's group, so that every member of the group
 //! (`zkeyadm`) can use every key.
 //!
@@ -272,6 +274,11 @@ pub enum RepoError {
     },
     #[error(transparent)]
     Input(#[from] infra::input::InputError),
+    #[error("you can read the repository {path} but not change it, and this command changes it: run it as root or as a member of the directory's group who may write it (usually {ADMIN_GROUP}: `usermod -a -G {ADMIN_GROUP} USER`, then log in again)")]
+    ReadOnly { path: PathBuf },
+    /// A file of the repository that is a symbolic link.
+    #[error(transparent)]
+    Untrusted(durable::Untrusted),
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -286,10 +293,13 @@ pub enum RepoError {
 /// An `Io` error for `path`, as a `map_err` argument.
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RepoError {
     let path = path.to_path_buf();
-    move |source| RepoError::Io {
-        action,
-        path,
-        source,
+    move |source| match durable::Untrusted::of(&source) {
+        Some(u) => RepoError::Untrusted(u.clone()),
+        None => RepoError::Io {
+            action,
+            path,
+            source,
+        },
     }
 }
 
@@ -304,11 +314,15 @@ pub struct Repository {
     gid: u32,
     /// The adapter that authenticates the properties, when one is attached.
     auth: Option<InfoAuth>,
+    /// Whether the caller may change the repository; reading needs only read access.
+    writable: bool,
 }
 
 impl Repository {
     /// Opens an existing repository. Checks that `path` is a directory the caller can read and
-    /// write and that others cannot write, and makes sure the lock file exists.
+    /// that others cannot write, and makes sure the lock file exists. A caller who may only
+    /// read it can list and validate; [`Repository::write`] then refuses with
+    /// [`RepoError::ReadOnly`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, RepoError> {
         let path = path.as_ref();
         let meta = fs::metadata(path).map_err(|e| match e.kind() {
@@ -325,7 +339,7 @@ impl Repository {
                 path: path.to_path_buf(),
             });
         }
-        if !accessible(path) {
+        if !accessible(path, false) {
             return Err(RepoError::PermissionDenied {
                 path: path.to_path_buf(),
             });
@@ -342,8 +356,11 @@ impl Repository {
             file_mode: mode & 0o664,
             gid: meta.gid(),
             auth: None,
+            writable: accessible(path, true),
         };
-        repo.ensure_lock_file()?;
+        if repo.writable {
+            repo.ensure_lock_file()?;
+        }
         Ok(repo)
     }
 
@@ -436,6 +453,11 @@ impl Repository {
     /// Takes the exclusive lock (waiting up to `wait`) for reading and changing. The first
     /// writer with an adapter gives every old-format `.info` its MAC ([`crate::integrity`]).
     pub fn write(&self, wait: Duration) -> Result<Writer<'_>, RepoError> {
+        if !self.writable {
+            return Err(RepoError::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
         let lock = self.lock(LockKind::Exclusive, wait)?;
         let w = Writer {
             reader: Reader {
@@ -464,6 +486,11 @@ impl Repository {
     /// Takes the repository lock, polling until `wait` has passed; then [`RepoError::Busy`].
     /// For callers that must hold the lock across work outside this module.
     pub fn lock(&self, kind: LockKind, wait: Duration) -> Result<Lock, RepoError> {
+        if kind == LockKind::Exclusive && !self.writable {
+            return Err(RepoError::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
         let path = self.lock_path();
         let start = Instant::now();
         let mut delay = Duration::from_millis(5);
@@ -471,6 +498,9 @@ impl Repository {
             match Lock::try_acquire(&path, kind) {
                 Ok(Some(lock)) => return Ok(lock),
                 Ok(None) => {}
+                Err(e) if durable::Untrusted::of(&e).is_some() => {
+                    return Err(io_err("lock", &path)(e))
+                }
                 Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                     return Err(RepoError::PermissionDenied { path })
                 }
@@ -495,8 +525,8 @@ impl Repository {
             .mode(self.file_mode)
             .open(&path)
         {
-            Ok(_) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 return Err(RepoError::PermissionDenied {
                     path: self.dir.clone(),
@@ -504,21 +534,19 @@ impl Repository {
             }
             Err(e) => return Err(io_err("create", &path)(e)),
         };
-        if created {
-            self.fix_owner(&path)?;
-        }
-        Ok(())
+        self.fix_owner(&path, &created)
     }
 
-    /// Gives a file the repository's mode and group.
-    fn fix_owner(&self, path: &Path) -> Result<(), RepoError> {
-        let meta = fs::metadata(path).map_err(io_err("inspect", path))?;
+    /// Gives a new file the repository's mode and group, on its descriptor: a group member who
+    /// swapped a link in at its name meanwhile would otherwise have root chmod the link's target.
+    fn fix_owner(&self, path: &Path, f: &fs::File) -> Result<(), RepoError> {
+        let meta = f.metadata().map_err(io_err("inspect", path))?;
         if meta.mode() & 0o7777 != self.file_mode {
-            fs::set_permissions(path, fs::Permissions::from_mode(self.file_mode))
+            f.set_permissions(fs::Permissions::from_mode(self.file_mode))
                 .map_err(io_err("set the mode of", path))?;
         }
         if meta.gid() != self.gid {
-            std::os::unix::fs::chown(path, None, Some(self.gid)).map_err(|source| {
+            std::os::unix::fs::fchown(f, None, Some(self.gid)).map_err(|source| {
                 RepoError::Group {
                     path: path.to_path_buf(),
                     group: self.gid.to_string(),
@@ -540,15 +568,16 @@ impl Repository {
     }
 }
 
-/// Whether the caller may read, write and search `dir` (access(2), as the reference checks).
-fn accessible(dir: &Path) -> bool {
+/// Whether the caller may read and search `dir`, and also write it if `write` (access(2), as
+/// the reference checks).
+fn accessible(dir: &Path, write: bool) -> bool {
     use nix::unistd::AccessFlags;
+    let mut want = AccessFlags::R_OK | AccessFlags::X_OK;
+    if write {
+        want |= AccessFlags::W_OK;
+    }
     // A path with a NUL byte is an error (EINVAL), so not accessible.
-    nix::unistd::access(
-        dir,
-        AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK,
-    )
-    .is_ok()
+    nix::unistd::access(dir, want).is_ok()
 }
 
 /// The id of group `name`, if it exists (getgrnam_r, its buffer grown on ERANGE up to 1 MiB).
@@ -681,7 +710,7 @@ impl<'r> Reader<'r> {
                     infra::input::Bound::new("properties file", infra::input::TEXT_FILE_MAX)
                 }
             };
-            infra::input::read_bounded(&self.repo.key_file(name, file), bound)
+            infra::input::read_own(&self.repo.key_file(name, file), bound)
                 .map(|b| b.to_vec())
                 .map_err(|e| {
                     damage.push(Damage::Unreadable {
@@ -830,7 +859,7 @@ impl<'r> Reader<'r> {
             return Err(RepoError::NoPassphrase { name: name.clone() });
         }
         let path = self.repo.key_file(name, KeyFile::Pass);
-        Ok(infra::input::read_bounded(&path, infra::input::PASSPHRASE)?)
+        Ok(infra::input::read_own(&path, infra::input::PASSPHRASE)?)
     }
 }
 

@@ -25,10 +25,26 @@ use super::read::{parse_card_name, parse_queue_name};
 use super::{CARD_DRIVER, QUEUE_DRIVER};
 use crate::adapter::{Bus, Card, Mode, Queue, QueueKeys, Status};
 use crate::apqn::Apqn;
-use crate::durable::replace_atomic;
+use crate::durable::{create_dir_all_mode, open_nofollow, replace_atomic};
 use crate::registers::{CcaRegisters, Ep11Registers, RegState, RegView};
 
-const FILE_MODE: u32 = 0o644;
+/// The modes sysfs gives: directories 0755, attributes 0444, or 0644 where the kernel has a
+/// store function for them. Set explicitly, so a umask of 000 does not open the tree to all.
+const DIR_MODE: u32 = 0o755;
+const READ_ONLY: u32 = 0o444;
+const WRITABLE: u32 = 0o644;
+/// The writable attributes (ap_bus.c BUS_ATTR_RW, ap_card.c / ap_queue.c / zcrypt_card.c /
+/// zcrypt_queue.c DEVICE_ATTR_RW).
+const BUS_WRITABLE: &[&str] = &[
+    "ap_domain",
+    "config_time",
+    "poll_thread",
+    "poll_timeout",
+    "apmask",
+    "aqmask",
+];
+const CARD_WRITABLE: &[&str] = &["online", "config", "request_count"];
+const QUEUE_WRITABLE: &[&str] = &["online", "request_count", "reset"];
 /// `max_msg_size` of every card: the kernel's default (12 KiB) for adapters without an ML field.
 const MAX_MSG_SIZE: u32 = 12288;
 /// `depth` as TAPQ reports it (queue depth - 1): lszcrypt shows QDEPTH 08.
@@ -46,9 +62,9 @@ pub fn render(bus: &Bus, root: &Path) -> io::Result<()> {
     let card_drv = ap.join("drivers").join(CARD_DRIVER);
     let queue_drv = ap.join("drivers").join(QUEUE_DRIVER);
     for dir in [&devices, &ap.join("devices"), &card_drv, &queue_drv] {
-        fs::create_dir_all(dir)?;
+        create_dir_all_mode(dir, DIR_MODE)?;
     }
-    sync_files(&ap, &bus_attributes(bus))?;
+    sync_files(&ap, &bus_attributes(bus), BUS_WRITABLE)?;
     let domain = default_domain(bus);
     for (id, card) in &bus.cards {
         render_card(&devices, *id, card, domain)?;
@@ -154,8 +170,8 @@ fn flag(b: bool) -> String {
 
 fn render_card(devices: &Path, id: u8, card: &Card, domain: Option<u16>) -> io::Result<()> {
     let dir = devices.join(card_name(id));
-    fs::create_dir_all(&dir)?;
-    sync_files(&dir, &card_attributes(card, domain))?;
+    create_dir_all_mode(&dir, DIR_MODE)?;
+    sync_files(&dir, &card_attributes(card, domain), CARD_WRITABLE)?;
     ensure_link(&dir.join("driver"), &driver_target(1, CARD_DRIVER))?;
     for (dom, queue) in &card.queues {
         render_queue(&dir, Apqn::new(id, *dom), card, queue)?;
@@ -244,8 +260,8 @@ fn answered(reachable: bool, value: String) -> String {
 
 fn render_queue(card_dir: &Path, apqn: Apqn, card: &Card, queue: &Queue) -> io::Result<()> {
     let dir = card_dir.join(apqn.to_string());
-    fs::create_dir_all(&dir)?;
-    sync_files(&dir, &queue_attributes(card, queue))?;
+    create_dir_all_mode(&dir, DIR_MODE)?;
+    sync_files(&dir, &queue_attributes(card, queue), QUEUE_WRITABLE)?;
     ensure_link(&dir.join("driver"), &driver_target(2, QUEUE_DRIVER))
 }
 
@@ -353,10 +369,16 @@ pub(super) fn ep11_kernel_view(v: RegView) -> RegView {
 // ----- files, links and stale devices -----
 
 /// Writes every attribute of a device directory (each `value` plus the newline sysfs_emit
-/// ends it with) and removes regular files that are no longer attributes of it.
-fn sync_files(dir: &Path, attrs: &[(&'static str, String)]) -> io::Result<()> {
+/// ends it with; `writable` ones 0644, the others 0444) and removes regular files that are no
+/// longer attributes of it.
+fn sync_files(dir: &Path, attrs: &[(&'static str, String)], writable: &[&str]) -> io::Result<()> {
     for (name, value) in attrs {
-        write_if_changed(&dir.join(name), format!("{value}\n").as_bytes())?;
+        let mode = if writable.contains(name) {
+            WRITABLE
+        } else {
+            READ_ONLY
+        };
+        write_if_changed(&dir.join(name), format!("{value}\n").as_bytes(), mode)?;
     }
     let names: BTreeSet<&str> = attrs.iter().map(|(n, _)| *n).collect();
     for entry in fs::read_dir(dir)? {
@@ -373,12 +395,22 @@ fn sync_files(dir: &Path, attrs: &[(&'static str, String)]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_if_changed(path: &Path, data: &[u8]) -> io::Result<()> {
-    match fs::read(path) {
-        Ok(old) if old == data => Ok(()),
-        Ok(_) => replace_atomic(path, data, FILE_MODE),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => replace_atomic(path, data, FILE_MODE),
-        Err(e) => Err(e),
+/// A file whose content and mode are already right is not touched; anything else there (a
+/// link included) is replaced, never followed.
+fn write_if_changed(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let same = open_nofollow(path).ok().is_some_and(|mut f| {
+        let mut old = Vec::new();
+        f.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == mode)
+            && f.read_to_end(&mut old).is_ok()
+            && old == data
+    });
+    if same {
+        Ok(())
+    } else {
+        replace_atomic(path, data, mode)
     }
 }
 

@@ -405,7 +405,9 @@ pub(super) fn finalize_item(
     let e = w.entry(name)?;
     // Keep the previous secure key (still valid under OLD for CCA) until the next change.
     if e.staged.is_some() {
-        std::fs::create_dir_all(backup_dir).map_err(io("creating", backup_dir.to_path_buf()))?;
+        durable::refuse_link_at(backup_dir)
+            .and_then(|()| std::fs::create_dir_all(backup_dir))
+            .map_err(io("creating", backup_dir.to_path_buf()))?;
         let b = backup_dir.join(format!("{}.skey", item.name));
         if !b.exists() {
             w.changing()?;

@@ -13,17 +13,15 @@ pub(super) fn op_path(w: &Writer<'_>, id: &str) -> PathBuf {
 }
 
 pub(super) fn io(action: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> ZkeyError {
-    move |source| ZkeyError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| ZkeyError::io(action, path, source)
 }
 
 /// Every operation of the repository, oldest first.
 pub fn list(w: &crate::repository::Reader<'_>) -> Result<Vec<Operation>, ZkeyError> {
     let d = w.repository().path().join("mkchange");
     let mut out = Vec::new();
+    // A link there (a group member's) would have root read, and write, another directory.
+    durable::refuse_link_at(&d).map_err(io("reading", d.clone()))?;
     let rd = match std::fs::read_dir(&d) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -32,7 +30,7 @@ pub fn list(w: &crate::repository::Reader<'_>) -> Result<Vec<Operation>, ZkeyErr
     for e in rd.flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "json") {
-            let text = std::fs::read(&p).map_err(io("reading", p.clone()))?;
+            let text = durable::read_nofollow(&p).map_err(io("reading", p.clone()))?;
             let op: Operation = serde_json::from_slice(&text).map_err(|e| {
                 ZkeyError::Invalid(format!(
                     "{} is damaged: {e}; restore it from a backup",
@@ -58,6 +56,7 @@ pub(super) fn save(w: &Writer<'_>, op: &mut Operation) -> Result<(), ZkeyError> 
     w.changing()?;
     op.updated = ap_sim::audit::utc_now();
     let d = dir(w);
+    durable::refuse_link_at(&d).map_err(io("writing", d.clone()))?;
     if !d.exists() {
         std::fs::create_dir_all(&d).map_err(io("creating", d.clone()))?;
         durable::sync_dir(w.repository().path()).map_err(io("syncing", d.clone()))?;
