@@ -65,7 +65,7 @@ pub fn fork() -> io::Result<Fork> {
     // that child; beyond plain system calls, what Rust code needs there is chiefly the
     // allocator, which glibc's own atfork handlers make usable. The rest (no stdio, no
     // environment, no return into the parent's code) is the contract above, which is written
-    // on this function and kept by its one caller, zkey_cryptsetup::fuse::open.
+    // on this function and kept by its one caller, zkey_cryptsetup::fuse::Server::spawn.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
         Ok(nix::unistd::ForkResult::Child) => Ok(Fork::Child),
