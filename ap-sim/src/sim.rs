@@ -432,6 +432,13 @@ impl Simulator {
         Ok(bus)
     }
 
+    /// Drops (zeroizes) the snapshot this handle and its clones keep of the state, master keys
+    /// included: before forking a process that must not inherit them. The next operation reads
+    /// the state again.
+    pub fn forget_state(&self) {
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Applies `op` to the bus as one atomic change: all of it is stored, or (on error) none.
     pub fn update<T>(
         &self,

@@ -131,7 +131,11 @@ pub fn read_line_bounded(
 
 /// [`read_bounded`] of a text file (UTF-8), e.g. a certificate or a configuration file.
 pub fn read_text_bounded(path: &Path, what: &'static str) -> Result<String, InputError> {
-    text(path, what, read_bounded(path, Bound::new(what, TEXT_FILE_MAX))?)
+    text(
+        path,
+        what,
+        read_bounded(path, Bound::new(what, TEXT_FILE_MAX))?,
+    )
 }
 
 /// [`read_own`] of a text file of the suite's own (a configuration).

@@ -19,6 +19,7 @@
 //!   suite is written here, where it can be checked to make one async-signal-safe call.
 //! - [`protect_memory`]: `mlock(2)` and `madvise(MADV_DONTDUMP)` of a buffer holding key
 //!   material take a raw address range; here they are given the range of one live object.
+//! - [`lock_all_memory`]: `mlockall(2)` with `MCL_ONFAULT`, which `nix` 0.29's flags lack.
 //!
 //! Nothing else belongs here: a call that `nix` or std wraps safely is made where it is used.
 #![allow(unsafe_code)]
@@ -64,7 +65,7 @@ pub fn fork() -> io::Result<Fork> {
     // that child; beyond plain system calls, what Rust code needs there is chiefly the
     // allocator, which glibc's own atfork handlers make usable. The rest (no stdio, no
     // environment, no return into the parent's code) is the contract above, which is written
-    // on this function and kept by its one caller, zkey_cryptsetup::fuse::open.
+    // on this function and kept by its one caller, zkey_cryptsetup::fuse::Server::spawn.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
         Ok(nix::unistd::ForkResult::Child) => Ok(Fork::Child),
@@ -184,6 +185,23 @@ pub fn protect_memory<T: ?Sized>(value: &T) -> io::Result<()> {
     locked.and(advised)
 }
 
+/// Locks every page of this process in RAM, those mapped now and those mapped later (heap
+/// growth, thread stacks), each as it is first touched: `mlockall(MCL_CURRENT | MCL_FUTURE |
+/// MCL_ONFAULT)`. For a process whose only purpose is to hold a key (the FUSE server): then no
+/// copy the compiler or a library makes of it, on any stack or in any buffer, can reach swap.
+///
+/// Future mappings count against `RLIMIT_MEMLOCK` too, so a process under a small limit (not
+/// root) must not call this: its later allocations could fail. `MCL_ONFAULT` keeps pages that are
+/// never touched (most of the address space inherited through a fork) from being faulted in.
+pub fn lock_all_memory() -> io::Result<()> {
+    // SAFETY: mlockall takes only flags, reads and writes no memory of the process: it pins
+    // pages in RAM, which cannot invalidate any value.
+    match unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 fn page_size() -> usize {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
@@ -211,6 +229,29 @@ mod tests {
         for sig in [Signal::SIGSEGV, Signal::SIGBUS, Signal::SIGKILL] {
             let e = ignore_signal(sig).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn locks_all_memory_of_a_child() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        // In a child: the test harness's own process must not stay locked.
+        match fork().unwrap() {
+            Fork::Child => {
+                let locked = lock_all_memory().is_ok()
+                    && std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+                        s.lines().any(|l| {
+                            l.starts_with("VmLck:") && l.split_whitespace().nth(1) != Some("0")
+                        })
+                    });
+                exit_immediately(if locked { 0 } else { 1 })
+            }
+            Fork::Parent(pid) => {
+                let status = nix::sys::wait::waitpid(pid, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
+            }
         }
     }
 

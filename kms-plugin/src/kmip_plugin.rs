@@ -126,7 +126,10 @@ fn read_small(path: &Path, what: &'static str) -> Result<Vec<u8>, WireError> {
 /// One of the plug-in's own files, read bounded and never through a symbolic link; `Err(None)`
 /// when it does not exist.
 fn read_own_small(path: &Path, what: &'static str) -> Result<Vec<u8>, Option<WireError>> {
-    match infra::input::read_own(path, infra::input::Bound::new(what, infra::input::TEXT_FILE_MAX)) {
+    match infra::input::read_own(
+        path,
+        infra::input::Bound::new(what, infra::input::TEXT_FILE_MAX),
+    ) {
         Ok(b) => Ok(b.to_vec()),
         Err(infra::input::InputError::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>

@@ -580,7 +580,9 @@ fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, WireError> {
     serde_json::to_value(v).map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
 }
 
-fn read_line(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
+/// Reads one message line, as both sides do: at most [`MAX_LINE`] bytes, UTF-8, the line end
+/// and trailing white space removed; `None` at the end of the input.
+pub fn read_line(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
     let n = r.take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
     if n == 0 {
@@ -606,6 +608,25 @@ fn write_line(w: &mut impl Write, r: &impl Serialize) -> std::io::Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // The zkey side.
+
+/// zkey's reading of one response line of a plug-in to a request whose result is a `T`: the
+/// result or the plug-in's error, and the notices (kept in both cases). `Err` says why the line
+/// is no valid response: not protocol JSON, or a result of another shape.
+pub fn parse_response<T: DeserializeOwned>(
+    line: &str,
+) -> Result<(Result<T, WireError>, Vec<String>), String> {
+    let resp: Response =
+        serde_json::from_str(line).map_err(|e| format!("invalid response ({e})"))?;
+    let result = match (resp.ok, resp.error) {
+        (_, Some(e)) => Err(e),
+        (Some(v), None) => {
+            Ok(serde_json::from_value(v).map_err(|e| format!("unexpected result ({e})"))?)
+        }
+        (None, None) => Ok(serde_json::from_value(serde_json::Value::Null)
+            .map_err(|_| "a response with neither result nor error".to_string())?),
+    };
+    Ok((result, resp.notices))
+}
 
 /// Errors of [`PluginClient`].
 #[derive(Debug, thiserror::Error)]
@@ -843,24 +864,12 @@ impl PluginClient {
                 });
             }
         };
-        let resp: Response = serde_json::from_str(&answer).map_err(|e| ClientError::Protocol {
+        let (result, notices) = parse_response(&answer).map_err(|why| ClientError::Protocol {
             exe: self.exe.clone(),
-            why: format!("invalid response ({e})"),
+            why,
         })?;
-        self.notices.extend(resp.notices);
-        match (resp.ok, resp.error) {
-            (_, Some(e)) => Err(ClientError::Plugin(e)),
-            (Some(v), None) => serde_json::from_value(v).map_err(|e| ClientError::Protocol {
-                exe: self.exe.clone(),
-                why: format!("unexpected result ({e})"),
-            }),
-            (None, None) => {
-                serde_json::from_value(serde_json::Value::Null).map_err(|_| ClientError::Protocol {
-                    exe: self.exe.clone(),
-                    why: "a response with neither result nor error".into(),
-                })
-            }
-        }
+        self.notices.extend(notices);
+        result.map_err(ClientError::Plugin)
     }
 
     pub fn bind(&mut self, config_dir: &Path) -> Result<(), ClientError> {

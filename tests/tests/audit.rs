@@ -193,10 +193,7 @@ fn an_interrupted_action_is_unknown_and_says_what_to_check() {
     assert_eq!(u["event"], "generate", "{u}");
     assert_eq!(u["status"], "unknown", "{u}");
     assert!(
-        u["check"]
-            .as_str()
-            .unwrap()
-            .contains("zkey validate -N k1"),
+        u["check"].as_str().unwrap().contains("zkey validate -N k1"),
         "{u}"
     );
     let out = w.ok("zkey", &["audit", "verify"]);

@@ -24,16 +24,29 @@
 //!
 //! # Process model and the key
 //!
-//! [`open`] forks (twice, so the server is re-parented and never a zombie of the caller), and the
-//! server process inherits the key in its memory: it never passes through argv, the environment
-//! or a file. The server closes every inherited descriptor, detaches (`setsid`, stdio on
-//! `/dev/null`), marks itself non-dumpable (`PR_SET_DUMPABLE` 0: no core dumps, no ptrace by
-//! other users), builds the XTS engine, drops the raw key (zeroized), and `mlock`s the engine's key
-//! schedules (best effort). It reports "mounted" or the error through a close-on-exec pipe, and
-//! [`open`] returns only when the kernel has completed the FUSE handshake. The parent drops its
-//! copy of the key (zeroized) as soon as the child is forked. The server exits when the file
-//! system is unmounted ([`close`], `umount`, or SIGTERM/SIGINT, which unmount it lazily), and
-//! the engine's round keys are zeroized as it is dropped.
+//! The server must hold the volume's effective key and nothing else secret: not the
+//! passphrase, not the secure key, not the simulator's state (every master key and the audit
+//! key) that deriving the effective key reads. A process forked *after* those were in memory
+//! would inherit every copy of them, including the ones nobody can zeroize (a `Vec` that grew
+//! and left its old buffer behind, serde's and stdin's buffers, stack frames). So the server is
+//! forked *before*: [`Server::spawn`] forks (twice, so the server is re-parented and never a
+//! zombie of the caller) and the new process waits, with nothing secret in its memory, until
+//! [`Server::open`] hands it the mapping (geometry and effective key) through a pipe. Callers
+//! that handle secrets spawn first ([`crate::volume::open`] does it before it reads the
+//! passphrase); [`open`] spawns and hands over at once, for callers that hold nothing but the
+//! effective key. The key never passes through argv, the environment or a file.
+//!
+//! The server closes every inherited descriptor, detaches (`setsid`, stdio on `/dev/null`),
+//! marks itself non-dumpable (`PR_SET_DUMPABLE` 0: no core dumps, no ptrace by other users) and,
+//! as root, locks all its memory ([`infra::sys::lock_all_memory`]: every page that will ever hold
+//! the key, the engine's key schedules, the stacks of its workers, is kept out of swap); without
+//! root it `mlock`s the engine's key schedules only (best effort). It builds the XTS engine,
+//! drops the raw key (zeroized), reports "mounted" or the error through a close-on-exec pipe,
+//! and [`Server::open`] returns only when the kernel has completed the FUSE handshake. The
+//! caller drops its copy of the key (zeroized) as soon as it is handed over. The server exits
+//! when the file system is unmounted ([`close`], `umount`, or SIGTERM/SIGINT, which unmount it
+//! lazily), or at once when the caller drops the [`Server`] without handing it a mapping; the
+//! engine's round keys are zeroized as it is dropped.
 //!
 //! Forking, not re-executing the current binary, keeps this a library: any binary, including
 //! test binaries, can call [`open`] without providing a hidden subcommand. The cost is the usual
@@ -686,136 +699,272 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
 
 /// Unlocks `mapping` as `RUN/NAME` (`run_dir` is RUN; see [`run_dir`]): starts a detached
 /// server process, waits until the file is live, and returns its path.
+///
+/// The server is forked here, so it inherits this process's memory as it is now: a caller that
+/// has read a passphrase, a secure key or the simulator's state should [`Server::spawn`] before
+/// that, and [`Server::open`] after.
 pub fn open(mapping: Mapping, name: &str, run_dir: &Path) -> Result<PathBuf, FuseError> {
     check_name(name)?;
-    if !Path::new("/dev/fuse").exists() {
-        return Err(FuseError::NoFuse("/dev/fuse is missing".into()));
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(run_dir)
-        .map_err(io_err(format!("create {}", run_dir.display())))?;
-    // Canonical, so that the mount table comparison in close/list sees the same path.
-    let run_dir = run_dir
-        .canonicalize()
-        .map_err(io_err(format!("resolve {}", run_dir.display())))?;
-    let file = run_dir.join(name);
-    let state = state_path(&run_dir, name);
+    Server::spawn()?.open(mapping, name, run_dir)
+}
 
-    // One device, one mapping: two servers would each cache and write it. Checked and started
-    // under the run directory's open lock, so two opens under two names cannot both pass.
-    let open_lock_path = run_dir.join(".open.lock");
-    let open_lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&open_lock_path)
-        .map_err(io_err(format!("open {}", open_lock_path.display())))?;
-    open_lock
-        .lock()
-        .map_err(io_err(format!("lock {}", open_lock_path.display())))?;
-    let id = infra::device::DeviceId::of(&mapping.device)
-        .map_err(io_err(format!("inspect {}", mapping.device.display())))?;
-    if let Some(m) = list(&run_dir)?.into_iter().find(|m| {
-        m.name != name
-            && m.device_id.map_or_else(
-                || infra::device::DeviceId::same(&m.device, &mapping.device),
-                |o| o == id,
-            )
-    }) {
-        return Err(FuseError::DeviceMapped {
-            name: m.name,
-            file: m.file,
-        });
+/// A server process forked before the caller touched anything secret, waiting to be handed one
+/// mapping (see the module documentation). Dropping it without [`Server::open`] ends it.
+#[derive(Debug)]
+pub struct Server {
+    /// Where the mapping goes: the write end of the hand-over pipe.
+    handover: File,
+    /// Where the server's one-line report comes from.
+    report: OwnedFd,
+}
+
+/// Longest hand-over message: three paths of at most `PATH_MAX` bytes, the geometry, the key.
+const HANDOVER_MAX: usize = 3 * (4 + 4096) + 8 + 8 + 4 + 4 + 64;
+
+impl Server {
+    /// Forks the server process, which waits for [`Server::open`]. Call it before reading any
+    /// secret: the server's memory is a copy of this process's at this moment.
+    pub fn spawn() -> Result<Server, FuseError> {
+        if !Path::new("/dev/fuse").exists() {
+            return Err(FuseError::NoFuse("/dev/fuse is missing".into()));
+        }
+        let (handover_rd, handover_wr) = pipe()?;
+        let (report_rd, report_wr) = pipe()?;
+        // The child only runs `server_child`, which keeps `fork`'s contract (it takes no lock
+        // other threads of this process may hold, see the module documentation) and never
+        // returns.
+        let pid = match infra::sys::fork().map_err(io_err("fork"))? {
+            infra::sys::Fork::Child => {
+                drop(handover_wr);
+                drop(report_rd);
+                server_child(handover_rd, report_wr);
+            }
+            infra::sys::Fork::Parent(pid) => pid,
+        };
+        drop(handover_rd);
+        drop(report_wr);
+        // Reaping the intermediate child we just forked (it exits at once).
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
+        Ok(Server {
+            handover: File::from(handover_wr),
+            report: report_rd,
+        })
     }
 
-    // The state file doubles as the lock that makes "open NAME" exclusive.
-    let mut lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&state)
-        .map_err(io_err(format!("open {}", state.display())))?;
-    if lock.try_lock().is_err() {
-        return Err(FuseError::AlreadyOpen(name.to_string()));
-    }
-    if is_mountpoint(&file) {
-        // A previous server died without unmounting: the mount is dead; clear it.
-        let c = CString::new(file.as_os_str().as_bytes())
-            .map_err(|_| FuseError::Name(name.to_string()))?;
-        let _ = nix::mount::umount2(c.as_c_str(), nix::mount::MntFlags::MNT_DETACH);
-    }
-    match fs::symlink_metadata(&file) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            return Err(FuseError::Invalid(format!(
-                "{} exists and is not a regular file",
-                file.display()
-            )))
-        }
-        Err(_) => {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&file)
-                .map_err(io_err(format!("create {}", file.display())))?;
-        }
-    }
-    write_state(&mut lock, name, &mapping).map_err(io_err(format!("write {}", state.display())))?;
+    /// Hands `mapping` to the server as `RUN/NAME` (see [`open`]), waits until the file is
+    /// live, and returns its path. This process's copy of the key is dropped (zeroized).
+    pub fn open(self, mapping: Mapping, name: &str, run_dir: &Path) -> Result<PathBuf, FuseError> {
+        check_name(name)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(run_dir)
+            .map_err(io_err(format!("create {}", run_dir.display())))?;
+        // Canonical, so that the mount table comparison in close/list sees the same path.
+        let run_dir = run_dir
+            .canonicalize()
+            .map_err(io_err(format!("resolve {}", run_dir.display())))?;
+        let file = run_dir.join(name);
+        let state = state_path(&run_dir, name);
 
-    let (rd, wr) = pipe()?;
-    // The child only runs `server_child`, which keeps `fork`'s contract (it takes no lock other
-    // threads of this process may hold, see the module documentation) and never returns.
-    let pid = match infra::sys::fork().map_err(io_err("fork"))? {
-        infra::sys::Fork::Child => {
-            drop(rd);
-            server_child(mapping, &file, &state, wr);
+        // One device, one mapping: two servers would each cache and write it. Checked and
+        // started under the run directory's open lock, so two opens under two names cannot
+        // both pass.
+        let open_lock_path = run_dir.join(".open.lock");
+        let open_lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&open_lock_path)
+            .map_err(io_err(format!("open {}", open_lock_path.display())))?;
+        open_lock
+            .lock()
+            .map_err(io_err(format!("lock {}", open_lock_path.display())))?;
+        let id = infra::device::DeviceId::of(&mapping.device)
+            .map_err(io_err(format!("inspect {}", mapping.device.display())))?;
+        if let Some(m) = list(&run_dir)?.into_iter().find(|m| {
+            m.name != name
+                && m.device_id.map_or_else(
+                    || infra::device::DeviceId::same(&m.device, &mapping.device),
+                    |o| o == id,
+                )
+        }) {
+            return Err(FuseError::DeviceMapped {
+                name: m.name,
+                file: m.file,
+            });
         }
-        infra::sys::Fork::Parent(pid) => pid,
-    };
-    // Parent: our copy of the key goes now.
-    drop(mapping);
-    drop(wr);
-    // Reaping the intermediate child we just forked (it exits at once).
-    while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(pid, None) {}
-    // The server takes the lock over once it runs; release ours (it inherited a copy of the
-    // descriptor, which it closes, then it locks its own).
-    drop(lock);
-    let message = read_report(rd, SERVER_TIMEOUT);
-    // The server holds its own lock now (or has failed): the next open's check sees it.
-    drop(open_lock);
-    match message.as_deref() {
-        Some("OK") => Ok(file),
-        other => {
-            let message = match other {
-                Some(m) => m.strip_prefix("ERR ").unwrap_or(m).to_string(),
-                None => "no answer from the server".to_string(),
-            };
-            // Leave nothing behind if the server could not take the mapping over.
-            if let Ok(f) = File::open(&state) {
-                if !lock_held(&f) {
-                    let _ = fs::remove_file(&state);
-                    if !is_mountpoint(&file) {
-                        let _ = fs::remove_file(&file);
+
+        // The state file doubles as the lock that makes "open NAME" exclusive.
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&state)
+            .map_err(io_err(format!("open {}", state.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(FuseError::AlreadyOpen(name.to_string()));
+        }
+        if is_mountpoint(&file) {
+            // A previous server died without unmounting: the mount is dead; clear it.
+            let c = CString::new(file.as_os_str().as_bytes())
+                .map_err(|_| FuseError::Name(name.to_string()))?;
+            let _ = nix::mount::umount2(c.as_c_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        match fs::symlink_metadata(&file) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(FuseError::Invalid(format!(
+                    "{} exists and is not a regular file",
+                    file.display()
+                )))
+            }
+            Err(_) => {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&file)
+                    .map_err(io_err(format!("create {}", file.display())))?;
+            }
+        }
+        write_state(&mut lock, name, &mapping)
+            .map_err(io_err(format!("write {}", state.display())))?;
+
+        let Server {
+            mut handover,
+            report,
+        } = self;
+        let message = encode_handover(&mapping, &file, &state)?;
+        // Our copy of the key goes now; the pipe's buffer is the kernel's, freed once read.
+        drop(mapping);
+        let sent = handover.write_all(&message);
+        drop(message);
+        // EOF ends the message.
+        drop(handover);
+        // The server takes the lock over once it runs; release ours.
+        drop(lock);
+        let message = match sent {
+            Err(e) => Some(format!("ERR hand the mapping over to the server: {e}")),
+            Ok(()) => read_report(report, SERVER_TIMEOUT),
+        };
+        // The server holds its own lock now (or has failed): the next open's check sees it.
+        drop(open_lock);
+        match message.as_deref() {
+            Some("OK") => Ok(file),
+            other => {
+                let message = match other {
+                    Some(m) => m.strip_prefix("ERR ").unwrap_or(m).to_string(),
+                    None => "no answer from the server".to_string(),
+                };
+                // Leave nothing behind if the server could not take the mapping over.
+                if let Ok(f) = File::open(&state) {
+                    if !lock_held(&f) {
+                        let _ = fs::remove_file(&state);
+                        if !is_mountpoint(&file) {
+                            let _ = fs::remove_file(&file);
+                        }
                     }
                 }
-            }
-            if message.contains("/dev/fuse") || message.contains("FUSE is not available") {
-                Err(FuseError::NoFuse(message))
-            } else {
-                Err(FuseError::Server {
-                    name: name.to_string(),
-                    message,
-                })
+                if message.contains("/dev/fuse") || message.contains("FUSE is not available") {
+                    Err(FuseError::NoFuse(message))
+                } else {
+                    Err(FuseError::Server {
+                        name: name.to_string(),
+                        message,
+                    })
+                }
             }
         }
     }
+}
+
+/// The hand-over message: the mount point, the state file, the device (each a `u32` length and
+/// the bytes), data offset and size (`u64`), sector size (`u32`), the key (`u32` length, bytes).
+/// Built in one allocation of its final size, so no reallocation leaves a copy of the key.
+fn encode_handover(
+    m: &Mapping,
+    file: &Path,
+    state: &Path,
+) -> Result<Zeroizing<Vec<u8>>, FuseError> {
+    let paths = [file.as_os_str(), state.as_os_str(), m.device.as_os_str()];
+    let len = paths.iter().map(|p| 4 + p.len()).sum::<usize>() + 8 + 8 + 4 + 4 + m.key.len();
+    if len > HANDOVER_MAX {
+        return Err(FuseError::Invalid(
+            "the device or run directory path is too long".into(),
+        ));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(len));
+    for p in paths {
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(p.as_bytes());
+    }
+    out.extend_from_slice(&m.data_offset.to_le_bytes());
+    out.extend_from_slice(&m.size.to_le_bytes());
+    out.extend_from_slice(&m.sector_size.to_le_bytes());
+    out.extend_from_slice(&(m.key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&m.key);
+    debug_assert_eq!(out.len(), len);
+    Ok(out)
+}
+
+/// What the server is handed: where to mount, its state file, and the mapping.
+struct Handover {
+    file: PathBuf,
+    state: PathBuf,
+    mapping: Mapping,
+}
+
+/// Reads [`encode_handover`]'s message; `None` for a malformed one.
+fn decode_handover(b: &[u8]) -> Option<Handover> {
+    struct Cursor<'a>(&'a [u8]);
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+            if self.0.len() < n {
+                return None;
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Some(head)
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+        }
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        }
+        fn path(&mut self) -> Option<PathBuf> {
+            let n = self.u32()? as usize;
+            Some(PathBuf::from(OsStr::from_bytes(self.take(n)?)))
+        }
+    }
+    let mut c = Cursor(b);
+    let (file, state, device) = (c.path()?, c.path()?, c.path()?);
+    let data_offset = c.u64()?;
+    let size = c.u64()?;
+    let sector_size = c.u32()?;
+    let n = c.u32()? as usize;
+    let key = c.take(n)?;
+    if !c.0.is_empty() {
+        return None;
+    }
+    // The key goes straight into its zeroizing buffer of the exact size.
+    let mapping = Mapping {
+        device,
+        data_offset,
+        size,
+        sector_size,
+        key: Zeroizing::new(key.to_vec()),
+    };
+    Some(Handover {
+        file,
+        state,
+        mapping,
+    })
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), FuseError> {
@@ -855,8 +1004,9 @@ fn read_report(rd: OwnedFd, timeout: Duration) -> Option<String> {
     text.lines().next().map(str::to_string)
 }
 
-/// The forked side of [`open`]: detach, become the server, report, serve, clean up, exit.
-fn server_child(mapping: Mapping, file: &Path, state: &Path, report: OwnedFd) -> ! {
+/// The forked side of [`Server::spawn`]: detach, wait for the mapping, become the server,
+/// report, serve, clean up, exit.
+fn server_child(handover: OwnedFd, report: OwnedFd) -> ! {
     // `exit_immediately` (`_exit`) skips the parent's atexit handlers and destructors, which
     // belong to the parent. This process has one thread, so its own fork is unrestricted.
     let _ = nix::unistd::setsid();
@@ -872,11 +1022,23 @@ fn server_child(mapping: Mapping, file: &Path, state: &Path, report: OwnedFd) ->
     // The report pipe's reader may be gone by the time a late error is written.
     let _ = infra::sys::ignore_signal(Signal::SIGPIPE);
     let _ = nix::sys::prctl::set_dumpable(false);
-    let report_fd = report.as_raw_fd();
-    close_inherited_fds(&[report_fd]);
+    close_inherited_fds(&[handover.as_raw_fd(), report.as_raw_fd()]);
     redirect_stdio();
+    // Before the key arrives, so that every page it ever lands on is locked. Only as root: under
+    // a memory-lock limit, locking future mappings would make later allocations fail.
+    if nix::unistd::geteuid().is_root() {
+        let _ = infra::sys::lock_all_memory();
+    }
     let mut report = File::from(report);
-    let code = match server_main(mapping, file, state, &mut report) {
+    let Some(Handover {
+        file,
+        state,
+        mapping,
+    }) = receive(handover, &mut report)
+    else {
+        infra::sys::exit_immediately(0)
+    };
+    let code = match server_main(mapping, &file, &state, &mut report) {
         Ok(()) => 0,
         Err(e) => {
             // Only reaches the parent if it is still waiting (set-up failures).
@@ -884,9 +1046,37 @@ fn server_child(mapping: Mapping, file: &Path, state: &Path, report: OwnedFd) ->
             1
         }
     };
-    let _ = fs::remove_file(state);
-    let _ = fs::remove_file(file);
+    let _ = fs::remove_file(&state);
+    let _ = fs::remove_file(&file);
     infra::sys::exit_immediately(code)
+}
+
+/// Waits for the hand-over message; `None` when the caller gave up (EOF before any byte) or
+/// the message is malformed (reported).
+fn receive(handover: OwnedFd, report: &mut File) -> Option<Handover> {
+    // A fixed buffer, never grown: a reallocation would leave a copy of the key behind.
+    let mut buf = Zeroizing::new(vec![0u8; HANDOVER_MAX + 1]);
+    let mut f = File::from(handover);
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = writeln!(report, "ERR read the mapping from the caller: {e}");
+                return None;
+            }
+        }
+    }
+    if got == 0 {
+        return None;
+    }
+    let h = decode_handover(&buf[..got]);
+    if h.is_none() {
+        let _ = writeln!(report, "ERR the caller handed over a malformed mapping");
+    }
+    h
 }
 
 fn server_main(
@@ -1144,6 +1334,33 @@ mod tests {
             (dev, 4096, m.size, 4096)
         );
         assert!(!format!("{m:?}").contains("[1, 1"), "Debug redacts the key");
+    }
+
+    #[test]
+    fn the_handover_carries_the_mapping_and_refuses_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("dev");
+        fs::write(&dev, vec![0u8; 1 << 20]).unwrap();
+        let mut key = [7u8; 64];
+        key[63] = 9;
+        let m = Mapping::new(&dev, 8192, Some(65536), 512, &key).unwrap();
+        let msg = encode_handover(&m, Path::new("/run/x/v"), Path::new("/run/x/.v.pid")).unwrap();
+        assert_eq!(msg.capacity(), msg.len(), "built in one allocation");
+        let h = decode_handover(&msg).unwrap();
+        assert_eq!(h.file, Path::new("/run/x/v"));
+        assert_eq!(h.state, Path::new("/run/x/.v.pid"));
+        let g = &h.mapping;
+        assert_eq!(
+            (&g.device, g.data_offset, g.size, g.sector_size),
+            (&dev, 8192, 65536, 512)
+        );
+        assert_eq!(&g.key[..], &key[..]);
+        for cut in [0, 3, msg.len() - 1] {
+            assert!(decode_handover(&msg[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut long = msg.to_vec();
+        long.push(0);
+        assert!(decode_handover(&long).is_none(), "trailing byte");
     }
 
     #[test]

@@ -529,7 +529,32 @@ pub(crate) fn is_unbound(vol: &mut Volume, slot: u32) -> bool {
 /// VP token's (what `validate` reports invalid) opens only if [`Ui::confirm_risk`] says yes,
 /// else [`Error::VpTokenMismatch`]: data written through the wrong key is lost. A device that
 /// is open already under another name is [`Error::AlreadyMapped`].
+///
+/// The server process is forked first, before the passphrase, the secure key or the adapters'
+/// state are read, so that it holds none of them (see [`crate::fuse`]). A caller that holds a
+/// secret already (a passphrase to give) spawns the server before reading it and calls
+/// [`open_on`].
 pub fn open(
+    hsm: &Hsm,
+    device: &Path,
+    name: &str,
+    pass: &mut Supplier,
+    ui: &mut dyn Ui,
+) -> Result<std::path::PathBuf, Error> {
+    open_on(spawn_server()?, hsm, device, name, pass, ui)
+}
+
+/// Forks the FUSE server that [`open_on`] hands the volume to: call it before reading secrets.
+pub fn spawn_server() -> Result<crate::fuse::Server, Error> {
+    crate::fuse::Server::spawn().map_err(|e| match e {
+        crate::fuse::FuseError::NoFuse(_) => Error::NotAvailable(e.to_string()),
+        e => Error::Invalid(format!("starting the data path's server failed: {e}")),
+    })
+}
+
+/// [`open`] with a server spawned beforehand ([`spawn_server`]).
+pub fn open_on(
+    server: crate::fuse::Server,
     hsm: &Hsm,
     device: &Path,
     name: &str,
@@ -577,14 +602,16 @@ pub fn open(
     )
     .map_err(|e| Error::Invalid(format!("'{dev}': {e}")))?;
     drop(vol);
-    crate::fuse::open(mapping, name, &crate::fuse::run_dir()).map_err(|e| match e {
-        crate::fuse::FuseError::DeviceMapped { name, file } => Error::AlreadyMapped {
-            device: dev,
-            name,
-            file: file.display().to_string(),
-        },
-        e => Error::Invalid(format!("opening '{dev}' as '{name}' failed: {e}")),
-    })
+    server
+        .open(mapping, name, &crate::fuse::run_dir())
+        .map_err(|e| match e {
+            crate::fuse::FuseError::DeviceMapped { name, file } => Error::AlreadyMapped {
+                device: dev,
+                name,
+                file: file.display().to_string(),
+            },
+            e => Error::Invalid(format!("opening '{dev}' as '{name}' failed: {e}")),
+        })
 }
 
 /// `zkey-cryptsetup close`: unmounts the mapping and waits for its server to exit.

@@ -317,11 +317,16 @@ pub fn run(
             }
         }
         Action::Open => {
+            // The server is forked before the passphrase is read, and without the simulator's
+            // state this process has cached, so that it has no copy of either.
+            ad.hsm.simulator().forget_state();
+            let server = zkey_cryptsetup::volume::spawn_server().map_err(cs)?;
             let source = match &plan.passphrase_file {
                 Some(p) => Source::Given(Passphrase::new(read_passphrase_file(p)?.to_vec())),
                 None => Source::Prompt { tries: 3 },
             };
-            let file = zkey_cryptsetup::volume::open(
+            let file = zkey_cryptsetup::volume::open_on(
+                server,
                 &ad.hsm,
                 &device,
                 plan.volume.dm_name(),

@@ -410,12 +410,18 @@ pub fn change(
     }
     let ev = event("change", &[name], &p.apqns);
     let what = intent(ev.clone(), format!("changes the properties of '{name}'"));
-    audited(w, ad, what, || Ok(w.change_key(name, &p, c.passphrase)?), |_| {
-        vec![Event {
-            details: Some("properties changed".into()),
-            ..ev
-        }]
-    })
+    audited(
+        w,
+        ad,
+        what,
+        || Ok(w.change_key(name, &p, c.passphrase)?),
+        |_| {
+            vec![Event {
+                details: Some("properties changed".into()),
+                ..ev
+            }]
+        },
+    )
 }
 
 /// What `zkey reencipher` of repository keys did, and where everything stands after it.

@@ -328,41 +328,9 @@ impl Client {
         // The request may hold a clear key (Register): zero the encoding after sending.
         let request = Zeroizing::new(Item::structure(tag::REQUEST_MESSAGE, items).encode()?);
         let response = self.conn.round_trip(&request)?;
-        let msg = Item::decode(&response)?;
-        if msg.tag != tag::RESPONSE_MESSAGE {
-            return Err(KmipError::Protocol(format!(
-                "expected a Response Message, got tag {:06X}",
-                msg.tag
-            )));
-        }
-        let mut out: Vec<Option<Result<Item, KmipError>>> = (0..n).map(|_| None).collect();
-        for (pos, bi) in msg.all(tag::BATCH_ITEM).enumerate() {
-            let idx = match bi.child(tag::UNIQUE_BATCH_ITEM_ID).and_then(Item::as_bytes) {
-                Some([id]) if (1..=n).contains(&(*id as usize)) => *id as usize - 1,
-                _ => pos,
-            };
-            let Some(slot) = out.get_mut(idx) else {
-                return Err(KmipError::Protocol(format!(
-                    "the response has more batch items than the request ({n})"
-                )));
-            };
-            *slot = Some(batch_result(ops[idx], bi));
-        }
-        // A server that stops at the first failure (batch error continuation "stop") leaves
-        // later items unanswered.
-        Ok(out
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.unwrap_or_else(|| {
-                    Err(KmipError::Protocol(format!(
-                        "the server did not answer batch item {} ({:?})",
-                        i + 1,
-                        ops[i]
-                    )))
-                })
-            })
-            .collect())
+        #[cfg(feature = "failpoints")]
+        capture::response(&ops, &response);
+        read_response(&response, &ops)
     }
 
     /// One operation, one response payload.
@@ -666,7 +634,79 @@ impl Client {
     }
 }
 
-fn parse_attributes(p: &Item) -> KeyAttributes {
+/// Test builds only (feature `failpoints`): with `$ZKEY_KMIP_CAPTURE_DIR` set, every response
+/// message the plug-in receives is saved there as `PID-SEQ-OPERATIONS.ttlv`, for the fuzzing
+/// seed corpus (`tests/tests/kmip_seeds.rs`). A release build has no such code.
+#[cfg(feature = "failpoints")]
+mod capture {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub const DIR_ENV: &str = "ZKEY_KMIP_CAPTURE_DIR";
+
+    pub fn response(ops: &[super::Operation], response: &[u8]) {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let Some(dir) = std::env::var_os(DIR_ENV).filter(|d| !d.is_empty()) else {
+            return;
+        };
+        let names: Vec<String> = ops.iter().map(|o| format!("{o:?}")).collect();
+        let file = std::path::Path::new(&dir).join(format!(
+            "{}-{:03}-{}.ttlv",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed),
+            names.join("+")
+        ));
+        let _ = infra::durable::write_atomic(&file, response, 0o600);
+    }
+}
+
+/// The plug-in's reading of a server's Response Message to a request whose batch items were
+/// `ops`: each item's response payload or its error, in the request's order. Items are matched
+/// by their Unique Batch Item ID when the server echoes it, else by position. Its input is
+/// the network's, so it refuses (never panics on) anything malformed.
+pub fn read_response(
+    response: &[u8],
+    ops: &[Operation],
+) -> Result<Vec<Result<Item, KmipError>>, KmipError> {
+    let n = ops.len();
+    let msg = Item::decode(response)?;
+    if msg.tag != tag::RESPONSE_MESSAGE {
+        return Err(KmipError::Protocol(format!(
+            "expected a Response Message, got tag {:06X}",
+            msg.tag
+        )));
+    }
+    let mut out: Vec<Option<Result<Item, KmipError>>> = (0..n).map(|_| None).collect();
+    for (pos, bi) in msg.all(tag::BATCH_ITEM).enumerate() {
+        let idx = match bi.child(tag::UNIQUE_BATCH_ITEM_ID).and_then(Item::as_bytes) {
+            Some([id]) if (1..=n).contains(&(*id as usize)) => *id as usize - 1,
+            _ => pos,
+        };
+        let Some(slot) = out.get_mut(idx) else {
+            return Err(KmipError::Protocol(format!(
+                "the response has more batch items than the request ({n})"
+            )));
+        };
+        *slot = Some(batch_result(ops[idx], bi));
+    }
+    // A server that stops at the first failure (batch error continuation "stop") leaves
+    // later items unanswered.
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|| {
+                Err(KmipError::Protocol(format!(
+                    "the server did not answer batch item {} ({:?})",
+                    i + 1,
+                    ops[i]
+                )))
+            })
+        })
+        .collect())
+}
+
+/// The attributes of a Get Attributes response payload; what is not understood is skipped.
+pub fn parse_attributes(p: &Item) -> KeyAttributes {
     let mut a = KeyAttributes::default();
     for attr in p.all(tag::ATTRIBUTE) {
         let (Some(name), Some(v)) = (
