@@ -776,15 +776,19 @@ impl Hsm {
         let plain = match k.as_bytes().len() {
             16 => aes_gcm::Aes128Gcm::new(k.as_bytes().into()).decrypt(nonce, payload),
             32 => aes_gcm::Aes256Gcm::new(k.as_bytes().into()).decrypt(nonce, payload),
-            n => return Err(HsmError::Invalid(format!(
-                "AES-GCM here takes 128- or 256-bit keys, and this secure key holds a {}-bit one",
-                n * 8
-            ))),
+            n => return Err(gcm_key_size(n)),
         };
         plain
             .map(Zeroizing::new)
             .map_err(|_| HsmError::GcmAuthentication)
     }
+}
+
+fn gcm_key_size(bytes: usize) -> HsmError {
+    HsmError::Invalid(format!(
+        "AES-GCM here takes 128- or 256-bit keys, and this secure key holds a {}-bit one",
+        bytes * 8
+    ))
 }
 
 /// Why a `CKM_RSA_AES_KEY_WRAP` blob could not be unwrapped. Nothing is returned in any case.
