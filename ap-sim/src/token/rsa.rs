@@ -104,12 +104,17 @@ impl RsaKeyToken {
         if !BITS.contains(&bits) {
             return Err(TokenError::RsaKeyBits(bits));
         }
-        let primes = secret.primes();
-        if primes.len() != 2 || *secret.e() != BigUint::from(PUBLIC_EXPONENT) {
-            return Err(TokenError::RsaKeyShape { kind: KIND });
-        }
         let k = bits as usize / 8;
         let half = k / 2;
+        let primes = secret.primes();
+        // Checked before anything is written: an error after a prime went into the buffer
+        // would drop clear key material unwiped.
+        if primes.len() != 2
+            || primes.iter().any(|p| p.bits() > half * 8)
+            || *secret.e() != BigUint::from(PUBLIC_EXPONENT)
+        {
+            return Err(TokenError::RsaKeyShape { kind: KIND });
+        }
         let off = offsets(k);
         let len = token_len(bits);
         let mut t = vec![0u8; len];
@@ -123,14 +128,16 @@ impl RsaKeyToken {
         )?;
         let nonce = random::<NONCE_LEN>();
         t[off.nonce..off.private].copy_from_slice(&nonce);
-        // The clear primes are in the token buffer only until the encryption below, and their
-        // big-endian copies are wiped on drop.
+        // The clear primes are in the token buffer only until the encryption below (their
+        // sizes were checked above, so nothing fails in between), and their big-endian copies
+        // are wiped on drop.
         for (i, p) in primes.iter().enumerate() {
             let start = off.private + i * half;
             put_be(
                 &mut t[start..start + half],
                 &Zeroizing::new(p.to_bytes_be()),
-            )?;
+            )
+            .expect("prime sizes checked");
         }
         let keys = wrap_keys(apka);
         keys.ctr_apply(&nonce, &mut t[off.private..off.tag]);
