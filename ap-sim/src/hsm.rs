@@ -1,7 +1,8 @@
 //! The HSM operations on secure keys, as the kernel's `pkey` driver and the CCA and EP11
 //! libraries offer them on real hardware: generate, import a clear key, verify, re-encipher,
-//! derive the effective key and its verification pattern, and the APKA-wrapped ECC key
-//! operations the KMS plug-in's identity key needs.
+//! derive the effective key and its verification pattern, the APKA-wrapped ECC key operations
+//! the KMS plug-in's identity key needs, and the APKA-wrapped RSA key that KMS keys are
+//! delivered wrapped for (unwrapped inside the adapter straight into a secure key).
 //!
 //! Each operation takes a snapshot of the bus, picks the APQNs that may serve it (online, of the
 //! key's mode, within the caller's restriction, holding the right master key in the right
@@ -21,6 +22,7 @@ use crate::mkvp::{MasterKey, Mkvp};
 use crate::registers::{CcaNew, Ep11New, MkType};
 use crate::sim::{SimError, Simulator};
 use crate::token::ecc::EccKeyToken;
+use crate::token::rsa::RsaKeyToken;
 use crate::token::{KeyType, SecureKey, Token, TokenError};
 
 /// Which register of an APQN a key is enciphered with.
@@ -76,6 +78,10 @@ pub enum HsmError {
         "the two halves of the XTS key are enciphered with different master keys ({0} and {1})"
     )]
     SplitXts(Mkvp, Mkvp),
+    #[error(transparent)]
+    KeyWrap(#[from] KeyWrapError),
+    #[error("AES-GCM authentication failed: the data was not encrypted with this key, or it (or its nonce or associated data) was modified")]
+    GcmAuthentication,
     #[error("{0}")]
     Invalid(String),
 }
@@ -513,37 +519,101 @@ impl Hsm {
         self.import_clear(key_type, &clear, false, apqns)
     }
 
-    // ----- APKA: ECC private keys -----
+    // ----- APKA: ECC and RSA private keys -----
 
-    /// Generates a P-256 private key enciphered with the APKA master key.
-    pub fn generate_ecc(&self, apqns: Option<&[Apqn]>) -> Result<EccKeyToken, HsmError> {
+    /// The CURRENT APKA master key of the first usable CCA APQN, for a new `what` key.
+    fn apka_current(&self, what: &str, apqns: Option<&[Apqn]>) -> Result<MasterKey, HsmError> {
         let (cands, why) = self.candidates(Mode::Cca, MkType::Apka, apqns)?;
-        let mk = cands.iter().find_map(|c| c.current.as_ref()).ok_or_else(|| {
-            no_ecc_apqn(
-                apqns,
-                format!("an ECC key needs an online CCA APQN with a valid CURRENT APKA master key ({why})"),
-            )
-        })?;
-        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
-        Ok(EccKeyToken::wrap(&secret, mk))
+        cands
+            .iter()
+            .find_map(|c| c.current.clone())
+            .ok_or_else(|| {
+                no_apka_apqn(
+                    what,
+                    apqns,
+                    format!("an {what} key needs an online CCA APQN with a valid CURRENT APKA master key ({why})"),
+                )
+            })
     }
 
+    /// The APKA master key with verification pattern `mkvp` in register `reg` of a usable APQN.
     fn apka_key(
         &self,
-        token: &EccKeyToken,
+        mkvp: Mkvp,
         reg: Register,
         apqns: Option<&[Apqn]>,
-    ) -> Result<(Vec<Candidate>, MasterKey), HsmError> {
+    ) -> Result<MasterKey, HsmError> {
         let (cands, _) = self.candidates(Mode::Cca, MkType::Apka, apqns)?;
-        let mkvp = token.mkvp();
-        let mk = find_key(&cands, reg, &mkvp, MkType::Apka)
+        find_key(&cands, reg, &mkvp, MkType::Apka)
             .cloned()
             .ok_or(HsmError::Unusable {
                 mkvp,
                 old: "",
                 within: within(apqns),
-            })?;
-        Ok((cands, mk))
+            })
+    }
+
+    /// Where an APKA key's master key sits (CURRENT, else OLD), with what `open` made of the
+    /// token under that master key (it authenticates the token: the private key, or nothing).
+    fn apka_open<T>(
+        &self,
+        mkvp: Mkvp,
+        apqns: Option<&[Apqn]>,
+        open: impl Fn(&MasterKey) -> Result<T, TokenError>,
+    ) -> Result<(Register, T), HsmError> {
+        for reg in [Register::Current, Register::Old] {
+            if let Ok(mk) = self.apka_key(mkvp, reg, apqns) {
+                return Ok((reg, open(&mk)?));
+            }
+        }
+        Err(HsmError::Unusable {
+            mkvp,
+            old: " or OLD",
+            within: within(apqns),
+        })
+    }
+
+    /// The (from, to) APKA master keys of a re-encipher of a `what` key in `direction`, or
+    /// `None` for `FromOld` of a key already under CURRENT (left as it is, as RTCMK does).
+    fn apka_rewrap_keys(
+        &self,
+        what: &str,
+        mkvp: Mkvp,
+        direction: Direction,
+        apqns: Option<&[Apqn]>,
+    ) -> Result<Option<(MasterKey, MasterKey)>, HsmError> {
+        let (cands, _) = self.candidates(Mode::Cca, MkType::Apka, apqns)?;
+        let pick = |from: Register, to: fn(&Candidate) -> Option<&MasterKey>| {
+            cands
+                .iter()
+                .find_map(|c| Some((c.holds(from, &mkvp, MkType::Apka)?.clone(), to(c)?.clone())))
+        };
+        let found = match direction {
+            Direction::ToNew => pick(Register::Current, |c| c.new.as_ref()),
+            Direction::FromOld => {
+                if find_key(&cands, Register::Current, &mkvp, MkType::Apka).is_some() {
+                    return Ok(None);
+                }
+                pick(Register::Old, |c| c.current.as_ref())
+            }
+        };
+        found.map(Some).ok_or_else(|| {
+            no_apka_apqn(
+                what,
+                apqns,
+                match direction {
+                    Direction::ToNew => format!("no CCA APQN holds the {what} key's APKA master key as CURRENT with a full NEW APKA master key"),
+                    Direction::FromOld => format!("no CCA APQN holds the {what} key's APKA master key as OLD"),
+                },
+            )
+        })
+    }
+
+    /// Generates a P-256 private key enciphered with the APKA master key.
+    pub fn generate_ecc(&self, apqns: Option<&[Apqn]>) -> Result<EccKeyToken, HsmError> {
+        let mk = self.apka_current("ECC", apqns)?;
+        let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+        Ok(EccKeyToken::wrap(&secret, &mk))
     }
 
     /// Where an ECC key's APKA master key sits: CURRENT, else OLD.
@@ -552,17 +622,8 @@ impl Hsm {
         token: &EccKeyToken,
         apqns: Option<&[Apqn]>,
     ) -> Result<Register, HsmError> {
-        for reg in [Register::Current, Register::Old] {
-            if let Ok((_, mk)) = self.apka_key(token, reg, apqns) {
-                token.unwrap(&mk)?;
-                return Ok(reg);
-            }
-        }
-        Err(HsmError::Unusable {
-            mkvp: token.mkvp(),
-            old: " or OLD",
-            within: within(apqns),
-        })
+        let (reg, _) = self.apka_open(token.mkvp(), apqns, |mk| token.unwrap(mk).map(drop))?;
+        Ok(reg)
     }
 
     /// Signs a message digest with ECDSA P-256/SHA-256 inside the adapter; DER-encoded signature.
@@ -573,9 +634,7 @@ impl Hsm {
         apqns: Option<&[Apqn]>,
     ) -> Result<Vec<u8>, HsmError> {
         use p256::ecdsa::signature::Signer;
-        let reg = self.verify_ecc(token, apqns)?;
-        let (_, mk) = self.apka_key(token, reg, apqns)?;
-        let secret = token.unwrap(&mk)?;
+        let (_, secret) = self.apka_open(token.mkvp(), apqns, |mk| token.unwrap(mk))?;
         let signer = p256::ecdsa::SigningKey::from(&secret);
         let sig: p256::ecdsa::Signature = signer.sign(message);
         Ok(sig.to_der().as_bytes().to_vec())
@@ -588,40 +647,174 @@ impl Hsm {
         direction: Direction,
         apqns: Option<&[Apqn]>,
     ) -> Result<EccKeyToken, HsmError> {
-        let (cands, _) = self.candidates(Mode::Cca, MkType::Apka, apqns)?;
-        let mkvp = token.mkvp();
-        let pick = |from: Register, to: fn(&Candidate) -> Option<&MasterKey>| {
-            cands
-                .iter()
-                .find_map(|c| Some((c.holds(from, &mkvp, MkType::Apka)?, to(c)?)))
-        };
-        let found = match direction {
-            Direction::ToNew => pick(Register::Current, |c| c.new.as_ref()),
-            Direction::FromOld => {
-                if find_key(&cands, Register::Current, &mkvp, MkType::Apka).is_some() {
-                    return Ok(token.clone());
-                }
-                pick(Register::Old, |c| c.current.as_ref())
+        match self.apka_rewrap_keys("ECC", token.mkvp(), direction, apqns)? {
+            Some((from, to)) => Ok(token.rewrap(&from, &to)?),
+            None => Ok(token.clone()),
+        }
+    }
+
+    /// Generates an RSA key pair of `bits` (3072 or 4096) inside the adapter, the private key
+    /// enciphered with the APKA master key. Only [`RsaKeyToken::public_key_pem`] leaves it.
+    pub fn generate_rsa(&self, bits: u32, apqns: Option<&[Apqn]>) -> Result<RsaKeyToken, HsmError> {
+        if !crate::token::rsa::BITS.contains(&bits) {
+            return Err(TokenError::RsaKeyBits(bits).into());
+        }
+        let mk = self.apka_current("RSA", apqns)?;
+        let secret = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, bits as usize)
+            .map_err(|e| HsmError::Invalid(format!("RSA key generation failed: {e}")))?;
+        Ok(RsaKeyToken::wrap(&secret, &mk)?)
+    }
+
+    /// Where an RSA key's APKA master key sits: CURRENT, else OLD.
+    pub fn verify_rsa(
+        &self,
+        token: &RsaKeyToken,
+        apqns: Option<&[Apqn]>,
+    ) -> Result<Register, HsmError> {
+        let (reg, _) = self.apka_open(token.mkvp(), apqns, |mk| token.unwrap(mk).map(drop))?;
+        Ok(reg)
+    }
+
+    /// Re-enciphers an RSA key with the APKA master key, in either direction; the key pair
+    /// (and so what a KMS registered) stays the same.
+    pub fn reencipher_rsa(
+        &self,
+        token: &RsaKeyToken,
+        direction: Direction,
+        apqns: Option<&[Apqn]>,
+    ) -> Result<RsaKeyToken, HsmError> {
+        match self.apka_rewrap_keys("RSA", token.mkvp(), direction, apqns)? {
+            Some((from, to)) => Ok(token.rewrap(&from, &to)?),
+            None => Ok(token.clone()),
+        }
+    }
+
+    /// Unwraps a PKCS #11 `CKM_RSA_AES_KEY_WRAP` blob (what OpenBao's `transit/byok-export`
+    /// returns) addressed to the adapter's RSA key `rsa_key`, straight into a secure key of
+    /// `key_type` under the CURRENT AES (or EP11) master key, inside the adapter.
+    ///
+    /// The blob is the RSA-OAEP (SHA-256, MGF1-SHA-256, no label) encryption of an ephemeral
+    /// AES key, exactly the RSA modulus long, followed by the target key wrapped under that
+    /// ephemeral key with AES key wrap with padding (RFC 5649). The ephemeral key, the target
+    /// key and the RSA private key exist only in this function's zeroizing buffers. `rsa_key`
+    /// may be enciphered with CURRENT or OLD APKA.
+    pub fn unwrap_rsa_aes_key_wrap(
+        &self,
+        rsa_key: &RsaKeyToken,
+        blob: &[u8],
+        key_type: KeyType,
+        apqns: Option<&[Apqn]>,
+    ) -> Result<SecureKey, HsmError> {
+        let k = rsa_key.bits() as usize / 8;
+        // The wrap with padding of a 16-, 24- or 32-byte key is 24, 32 or 40 bytes.
+        if !matches!(blob.len().checked_sub(k), Some(24 | 32 | 40)) {
+            return Err(KeyWrapError::Length {
+                bits: rsa_key.bits(),
+                found: blob.len(),
+                expected: [k + 24, k + 32, k + 40],
             }
+            .into());
+        }
+        let (oaep, kwp) = blob.split_at(k);
+        let (_, secret) = self.apka_open(rsa_key.mkvp(), apqns, |mk| rsa_key.unwrap(mk))?;
+        let ephemeral = Zeroizing::new(
+            secret
+                .decrypt_blinded(
+                    &mut rand::rngs::OsRng,
+                    rsa::Oaep::new::<sha2::Sha256>(),
+                    oaep,
+                )
+                .map_err(|_| KeyWrapError::Oaep)?,
+        );
+        drop(secret);
+        let mut out = Zeroizing::new(vec![0u8; kwp.len() - 8]);
+        let unwrapped = match ephemeral.len() {
+            16 => aes_kw::KekAes128::new(ephemeral.as_slice().into())
+                .unwrap_with_padding(kwp, &mut out),
+            24 => aes_kw::KekAes192::new(ephemeral.as_slice().into())
+                .unwrap_with_padding(kwp, &mut out),
+            32 => aes_kw::KekAes256::new(ephemeral.as_slice().into())
+                .unwrap_with_padding(kwp, &mut out),
+            n => return Err(KeyWrapError::EphemeralKeyLength(n).into()),
         };
-        let (from, to) = found.ok_or_else(|| {
-            no_ecc_apqn(
-                apqns,
-                match direction {
-                    Direction::ToNew => "no CCA APQN holds the ECC key's APKA master key as CURRENT with a full NEW APKA master key".into(),
-                    Direction::FromOld => "no CCA APQN holds the ECC key's APKA master key as OLD".into(),
-                },
-            )
-        })?;
-        Ok(token.rewrap(from, to)?)
+        let clear = unwrapped.map_err(|_| KeyWrapError::Kwp)?;
+        if !matches!(clear.len(), 16 | 24 | 32) {
+            return Err(KeyWrapError::TargetKeyLength(clear.len()).into());
+        }
+        self.import_clear(key_type, clear, false, apqns)
+    }
+
+    /// Decrypts AES-GCM (96-bit nonce, 128-bit tag appended to the ciphertext) with the
+    /// secure key `key` inside the adapter: the data a KMS or an application encrypted with
+    /// the key the secure key holds. The key is never returned; only the plaintext is.
+    pub fn decrypt_aes_gcm(
+        &self,
+        key: &SecureKey,
+        nonce: &[u8],
+        ciphertext_and_tag: &[u8],
+        aad: &[u8],
+        apqns: Option<&[Apqn]>,
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        use aes_gcm::aead::{Aead, KeyInit as _, Payload};
+        if key.is_xts() {
+            return Err(HsmError::Invalid(
+                "AES-GCM takes one AES key, not an XTS pair: use a single secure key".into(),
+            ));
+        }
+        if nonce.len() != 12 {
+            return Err(HsmError::Invalid(format!(
+                "an AES-GCM nonce here is 12 bytes (96 bits), not {}",
+                nonce.len()
+            )));
+        }
+        let k = self.effective_key(key, apqns)?;
+        let payload = Payload {
+            msg: ciphertext_and_tag,
+            aad,
+        };
+        let nonce = aes_gcm::Nonce::from_slice(nonce);
+        let plain = match k.as_bytes().len() {
+            16 => aes_gcm::Aes128Gcm::new(k.as_bytes().into()).decrypt(nonce, payload),
+            32 => aes_gcm::Aes256Gcm::new(k.as_bytes().into()).decrypt(nonce, payload),
+            n => return Err(gcm_key_size(n)),
+        };
+        plain
+            .map(Zeroizing::new)
+            .map_err(|_| HsmError::GcmAuthentication)
     }
 }
 
-/// No APQN can serve an APKA-enciphered ECC key. Not [`HsmError::NoApqn`]: that names an AES
-/// key type, and an ECC key is none of them.
-fn no_ecc_apqn(apqns: Option<&[Apqn]>, why: String) -> HsmError {
+fn gcm_key_size(bytes: usize) -> HsmError {
     HsmError::Invalid(format!(
-        "no usable APQN for the APKA-enciphered ECC key{}: {why}",
+        "AES-GCM here takes 128- or 256-bit keys, and this secure key holds a {}-bit one",
+        bytes * 8
+    ))
+}
+
+/// Why a `CKM_RSA_AES_KEY_WRAP` blob could not be unwrapped. Nothing is returned in any case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyWrapError {
+    #[error("a CKM_RSA_AES_KEY_WRAP blob for a {bits}-bit RSA key is {expected:?} bytes (the RSA-OAEP block, then the AES key wrap of a 128-, 192- or 256-bit key), not {found}: the KMS returned something else, or it was cut")]
+    Length {
+        bits: u32,
+        found: usize,
+        expected: [usize; 3],
+    },
+    #[error("the RSA-OAEP (SHA-256) block does not decrypt with the adapter's RSA key: the key was wrapped for another RSA key (register this host's public key with the KMS again) or the blob is damaged")]
+    Oaep,
+    #[error("the ephemeral AES key in the RSA-OAEP block is {0} bytes, where only 16, 24 or 32 exist: the blob was not made with CKM_RSA_AES_KEY_WRAP")]
+    EphemeralKeyLength(usize),
+    #[error("the wrapped key failed the AES key wrap with padding (RFC 5649) integrity check: the blob is damaged or its two parts do not belong together")]
+    Kwp,
+    #[error("the unwrapped key is {0} bytes, which is no AES key (16, 24 or 32 bytes): the KMS key is not an AES key; use an aes128-gcm96 or aes256-gcm96 key")]
+    TargetKeyLength(usize),
+}
+
+/// No APQN can serve an APKA-enciphered `what` (ECC, RSA) key. Not [`HsmError::NoApqn`]: that
+/// names an AES key type, and an APKA key is none of them.
+fn no_apka_apqn(what: &str, apqns: Option<&[Apqn]>, why: String) -> HsmError {
+    HsmError::Invalid(format!(
+        "no usable APQN for the APKA-enciphered {what} key{}: {why}",
         within(apqns)
     ))
 }

@@ -20,6 +20,7 @@
 //! - [`aescipher`]: CCA-AESCIPHER, 120/128/136 bytes (kernel `struct cipherkeytoken`).
 //! - [`ep11`]: EP11-AES, 320 bytes, or 336 with a leading header (kernel `struct ep11keyblob`).
 //! - [`ecc`]: the simulator's own APKA-wrapped P-256 private key token.
+//! - [`rsa`]: the simulator's own APKA-wrapped RSA private key token (3072/4096 bits).
 //!
 //! Security properties the tests check for every format: a token unwraps only under the master
 //! key that wrapped it; a wrong master key is recognised from the MKVP and reported as such, and
@@ -42,6 +43,7 @@ pub mod aesdata;
 mod crypto;
 pub mod ecc;
 pub mod ep11;
+pub mod rsa;
 
 use crypto::WrapKeys;
 
@@ -209,6 +211,14 @@ pub enum TokenError {
     EccPublicKey { kind: &'static str },
     #[error("the {kind} token's private key does not belong to the public key it carries: the token was built wrongly; generate the key again")]
     EccKeyMismatch { kind: &'static str },
+    #[error("an RSA key of {0} bits cannot be an adapter's RSA key: only 3072 and 4096 bits are supported; generate the key again with one of them")]
+    RsaKeyBits(u32),
+    #[error("the {kind} token holds no valid RSA public key (its modulus must be full length and odd, its exponent 65537): the token is corrupted; restore it from a backup")]
+    RsaPublicKey { kind: &'static str },
+    #[error("the RSA key does not fit the {kind} token: it must have two primes and the public exponent 65537; generate it in the adapter")]
+    RsaKeyShape { kind: &'static str },
+    #[error("the {kind} token's private key does not belong to the public key it carries: the token was built wrongly; generate the key again")]
+    RsaKeyMismatch { kind: &'static str },
 }
 
 /// The smallest token of any format (CCA-AESDATA). Anything shorter is not a token.

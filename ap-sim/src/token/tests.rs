@@ -790,3 +790,155 @@ proptest! {
         parse_everything(&b);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// APKA RSA
+
+/// One 3072-bit key pair for all RSA token tests (generation takes a second or more).
+fn rsa_secret() -> &'static ::rsa::RsaPrivateKey {
+    static KEY: std::sync::OnceLock<::rsa::RsaPrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| ::rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 3072).unwrap())
+}
+
+#[test]
+fn rsa_token_round_trips_exports_its_public_key_and_rewraps() {
+    use ::rsa::pkcs8::DecodePublicKey;
+    use ::rsa::traits::{PrivateKeyParts, PublicKeyParts};
+    let (a, b) = (mk(30), mk(31));
+    let t = rsa::RsaKeyToken::wrap(rsa_secret(), &a).unwrap();
+    assert_eq!(t.as_bytes().len(), rsa::token_len(3072));
+    assert_eq!(t.as_bytes().len(), 68 + 2 * 384);
+    assert_eq!((t.bits(), t.mkvp()), (3072, a.cca_mkvp()));
+    let again = rsa::RsaKeyToken::parse(t.as_bytes()).unwrap();
+    assert_eq!(again, t);
+    assert_eq!(again.unwrap(&a).unwrap().primes(), rsa_secret().primes());
+    let spki = ::rsa::RsaPublicKey::from_public_key_der(&t.public_key_der()).unwrap();
+    assert_eq!(spki.n(), rsa_secret().n());
+    let pem = t.public_key_pem();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+    assert_eq!(
+        ::rsa::RsaPublicKey::from_public_key_pem(&pem).unwrap(),
+        spki
+    );
+    // A re-encipher keeps the key pair, so what a KMS registered stays valid.
+    let moved = t.rewrap(&a, &b).unwrap();
+    assert_eq!(moved.public_key(), t.public_key());
+    assert_eq!(moved.mkvp(), b.cca_mkvp());
+    assert_eq!(moved.unwrap(&b).unwrap().primes(), rsa_secret().primes());
+    assert!(matches!(
+        moved.unwrap(&a),
+        Err(TokenError::WrongMasterKey {
+            kind: "APKA RSA",
+            ..
+        })
+    ));
+    assert!(t.rewrap(&b, &a).is_err(), "the wrong source master key");
+}
+
+#[test]
+fn flipping_any_bit_of_an_rsa_token_is_detected() {
+    let apka = mk(32);
+    let t = rsa::RsaKeyToken::wrap(rsa_secret(), &apka).unwrap();
+    // parse plus the tag check; every flip fails one of them before any RSA arithmetic.
+    assert_every_bit_flip_rejected("RSA", t.as_bytes(), |b| {
+        rsa::RsaKeyToken::parse(b).is_ok_and(|t| t.unwrap(&apka).is_ok())
+    });
+}
+
+#[test]
+fn rsa_token_parse_rejects_other_lengths_sizes_and_fields() {
+    let t = rsa::RsaKeyToken::wrap(rsa_secret(), &mk(33)).unwrap();
+    let b = t.as_bytes();
+    let parse = |b: &[u8]| rsa::RsaKeyToken::parse(b).expect_err("must be rejected");
+    for len in [0, 1, 19, b.len() - 1, b.len() + 1] {
+        let mut v = b.to_vec();
+        v.resize(len, 0);
+        assert!(
+            matches!(
+                parse(&v),
+                TokenError::Length {
+                    kind: "APKA RSA",
+                    ..
+                }
+            ),
+            "{len}"
+        );
+    }
+    let mut v = b.to_vec();
+    v[4..6].copy_from_slice(&2048u16.to_be_bytes());
+    assert_eq!(parse(&v), TokenError::RsaKeyBits(2048));
+    // A 4096-bit size field on a 3072-bit token: the length no longer fits.
+    v[4..6].copy_from_slice(&4096u16.to_be_bytes());
+    assert!(matches!(parse(&v), TokenError::Length { .. }));
+    for (off, name) in [(0, "token type"), (1, "version"), (19, "public exponent")] {
+        let mut v = b.to_vec();
+        v[off] ^= 0x40;
+        assert!(
+            matches!(parse(&v), TokenError::Field { field, .. } if field == name),
+            "{name}"
+        );
+    }
+    let mut v = b.to_vec();
+    v[3] ^= 1;
+    assert!(matches!(
+        parse(&v),
+        TokenError::Field {
+            field: "token length",
+            ..
+        }
+    ));
+    let mut v = b.to_vec();
+    v[7] = 1;
+    assert!(matches!(
+        parse(&v),
+        TokenError::Field {
+            field: "reserved bytes",
+            ..
+        }
+    ));
+    // A modulus that is even, or shorter than its size field says.
+    let mut v = b.to_vec();
+    v[rsa::OFF_MODULUS + 383] ^= 1;
+    assert_eq!(parse(&v), TokenError::RsaPublicKey { kind: "APKA RSA" });
+    let mut v = b.to_vec();
+    v[rsa::OFF_MODULUS] = 0;
+    assert_eq!(parse(&v), TokenError::RsaPublicKey { kind: "APKA RSA" });
+}
+
+#[test]
+fn an_rsa_token_pairing_another_public_key_is_refused_even_when_signed() {
+    use ::rsa::traits::PublicKeyParts;
+    // Someone with the master key could build such a token; the adapter still refuses it
+    // rather than decrypt with a key that is not the one the KMS was given.
+    let apka = mk(34);
+    let mut b = rsa::RsaKeyToken::wrap(rsa_secret(), &apka)
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    let other = ::rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 3072).unwrap();
+    b[rsa::OFF_MODULUS..rsa::OFF_MODULUS + 384].copy_from_slice(&other.n().to_bytes_be());
+    let tag_at = b.len() - 32;
+    let tag = hmac(&derived(&apka, "APKA-RSA", "mac"), &[&b[..tag_at]]);
+    b[tag_at..].copy_from_slice(&tag);
+    let t = rsa::RsaKeyToken::parse(&b).unwrap();
+    assert_eq!(
+        t.unwrap(&apka).unwrap_err(),
+        TokenError::RsaKeyMismatch { kind: "APKA RSA" }
+    );
+}
+
+#[test]
+fn rsa_token_wrap_refuses_keys_it_cannot_hold_and_debug_shows_no_key() {
+    let small = ::rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024).unwrap();
+    assert_eq!(
+        rsa::RsaKeyToken::wrap(&small, &mk(35)).unwrap_err(),
+        TokenError::RsaKeyBits(1024)
+    );
+    let t = rsa::RsaKeyToken::wrap(rsa_secret(), &mk(35)).unwrap();
+    let d = format!("{t:?}");
+    assert!(
+        d.contains("3072") && d.contains(&mk(35).cca_mkvp().to_string()),
+        "{d}"
+    );
+    assert!(!d.contains(&hex::encode(&t.as_bytes()[420..424])));
+}
