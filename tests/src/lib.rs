@@ -5,6 +5,7 @@
 //! crash scenarios need binaries with the `failpoints` feature; those are built on demand into a
 //! target directory of their own, so that they never replace the normal binaries.
 
+pub mod info;
 pub mod prng;
 pub mod registers;
 pub mod shrink;

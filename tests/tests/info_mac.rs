@@ -3,35 +3,8 @@
 
 use std::fs;
 
-use sha2::{Digest, Sha256};
+use tests::info::forge;
 use tests::World;
-
-/// Rewrites `.info` text as someone who knows the file format would: `edit` changes the
-/// property lines (without `__hash__`), then the reference's hash is recomputed.
-fn forge(text: &str, edit: impl FnOnce(Vec<(String, String)>) -> Vec<(String, String)>) -> String {
-    let props: Vec<(String, String)> = text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with("__hash__="))
-        .map(|l| {
-            let (n, v) = l.split_once('=').unwrap();
-            (n.to_string(), v.to_string())
-        })
-        .collect();
-    let props = edit(props);
-    let mut h = Sha256::new();
-    let mut out = String::new();
-    for (n, v) in &props {
-        h.update(n.as_bytes());
-        h.update(v.as_bytes());
-        out.push_str(&format!("{n}={v}\n"));
-    }
-    out.push_str(&format!("__hash__={}\n", hex(&h.finalize())));
-    out
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn prop(props: &[(String, String)], name: &str) -> String {
     props.iter().find(|(n, _)| n == name).unwrap().1.clone()
@@ -227,20 +200,10 @@ fn a_repository_of_the_old_format_stays_usable_and_is_upgraded_by_the_next_chang
     let w = two_keys();
     // The same keys as the old code wrote them, in a repository the adapter has not seen.
     let old = w.root.join("old-repo");
-    fs::create_dir(&old).unwrap();
-    for f in fs::read_dir(&w.repo).unwrap() {
-        let f = f.unwrap();
-        let name = f.file_name().into_string().unwrap();
-        if name.ends_with(".info") {
-            let text = fs::read_to_string(f.path()).unwrap();
-            let stripped = forge(&text, |p| {
-                p.into_iter().filter(|(n, _)| n != "__mac__").collect()
-            });
-            assert!(!stripped.contains("__mac__"));
-            fs::write(old.join(&name), stripped).unwrap();
-        } else if name.ends_with(".skey") {
-            fs::copy(f.path(), old.join(&name)).unwrap();
-        }
+    tests::info::old_format_repository(&w.repo, &old, str::to_string);
+    for k in ["a", "b"] {
+        let text = fs::read_to_string(old.join(format!("{k}.info"))).unwrap();
+        assert!(!text.contains("__mac__"), "{text}");
     }
     let mut w = w;
     w.set_env("ZKEY_REPOSITORY", &old);

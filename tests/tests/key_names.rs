@@ -15,16 +15,21 @@ const CCA: &str = "08.002f,09.002f";
 /// A repository with `b1` and `b[1]`. A new name with brackets is refused now, so `b[1]` is
 /// made as an earlier zkey (or IBM's) made it: its files put in place under that name.
 fn world_with_b1_and_legacy_b_1() -> World {
-    let w = World::new();
+    let mut w = World::new();
     w.ok("zkey", &["generate", "-N", "b1", "-a", CCA]);
     w.ok("zkey", &["generate", "-N", "made", "-a", CCA]);
-    for ext in ["skey", "info"] {
-        std::fs::rename(
-            w.repo.join(format!("made.{ext}")),
-            w.repo.join(format!("b[1].{ext}")),
-        )
-        .unwrap();
-    }
+    // In the format of a repository that version wrote (no MAC, which binds a key's name).
+    let old = w.root.join("old-repo");
+    tests::info::old_format_repository(&w.repo, &old, |k| {
+        if k == "made" {
+            "b[1]".into()
+        } else {
+            k.into()
+        }
+    });
+    w.repo = old;
+    // The first change gives every key its MAC, b[1]'s bound to that name.
+    w.ok("zkey", &["change", "-N", "b1", "-d", "the first"]);
     let names: Vec<String> = w.json("zkey", &["list", "--json"])["keys"]
         .as_array()
         .unwrap()
