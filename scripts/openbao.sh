@@ -34,6 +34,9 @@ die() {
   exit 1
 }
 
+# shellcheck source=lib/server.sh
+. "$here/lib/server.sh"
+
 ensure_venv() {
   if [ -x "$venv/bin/bao" ] && "$venv/bin/bao" version >/dev/null 2>&1; then
     return
@@ -95,19 +98,7 @@ start() {
 }
 
 stop() {
-  local dir="$1"
-  [ -f "$dir/server.pid" ] || return 0
-  local pid
-  pid="$(cat "$dir/server.pid")"
-  if kill -0 -- "-$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 -- "-$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/server.pid"
+  stop_server_group "$1"
 }
 
 case "${1:-}" in

@@ -509,6 +509,25 @@ impl Default for World {
     }
 }
 
+/// Runs a server script (`scripts/NAME`) with `start DIR PORT`, failing the test with its
+/// output if the server does not come up.
+fn start_server(script: &Path, dir: &Path, port: u16) {
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("start")
+        .arg(dir)
+        .arg(port.to_string())
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "cannot start the server (see {}): {}{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A real PyKMIP server on a free loopback port, started by `scripts/pykmip-server.sh` (which
 /// makes its venv, a test CA and an EC server certificate); stopped when dropped.
 pub struct KmipServer {
@@ -524,19 +543,7 @@ impl KmipServer {
     pub fn start() -> KmipServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = Self::free_port();
-        let out = Command::new("bash")
-            .arg(pykmip_script())
-            .arg("start")
-            .arg(dir.path())
-            .arg(port.to_string())
-            .output()
-            .expect("bash runs");
-        assert!(
-            out.status.success(),
-            "cannot start PyKMIP (see scripts/pykmip-server.sh): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        start_server(&pykmip_script(), dir.path(), port);
         KmipServer { dir, port }
     }
 
@@ -639,19 +646,7 @@ impl OpenBao {
                 break p;
             }
         };
-        let out = Command::new("bash")
-            .arg(openbao_script())
-            .arg("start")
-            .arg(dir.path())
-            .arg(port.to_string())
-            .output()
-            .expect("bash runs");
-        assert!(
-            out.status.success(),
-            "cannot start OpenBao (see scripts/openbao.sh): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        start_server(&openbao_script(), dir.path(), port);
         Some(OpenBao { dir, port, bao })
     }
 
