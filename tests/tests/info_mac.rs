@@ -216,6 +216,30 @@ fn a_repository_of_the_old_format_stays_usable_and_is_upgraded_by_the_next_chang
     assert!(out.contains("not verified: old format"), "{out}");
     let exported = w.root.join("b.out");
     w.ok("zkey", &["export", "-N", "b", exported.to_str().unwrap()]);
+    // A command refused under the lock changes nothing, not even the format.
+    let files = |dir: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|f| f.unwrap())
+            .filter(|f| !f.file_name().to_string_lossy().starts_with('.'))
+            .map(|f| {
+                (
+                    f.file_name().into_string().unwrap(),
+                    fs::read(f.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&old);
+    let err = w.fails("zkey", &["rename", "-N", "a", "-w", "b"]);
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(
+        files(&old),
+        before,
+        "a refused rename changed the repository"
+    );
     // The first change (of b) gives every key its MAC, a's too.
     w.ok("zkey", &["change", "-N", "b", "-d", "upgraded"]);
     for k in ["a", "b"] {

@@ -451,7 +451,7 @@ impl Repository {
     }
 
     /// Takes the exclusive lock (waiting up to `wait`) for reading and changing. The first
-    /// writer with an adapter gives every old-format `.info` its MAC ([`crate::integrity`]).
+    /// change with an adapter gives every old-format `.info` its MAC ([`crate::integrity`]).
     pub fn write(&self, wait: Duration) -> Result<Writer<'_>, RepoError> {
         if !self.writable {
             return Err(RepoError::ReadOnly {
@@ -466,8 +466,9 @@ impl Repository {
                 auth: self.auth_state(),
             },
             action: Mutex::new(Action::None),
+            sealed: std::sync::atomic::AtomicBool::new(false),
         };
-        w.upgrade()
+        Ok(w)
     }
 
     fn auth_state(&self) -> AuthState {
@@ -868,6 +869,9 @@ impl<'r> Reader<'r> {
 pub struct Writer<'r> {
     reader: Reader<'r>,
     action: Mutex<Action>,
+    /// Whether old-format `.info` files were given their MAC: at the first change, so that a
+    /// command its checks refuse changes nothing, not even the format.
+    sealed: std::sync::atomic::AtomicBool,
 }
 
 /// The audit record of the action a [`Writer`] is doing.
@@ -908,6 +912,10 @@ impl<'r> Writer<'r> {
         if let Action::Declared(log, event) = &*a {
             let intent = log.append_intent(event.clone()).map_err(RepoError::Audit)?;
             *a = Action::Written(log.clone(), intent);
+        }
+        drop(a);
+        if !self.sealed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.seal_old_format()?;
         }
         Ok(())
     }
@@ -966,17 +974,17 @@ impl<'r> Writer<'r> {
         Ok(p.render())
     }
 
-    /// Under the exclusive lock, once per repository: gives every old-format `.info` (its hash
-    /// intact) a MAC, then records in the adapter that MACs are required from now on.
-    fn upgrade(mut self) -> Result<Self, RepoError> {
+    /// At the first change, once per repository: gives every old-format `.info` (its hash
+    /// intact) a MAC, then records in the adapter that MACs are required from now on. The
+    /// keys this command reads afterwards all have their MAC, so the reader's state stays.
+    fn seal_old_format(&self) -> Result<(), RepoError> {
         let AuthState::Adapter {
             auth,
             required: false,
         } = &self.auth
         else {
-            return Ok(self);
+            return Ok(());
         };
-        let auth = auth.clone();
         for name in self.list_names()? {
             let raw = match self.read_raw(&name) {
                 Ok(raw) => raw,
@@ -987,15 +995,11 @@ impl<'r> Writer<'r> {
                 continue;
             };
             let info = self.seal(&name, p)?;
-            self.write_file(&self.repo.key_file(&name, KeyFile::Info), info.as_bytes())?;
+            self.repo
+                .write_file(&self.repo.key_file(&name, KeyFile::Info), info.as_bytes())?;
         }
         auth.mark_required()
-            .map_err(|e| RepoError::UpgradeFailed { why: e.to_string() })?;
-        self.reader.auth = AuthState::Adapter {
-            auth,
-            required: true,
-        };
-        Ok(self)
+            .map_err(|e| RepoError::UpgradeFailed { why: e.to_string() })
     }
 
     fn require_absent(&self, name: &KeyName) -> Result<(), RepoError> {
