@@ -62,9 +62,10 @@ fn transit_encrypt(bao: &OpenBao, key: &str, plain: &[u8]) -> (Vec<u8>, Vec<u8>)
     (nonce.to_vec(), rest.to_vec())
 }
 
-#[test]
-fn an_openbao_key_reaches_a_secure_key_only_wrapped_for_the_adapter() {
-    let Some(bao) = OpenBao::start() else { return };
+/// A dev server with the transit engine, an exportable volume key `vol1` in it, and a
+/// simulator whose RSA key is registered as `host1`; `None` where the tests SKIP.
+fn transit_key_and_host() -> Option<(OpenBao, tempfile::TempDir, Hsm, RsaKeyToken)> {
+    let bao = OpenBao::start()?;
     let tmp = tempfile::tempdir().unwrap();
     let hsm = Hsm::new(Simulator::init(tmp.path().join("sim"), &Layout::default(), false).unwrap());
     bao.root_ok(&["secrets", "enable", "transit"]);
@@ -77,6 +78,14 @@ fn an_openbao_key_reaches_a_secure_key_only_wrapped_for_the_adapter() {
     ]);
     let host = hsm.generate_rsa(3072, None).unwrap();
     register_public_key(&bao, tmp.path(), "host1", &host);
+    Some((bao, tmp, hsm, host))
+}
+
+#[test]
+fn an_openbao_key_reaches_a_secure_key_only_wrapped_for_the_adapter() {
+    let Some((bao, tmp, hsm, host)) = transit_key_and_host() else {
+        return;
+    };
 
     // The key OpenBao created, delivered wrapped, becomes a secure key of each CCA type: data
     // OpenBao encrypts with it decrypts inside the adapter with the secure key.
@@ -132,19 +141,9 @@ path "transit/export/*" {
 
 #[test]
 fn the_host_policy_allows_byok_export_to_its_own_key_only_and_never_in_the_clear() {
-    let Some(bao) = OpenBao::start() else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let hsm = Hsm::new(Simulator::init(tmp.path().join("sim"), &Layout::default(), false).unwrap());
-    bao.root_ok(&["secrets", "enable", "transit"]);
-    bao.root_json(&[
-        "write",
-        "-f",
-        "transit/keys/vol1",
-        "type=aes256-gcm96",
-        "exportable=true",
-    ]);
-    let host = hsm.generate_rsa(3072, None).unwrap();
-    register_public_key(&bao, tmp.path(), "host1", &host);
+    let Some((bao, tmp, hsm, host)) = transit_key_and_host() else {
+        return;
+    };
     register_public_key(
         &bao,
         tmp.path(),
