@@ -25,7 +25,7 @@ pub fn forge(
         h.update(v.as_bytes());
         out.push_str(&format!("{n}={v}\n"));
     }
-    out.push_str(&format!("__hash__={}\n", hex(&h.finalize())));
+    out.push_str(&format!("__hash__={}\n", crate::hex(&h.finalize())));
     out
 }
 
@@ -64,8 +64,4 @@ pub fn old_format_repository(
             _ => {}
         }
     }
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

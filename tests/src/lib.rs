@@ -14,6 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+/// Lower-case hex of `b`, as the suite's files and `--json` spell bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// `target/<profile>`: where the test binary itself lives (`target/<profile>/deps/..`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

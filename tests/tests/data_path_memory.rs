@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use tests::World;
+use tests::{hex, World};
 
 const CCA: &str = "08.002f,09.002f";
 
@@ -141,10 +141,6 @@ fn master_keys(state: &serde_json::Value, out: &mut BTreeSet<String>) {
         }
         _ => {}
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Vec<u8> {
