@@ -3,9 +3,11 @@
 //! [`table`] prints what s390-tools' `lszcrypt` (and `lszcrypt -V`) prints, so admins see the
 //! simulator the way they see a real system: a header, a line of dashes, then every card
 //! followed by its queues. Values follow lszcrypt's rules: MODE comes from the `ap_functions`
-//! bits, REQUESTS and PENDING read `-` for deconfigured devices, QDEPTH is `depth + 1` and
-//! FUNCTIONS spells the function bits as letters (`S M C D A X N F R`, `-` where unset).
-//! Columns are lszcrypt's, widened when a value needs more room; lines carry no trailing blanks.
+//! bits, REQUESTS and PENDING read `-` for deconfigured devices, QDEPTH is the `depth` file's
+//! value as is (`%02d`) and FUNCTIONS spells the ten function bits as letters
+//! (`S M C D A X N H F R`, `-` where unset). Columns have lszcrypt's fixed widths, joined by one
+//! blank, every cell padded (so `-V` lines end in DRIVER's padding, as lszcrypt's do); a longer
+//! value overflows its column and shifts the rest of the line, as with lszcrypt.
 //!
 //! [`json`] gives the same information for scripts, with this schema (stable; new fields may be
 //! added):
@@ -46,7 +48,7 @@ const DEFAULT_COLUMNS: [Column; 5] = [
     col("CARD.DOM", 8, false),
     col("TYPE", 5, false),
     col("MODE", 11, false),
-    col("STATUS", 8, false),
+    col("STATUS", 10, false),
     col("REQUESTS", 8, true),
 ];
 
@@ -59,7 +61,7 @@ const VERBOSE_COLUMNS: [Column; 5] = [
 ];
 
 /// lszcrypt's letters for the `ap_functions` bits, from the most significant bit.
-const FUNCTION_LETTERS: [(u32, char); 9] = [
+const FUNCTION_LETTERS: [(u32, char); 10] = [
     (0x8000_0000, 'S'),
     (0x4000_0000, 'M'),
     (0x2000_0000, 'C'),
@@ -67,6 +69,7 @@ const FUNCTION_LETTERS: [(u32, char); 9] = [
     (0x0800_0000, 'A'),
     (0x0400_0000, 'X'),
     (0x0200_0000, 'N'),
+    (0x0100_0000, 'H'),
     (0x0080_0000, 'F'),
     (0x0040_0000, 'R'),
 ];
@@ -136,7 +139,7 @@ impl<'a> Row<'a> {
             cells.extend([
                 counted(Some(self.pending)),
                 self.hwtype.to_string(),
-                format!("{:02}", self.depth + 1),
+                format!("{:02}", self.depth),
                 function_letters(self.functions),
                 self.driver.unwrap_or("-no-driver-").to_string(),
             ]);
@@ -186,33 +189,23 @@ pub fn table(cards: &[CardInfo], queues: &[QueueInfo], verbose: bool) -> String 
         .iter()
         .map(|r| r.cells(verbose))
         .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            body.iter()
-                .map(|cells| cells[i].len())
-                .chain([c.width, c.header.len()])
-                .max()
-                .unwrap_or(c.width)
-        })
-        .collect();
     let headers: Vec<String> = columns.iter().map(|c| c.header.to_string()).collect();
-    let mut out = line(&columns, &widths, &headers);
-    out.push_str(&"-".repeat(widths.iter().sum::<usize>() + widths.len() - 1));
+    let mut out = line(&columns, &headers);
+    let widths: usize = columns.iter().map(|c| c.width).sum();
+    out.push_str(&"-".repeat(widths + columns.len() - 1));
     out.push('\n');
     for cells in &body {
-        out.push_str(&line(&columns, &widths, cells));
+        out.push_str(&line(&columns, cells));
     }
     out
 }
 
-fn line(columns: &[&Column], widths: &[usize], cells: &[String]) -> String {
+fn line(columns: &[&Column], cells: &[String]) -> String {
     let fields: Vec<String> = columns
         .iter()
-        .zip(widths)
         .zip(cells)
-        .map(|((c, w), v)| {
+        .map(|(c, v)| {
+            let w = c.width;
             if c.right {
                 format!("{v:>w$}")
             } else {
@@ -220,7 +213,7 @@ fn line(columns: &[&Column], widths: &[usize], cells: &[String]) -> String {
             }
         })
         .collect();
-    format!("{}\n", fields.join(" ").trim_end())
+    format!("{}\n", fields.join(" "))
 }
 
 /// The listing as JSON, in the schema the module documentation describes.
@@ -298,17 +291,19 @@ mod tests {
         (vec![c08, c0a], queues)
     }
 
+    /// Lines as s390-tools' lszcrypt prints them (util_rec "wide" format: fixed widths, one
+    /// blank between columns, every cell padded).
     #[test]
     fn table_matches_lszcrypt_layout() {
         let (cards, queues) = sample();
         let expected = "\
-CARD.DOM TYPE  MODE        STATUS   REQUESTS
---------------------------------------------
-08       CEX8C CCA-Coproc  online          5
-08.002f  CEX8C CCA-Coproc  online          3
-08.0030  CEX8C CCA-Coproc  chkstop         -
-0a       CEX8P EP11-Coproc deconfig        -
-0a.002f  CEX8P EP11-Coproc deconfig        -
+CARD.DOM TYPE  MODE        STATUS     REQUESTS
+----------------------------------------------
+08       CEX8C CCA-Coproc  online            5
+08.002f  CEX8C CCA-Coproc  online            3
+08.0030  CEX8C CCA-Coproc  chkstop           -
+0a       CEX8P EP11-Coproc deconfig          -
+0a.002f  CEX8P EP11-Coproc deconfig          -
 ";
         assert_eq!(table(&cards, &queues, false), expected);
     }
@@ -316,31 +311,32 @@ CARD.DOM TYPE  MODE        STATUS   REQUESTS
     #[test]
     fn verbose_table_adds_lszcrypt_v_columns() {
         let (cards, queues) = sample();
-        let expected = "\
-CARD.DOM TYPE  MODE        STATUS   REQUESTS  PENDING HWTYPE QDEPTH FUNCTIONS  DRIVER
-------------------------------------------------------------------------------------------
-08       CEX8C CCA-Coproc  online          5        3     14     08 S--D--N--  cex4card
-08.002f  CEX8C CCA-Coproc  online          3        3     14     08 S--D--N--  cex4queue
-08.0030  CEX8C CCA-Coproc  chkstop         -        3     14     08 S--D--N--  cex4queue
-0a       CEX8P EP11-Coproc deconfig        -        -     14     08 S----XN--  cex4card
-0a.002f  CEX8P EP11-Coproc deconfig        -        -     14     08 S----XN--  cex4queue
-";
-        assert_eq!(table(&cards, &queues, true), expected);
+        let expected = [
+            "CARD.DOM TYPE  MODE        STATUS     REQUESTS  PENDING HWTYPE QDEPTH FUNCTIONS  DRIVER     ",
+            "--------------------------------------------------------------------------------------------",
+            "08       CEX8C CCA-Coproc  online            5        3     14     07 S--D--N--- cex4card   ",
+            "08.002f  CEX8C CCA-Coproc  online            3        3     14     07 S--D--N--- cex4queue  ",
+            "08.0030  CEX8C CCA-Coproc  chkstop           -        3     14     07 S--D--N--- cex4queue  ",
+            "0a       CEX8P EP11-Coproc deconfig          -        -     14     07 S----XN--- cex4card   ",
+            "0a.002f  CEX8P EP11-Coproc deconfig          -        -     14     07 S----XN--- cex4queue  ",
+        ];
+        let text = table(&cards, &queues, true);
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected);
     }
 
     #[test]
-    fn columns_widen_for_long_values_and_unknown_modes() {
+    fn long_values_overflow_their_column_as_in_lszcrypt() {
         let (mut cards, _) = sample();
         cards.truncate(1);
         cards[0].mode = None;
         cards[0].request_count = 1_234_567_890;
         cards[0].driver = None;
-        let expected = "\
-CARD.DOM TYPE  MODE        STATUS     REQUESTS  PENDING HWTYPE QDEPTH FUNCTIONS  DRIVER
---------------------------------------------------------------------------------------------
-08       CEX8C Unknown     online   1234567890        3     14     08 S--D--N--  -no-driver-
-";
-        assert_eq!(table(&cards, &[], true), expected);
+        cards[0].functions = 0xFFC0_0000;
+        let line = table(&cards, &[], true).lines().nth(2).unwrap().to_string();
+        assert_eq!(
+            line,
+            "08       CEX8C Unknown     online     1234567890        3     14     07 SMCDAXNHFR -no-driver-"
+        );
     }
 
     #[test]
@@ -387,18 +383,18 @@ CARD.DOM TYPE  MODE        STATUS     REQUESTS  PENDING HWTYPE QDEPTH FUNCTIONS 
         assert_eq!(tree.cards().unwrap().len(), bus.cards.len());
         let text = table(&tree.cards().unwrap(), &tree.queues().unwrap(), false);
         let expected = "\
-CARD.DOM TYPE  MODE        STATUS   REQUESTS
---------------------------------------------
-08       CEX8C CCA-Coproc  online          0
-08.002f  CEX8C CCA-Coproc  online          0
-09       CEX8C CCA-Coproc  online          0
-09.002f  CEX8C CCA-Coproc  online          0
-0a       CEX8P EP11-Coproc online          0
-0a.002f  CEX8P EP11-Coproc online          0
-0b       CEX8P EP11-Coproc online          0
-0b.002f  CEX8P EP11-Coproc online          0
-0c       CEX8A Accelerator online          0
-0c.002f  CEX8A Accelerator online          0
+CARD.DOM TYPE  MODE        STATUS     REQUESTS
+----------------------------------------------
+08       CEX8C CCA-Coproc  online            0
+08.002f  CEX8C CCA-Coproc  online            0
+09       CEX8C CCA-Coproc  online            0
+09.002f  CEX8C CCA-Coproc  online            0
+0a       CEX8P EP11-Coproc online            0
+0a.002f  CEX8P EP11-Coproc online            0
+0b       CEX8P EP11-Coproc online            0
+0b.002f  CEX8P EP11-Coproc online            0
+0c       CEX8A Accelerator online            0
+0c.002f  CEX8A Accelerator online            0
 ";
         assert_eq!(text, expected);
     }

@@ -837,10 +837,8 @@ fn validate_layout(layout: &Layout) -> Result<(), SimError> {
 }
 
 fn serial(id: u8, mode: Mode) -> String {
-    match mode {
-        Mode::Ep11 => format!("SIMP{id:012X}"),
-        _ => format!("SIM{}{id:04X}", mode.letter()),
-    }
+    // 8 characters, as real CCA and EP11 serial numbers.
+    format!("SIM{}{id:04X}", mode.letter())
 }
 
 fn build_bus(layout: &Layout) -> Bus {

@@ -124,19 +124,13 @@ mod tests {
         Bus {
             cards: BTreeMap::from([
                 (0x08, card("CEX8C", "SIMC0008", true, true, cca_keys())),
-                (
-                    0x0a,
-                    card("CEX8P", "SIMP00000000000A", true, true, ep11_keys()),
-                ),
+                (0x0a, card("CEX8P", "SIMP000A", true, true, ep11_keys())),
                 (
                     0x0c,
                     card("CEX8A", "SIMA000C", true, true, QueueKeys::Accelerator),
                 ),
                 (0x0d, card("CEX8C", "SIMC000D", false, true, cca_keys())),
-                (
-                    0x0e,
-                    card("CEX8P", "SIMP00000000000E", true, false, ep11_keys()),
-                ),
+                (0x0e, card("CEX8P", "SIMP000E", true, false, ep11_keys())),
             ]),
         }
     }
@@ -175,7 +169,7 @@ mod tests {
                 ("type", "CEX8C\n"),
                 ("hwtype", "14\n"),
                 ("raw_hwtype", "14\n"),
-                ("depth", "7\n"),
+                ("depth", "8\n"),
                 ("max_msg_size", "12288\n"),
                 ("ap_functions", "0x92000000\n"),
                 ("online", "1\n"),
@@ -229,7 +223,7 @@ mod tests {
             &[
                 ("type", "CEX8P\n"),
                 ("ap_functions", "0x86000000\n"),
-                ("serialnr", "SIMP00000000000A\n"),
+                ("serialnr", "SIMP000A\n"),
                 ("API_ordinalnr", "6\n"),
                 ("FW_version", "7.19\n"),
                 ("op_modes", "\n"),

@@ -47,8 +47,9 @@ const CARD_WRITABLE: &[&str] = &["online", "config", "request_count"];
 const QUEUE_WRITABLE: &[&str] = &["online", "request_count", "reset"];
 /// `max_msg_size` of every card: the kernel's default (12 KiB) for adapters without an ML field.
 const MAX_MSG_SIZE: u32 = 12288;
-/// `depth` as TAPQ reports it (queue depth - 1): lszcrypt shows QDEPTH 08.
-const DEPTH: u32 = 7;
+/// `depth`: the real queue depth, as kernels since 2026 show it (older ones showed TAPQ's
+/// depth - 1 and lszcrypt added 1); lszcrypt prints it as is, QDEPTH 08.
+const DEPTH: u32 = 8;
 /// The highest domain id of a z15/z16 LPAR, widened when the bus holds higher domains.
 const MAX_DOMAIN_ID: u16 = 84;
 const FEATURES: &str = "APSC APXA QACT RC8A";
@@ -224,10 +225,7 @@ fn card_info_attributes(card: &Card, domain: Option<u16>) -> Vec<(&'static str, 
             let (major, minor) = card.fw_version;
             let ordinal = card.api_ordinal;
             vec![
-                (
-                    "serialnr",
-                    answered(reachable, format!("{:>16.16}", card.serialnr)),
-                ),
+                ("serialnr", answered(reachable, card.serialnr.clone())),
                 // The kernel leaves out a zero ordinal or firmware version.
                 (
                     "API_ordinalnr",
