@@ -162,15 +162,27 @@ kill_member() {
 }
 
 leader() {
-  local dir="$1" n
-  for n in 1 2 3; do
-    if ctl "$dir" endpoint status --endpoints="https://127.0.0.1:$(client_port "$dir" "$n")" -w json 2>/dev/null |
-      grep -q '"leader":\([0-9]*\),.*"member_id":\1\b\|"member_id":\([0-9]*\),.*"leader":\2\b'; then
+  local dir="$1" try n
+  # Right after a leader dies the others need an election timeout or two to agree: ask again
+  # for up to 10 s. etcdctl fails as a whole when one endpoint is down, so only what it printed
+  # counts: the member whose own id is the leader id it reports.
+  for try in $(seq 20); do
+    n="$({ ctl "$dir" endpoint status -w json 2>/dev/null || true; } | python3 -c '
+import json, sys
+eps = open(sys.argv[1]).read().split()
+text = sys.stdin.read().strip()
+for st in json.loads(text) if text else []:
+    if st["Status"]["header"]["member_id"] == st["Status"]["leader"]:
+        print(eps.index(st["Endpoint"]) + 1)
+        break
+' "$dir/endpoints")"
+    if [ -n "$n" ]; then
       echo "$n"
       return
     fi
+    sleep 0.5
   done
-  die "no member reports itself as leader"
+  die "no member reports itself as leader after 10 s: is a majority of the members running?"
 }
 
 case "${1:-}" in
