@@ -3,7 +3,8 @@
 # there already. Safe to run again. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
-packages=(pkg-config libcryptsetup-dev libclang-dev cryptsetup-bin fuse3 e2fsprogs python3 python3-venv openssl man-db)
+# etcd-server, etcd-client: the fleet coordinator's 3-member test cluster (scripts/etcd.sh).
+packages=(pkg-config libcryptsetup-dev libclang-dev cryptsetup-bin fuse3 e2fsprogs python3 python3-venv openssl man-db etcd-server etcd-client)
 
 missing=()
 for p in "${packages[@]}"; do
