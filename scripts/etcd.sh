@@ -55,11 +55,18 @@ make_cert() {
 
 client_cert() { make_cert "$1" "$2" "$2" "extendedKeyUsage=clientAuth"; }
 
+# etcdctl as the root user against ENDPOINTS (comma-separated).
+ctl_at() {
+  local dir="$1" endpoints="$2"
+  shift 2
+  ETCDCTL_API=3 etcdctl --endpoints="$endpoints" --cacert="$dir/ca.pem" \
+    --cert="$dir/root.pem" --key="$dir/root.key" "$@"
+}
+
 ctl() {
   local dir="$1"
   shift
-  ETCDCTL_API=3 etcdctl --endpoints="$(paste -sd, "$dir/endpoints")" --cacert="$dir/ca.pem" \
-    --cert="$dir/root.pem" --key="$dir/root.key" --dial-timeout=3s --command-timeout=5s "$@"
+  ctl_at "$dir" "$(paste -sd, "$dir/endpoints")" --dial-timeout=3s --command-timeout=5s "$@"
 }
 
 run_member() {
@@ -84,8 +91,10 @@ run_member() {
   )
 }
 
-member_up() { ETCDCTL_API=3 etcdctl --endpoints="https://127.0.0.1:$(client_port "$1" "$2")" --cacert="$1/ca.pem" \
-  --cert="$1/root.pem" --key="$1/root.key" --dial-timeout=1s --command-timeout=2s endpoint health >/dev/null 2>&1; }
+member_up() {
+  ctl_at "$1" "https://127.0.0.1:$(client_port "$1" "$2")" --dial-timeout=1s --command-timeout=2s \
+    endpoint health >/dev/null 2>&1
+}
 
 wait_member() {
   local dir="$1" n="$2"
@@ -148,25 +157,13 @@ add_host() {
 
 check_member() { [[ "$1" =~ ^[123]$ ]] || die "member '$1' is not 1, 2 or 3"; }
 
-kill_member() {
-  local dir="$1" n="$2" pid
-  [ -f "$dir/m$n/server.pid" ] || return 0
-  pid="$(cat "$dir/m$n/server.pid")"
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  # Wait for the exit so that a restart finds its ports free.
-  for _ in $(seq 1 100); do
-    kill -0 -- "-$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  rm -f "$dir/m$n/server.pid"
-}
 
 leader() {
-  local dir="$1" try n
+  local dir="$1" n
   # Right after a leader dies the others need an election timeout or two to agree: ask again
   # for up to 10 s. etcdctl fails as a whole when one endpoint is down, so only what it printed
   # counts: the member whose own id is the leader id it reports.
-  for try in $(seq 20); do
+  for _ in $(seq 20); do
     n="$({ ctl "$dir" endpoint status -w json 2>/dev/null || true; } | python3 -c '
 import json, sys
 eps = open(sys.argv[1]).read().split()
@@ -188,9 +185,9 @@ for st in json.loads(text) if text else []:
 case "${1:-}" in
   start) [ $# -ge 2 ] || die "usage: $0 start DIR [BASEPORT]"; start "$2" "${3:-12379}" ;;
   stop) [ $# -ge 2 ] || die "usage: $0 stop DIR"; for m in 1 2 3; do stop_server_group "$2/m$m"; done ;;
-  kill) [ $# -eq 3 ] || die "usage: $0 kill DIR MEMBER"; check_member "$3"; kill_member "$2" "$3" ;;
+  kill) [ $# -eq 3 ] || die "usage: $0 kill DIR MEMBER"; check_member "$3"; kill_server_group "$2/m$3" ;;
   restart) [ $# -eq 3 ] || die "usage: $0 restart DIR MEMBER"; check_member "$3"; d="$(cd "$2" && pwd)"
-    kill_member "$d" "$3"; run_member "$d" "$3"; wait_member "$d" "$3" ;;
+    kill_server_group "$d/m$3"; run_member "$d" "$3"; wait_member "$d" "$3" ;;
   leader) [ $# -eq 2 ] || die "usage: $0 leader DIR"; leader "$2" ;;
   add-host) [ $# -eq 3 ] || die "usage: $0 add-host DIR NAME"; add_host "$2" "$3" ;;
   ctl) [ $# -ge 2 ] || die "usage: $0 ctl DIR ARGS..."; d="$2"; shift 2; ctl "$d" "$@" ;;
