@@ -191,8 +191,8 @@ pub fn table(cards: &[CardInfo], queues: &[QueueInfo], verbose: bool) -> String 
         .collect();
     let headers: Vec<String> = columns.iter().map(|c| c.header.to_string()).collect();
     let mut out = line(&columns, &headers);
-    let widths: usize = columns.iter().map(|c| c.width).sum();
-    out.push_str(&"-".repeat(widths + columns.len() - 1));
+    let width: usize = columns.iter().map(|c| c.width).sum();
+    out.push_str(&"-".repeat(width + columns.len() - 1));
     out.push('\n');
     for cells in &body {
         out.push_str(&line(&columns, cells));
